@@ -1,0 +1,46 @@
+# qvit-edge: train -> export -> compile -> run.
+# `make demo` and `make test` set everything up on a fresh machine.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+TARGET ?= x86_64
+MODEL ?=
+OUT ?= build/$(TARGET)/model.so
+THREADS ?= 1
+
+.PHONY: install system-deps test demo compile bench bench-kernels lint clean
+
+install: system-deps $(STAMP)
+
+system-deps:
+	@bash scripts/install-system-deps.sh
+
+# Re-installs only when the package metadata changed; quick otherwise.
+$(STAMP): pyproject.toml constraints.txt $(wildcard setup.py native/*.c native/*.h native/*/*.c native/*/*.h native/build_ffi.py)
+	@test -x $(VPY) || $(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip setuptools wheel cffi
+	$(VPY) -m pip install -q -c constraints.txt -e '.[train,compile,dev]'
+	@touch $(STAMP)
+
+test: install
+	$(VPY) -m pytest -q $(PYTEST_ARGS)
+
+demo: install
+	$(VPY) -m qvit.demo
+
+compile: install
+	$(VPY) -m qvit_compile --target $(TARGET) --model "$(MODEL)" --out $(OUT)
+
+bench: install
+	$(VPY) -m qvit_compile.bench --threads $(THREADS)
+
+bench-kernels: install
+	$(VPY) -m qvit_edge.bench_kernels
+
+lint: install
+	$(VENV)/bin/ruff check qvit compile edge_runtime tests
+
+clean:
+	rm -rf build .pytest_cache

@@ -1,0 +1,3 @@
+from qvit_edge.cli import main
+import sys
+sys.exit(main())

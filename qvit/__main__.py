@@ -1,0 +1,3 @@
+from qvit.cli import main
+import sys
+sys.exit(main())
