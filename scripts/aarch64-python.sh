@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# An aarch64 Python for qemu-user: what a Raspberry Pi (64-bit OS) runs, without the board.
+#
+#   scripts/aarch64-python.sh            # build or refresh; prints the interpreter's path
+#   $(scripts/aarch64-python.sh) -m qvit_edge info build/aarch64/model.so
+#
+# It holds exactly what a device installs (issue #6): Debian bookworm's arm64 python3.11,
+# PyPI's aarch64 wheels of numpy, cffi and Pillow, the runtime (edge_runtime/ as qvit_edge,
+# linked, so edits show at once) and the qvit_edge._native cffi extension cross-compiled
+# with aarch64-linux-gnu-gcc from native/build_ffi.py. No TVM of any kind.
+#
+# Everything is cached under build/aarch64-python/ (gitignored). The downloads happen once
+# (a stamp keyed on this script and the pinned versions); later runs only relink the
+# runtime and rebuild the native extension when its sources changed, so they take well
+# under a second. Needs: qemu-user, gcc-aarch64-linux-gnu, apt-get + dpkg-deb (any
+# Debian/Ubuntu host: apt runs on a private state directory, so no
+# `dpkg --add-architecture` and no root), and network access on the first run.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BASE="${QVIT_AARCH64_PYTHON_DIR:-$ROOT/build/aarch64-python}"
+HOST_PY="${HOST_PYTHON:-$ROOT/.venv/bin/python}"
+[ -x "$HOST_PY" ] || HOST_PY="$(command -v python3)"
+CC="${AARCH64_CC:-aarch64-linux-gnu-gcc}"
+DEBIAN_MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org}"
+KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
+
+SYSROOT="$BASE/sysroot"
+SITE="$BASE/site"          # the PyPI wheels
+PKGS="$BASE/pkgs"          # qvit_edge: links to edge_runtime/*.py + the aarch64 _native
+WRAPPER="$BASE/bin/python"
+PYVER=3.11
+EXT_SUFFIX=".cpython-311-aarch64-linux-gnu.so"
+
+log() { echo "aarch64-python: $*" >&2; }
+die() { echo "aarch64-python: error: $*" >&2; exit 1; }
+
+for tool in qemu-aarch64 "$CC" apt-get dpkg-deb; do
+  command -v "$tool" >/dev/null || die "$tool not found (make system-deps installs qemu-user and gcc-aarch64-linux-gnu)"
+done
+
+# The device gets the same versions of the runtime's dependencies as the host, so the two
+# runs being compared differ only in the CPU architecture.
+pin() {
+  local v
+  v="$("$HOST_PY" -c "import importlib.metadata as m; print(m.version('$1'))" 2>/dev/null)" || v=""
+  if [ -n "$v" ]; then echo "$1==$v"; else echo "$1"; fi
+}
+WHEELS="$(pin numpy) $(pin cffi) $(pin pillow)"
+# Debian's python3.11 and the libraries it loads (libpython3.11-dev: the headers the native
+# extension compiles against; its pyconfig.h is the aarch64 one; libstdc++6: numpy needs it, as
+# every Raspberry Pi OS has it).
+DEBS="python3.11-minimal libpython3.11-stdlib libpython3.11-dev libstdc++6"
+KEY="$(sha256sum "${BASH_SOURCE[0]}" | cut -c1-16) $WHEELS $DEBS"
+STAMP="$BASE/.stamp"
+
+fetch_debs() {
+  [ -f "$KEYRING" ] || die "$KEYRING missing (apt-get install debian-archive-keyring)"
+  local apt="$BASE/apt"
+  rm -rf "$apt" "$SYSROOT"
+  mkdir -p "$apt/state/lists/partial" "$apt/cache/archives/partial" "$SYSROOT"
+  : >"$apt/state/status"
+  {
+    echo "deb [arch=arm64 signed-by=$KEYRING] $DEBIAN_MIRROR/debian bookworm main"
+    echo "deb [arch=arm64 signed-by=$KEYRING] $DEBIAN_MIRROR/debian bookworm-updates main"
+    echo "deb [arch=arm64 signed-by=$KEYRING] $DEBIAN_MIRROR/debian-security bookworm-security main"
+  } >"$apt/sources.list"
+  # A private apt: its own lists, cache and (empty) dpkg status, arm64 only. It resolves
+  # the whole dependency closure (libc6 included) and checks every download's signature
+  # chain and hash, and touches nothing of the host's package state.
+  local opts=(-o "Dir::State=$apt/state" -o "Dir::State::status=$apt/state/status"
+    -o "Dir::Cache=$apt/cache" -o "Dir::Etc::SourceList=$apt/sources.list"
+    -o "Dir::Etc::SourceParts=/dev/null" -o "Dir::Etc::Preferences=/dev/null"
+    -o "Dir::Etc::PreferencesParts=/dev/null"
+    -o "APT::Architecture=arm64" -o "APT::Architectures::=arm64" -o "Debug::NoLocking=1"
+    -o "APT::Sandbox::User=root" -q)
+  log "downloading Debian bookworm arm64: $DEBS (+ dependencies)"
+  apt-get "${opts[@]}" update >/dev/null || die "apt-get update of the arm64 lists failed (network?)"
+  apt-get "${opts[@]}" -y --no-install-recommends --download-only install $DEBS >/dev/null \
+    || die "downloading the arm64 packages failed"
+  local n=0 deb
+  for deb in "$apt/cache/archives/"*.deb; do dpkg-deb -x "$deb" "$SYSROOT"; n=$((n + 1)); done
+  log "unpacked $n packages into ${SYSROOT#"$ROOT"/}"
+  rm -rf "$apt/cache/archives" "$apt/state/lists"  # keep build/ small: the sysroot is what counts
+  # Debian links the loader absolutely (/lib -> usr/lib merged); qemu -L resolves it in the sysroot.
+  [ -e "$SYSROOT/lib" ] || ln -s usr/lib "$SYSROOT/lib"
+  [ -x "$SYSROOT/usr/bin/python$PYVER" ] || die "python$PYVER missing from the unpacked packages"
+}
+
+fetch_wheels() {
+  rm -rf "$SITE"
+  log "downloading aarch64 wheels: $WHEELS"
+  # --target + --platform installs the manylinux aarch64 wheels as they are (no build,
+  # nothing compiled); the device's pip would pick the same files.
+  "$HOST_PY" -m pip install -q --disable-pip-version-check --no-warn-script-location \
+    --target "$SITE" --only-binary=:all: --implementation cp --python-version "$PYVER" --abi cp311 \
+    --platform manylinux2014_aarch64 --platform manylinux_2_17_aarch64 \
+    --platform manylinux_2_28_aarch64 $WHEELS >&2 || die "pip could not fetch the aarch64 wheels"
+}
+
+write_wrapper() {
+  mkdir -p "$(dirname "$WRAPPER")"
+  cat >"$WRAPPER" <<EOF
+#!/usr/bin/env bash
+# Generated by scripts/aarch64-python.sh: Debian's aarch64 python$PYVER under qemu-user.
+export PYTHONPATH="$PKGS:$SITE\${QVIT_EXTRA_PYTHONPATH:+:\$QVIT_EXTRA_PYTHONPATH}"
+export PYTHONNOUSERSITE=1
+exec qemu-aarch64 -L "$SYSROOT" "$SYSROOT/usr/bin/python$PYVER" "\$@"
+EOF
+  chmod +x "$WRAPPER"
+}
+
+if [ "$(cat "$STAMP" 2>/dev/null)" != "$KEY" ]; then
+  rm -f "$STAMP"
+  fetch_debs
+  fetch_wheels
+  write_wrapper
+  echo "$KEY" >"$STAMP"
+fi
+
+# The runtime package: a real directory of links to edge_runtime/*.py (so the host's x86_64
+# extension beside them is not seen), relinked every run so new modules appear.
+mkdir -p "$PKGS/qvit_edge"
+find "$PKGS/qvit_edge" -maxdepth 1 -type l -delete
+for f in "$ROOT"/edge_runtime/*.py; do ln -s "$f" "$PKGS/qvit_edge/$(basename "$f")"; done
+
+# The native extension, cross-compiled: cffi's generated C (from native/build_ffi.py, run on
+# the host) + the kernel sources, built against the aarch64 Python headers.
+build_native() {
+  local out="$PKGS/qvit_edge/_native$EXT_SUFFIX" work="$BASE/native-build"
+  if [ ! -f "$ROOT/native/build_ffi.py" ]; then
+    rm -f "$out"
+    log "native/build_ffi.py not there yet: qvit_edge._native left out"
+    return
+  fi
+  local srcs newest
+  srcs=$(find "$ROOT/native" -name '*.c' -o -name '*.h' -o -name 'build_ffi.py' | sort)
+  newest=$(ls -t $srcs "${BASH_SOURCE[0]}" | head -1)
+  if [ -f "$out" ] && [ "$out" -nt "$newest" ]; then return; fi
+  log "cross-compiling qvit_edge._native for aarch64"
+  rm -rf "$work" && mkdir -p "$work"
+  # build_ffi.py says which C file cffi generates and which sources and flags go with it.
+  "$HOST_PY" - "$ROOT" "$work" >"$work/plan.sh" <<'EOF' || die "native/build_ffi.py failed"
+import importlib.util, os, shlex, sys
+root, work = sys.argv[1], sys.argv[2]
+sys.path.insert(0, os.path.join(root, "native"))
+os.chdir(root)
+spec = importlib.util.spec_from_file_location("build_ffi", os.path.join(root, "native", "build_ffi.py"))
+mod = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(mod)
+ffi = mod.ffibuilder
+c_file = os.path.join(work, "_native.c")
+ffi.emit_c_code(c_file)
+_, _, _, kw = ffi._assigned_source
+srcs = [os.path.join(root, s) for s in kw.get("sources", [])]
+incs = [os.path.join(root, d) for d in kw.get("include_dirs", [])]
+args = [a for a in kw.get("extra_compile_args", []) if not a.startswith(("-march", "-mtune", "-mavx", "-mno-"))]
+print("C_FILE=" + shlex.quote(c_file))
+print("SRCS=(" + " ".join(shlex.quote(s) for s in srcs) + ")")
+print("INCS=(" + " ".join(shlex.quote("-I" + d) for d in incs) + ")")
+print("ARGS=(" + " ".join(shlex.quote(a) for a in args) + ")")
+print("LIBS=(" + " ".join(shlex.quote("-l" + x) for x in kw.get("libraries", [])) + ")")
+EOF
+  local C_FILE SRCS INCS ARGS LIBS
+  # shellcheck disable=SC1091
+  source "$work/plan.sh"
+  "$CC" -shared -fPIC -O2 -pthread "${ARGS[@]}" "${INCS[@]}" \
+    -I"$SYSROOT/usr/include/python$PYVER" -I"$SYSROOT/usr/include/aarch64-linux-gnu/python$PYVER" \
+    "$C_FILE" "${SRCS[@]}" -o "$out.tmp" "${LIBS[@]}" -lm || die "cross-compiling the native extension failed"
+  mv "$out.tmp" "$out"
+}
+build_native
+
+[ -x "$WRAPPER" ] || write_wrapper
+echo "$WRAPPER"
