@@ -1,0 +1,179 @@
+"""The numpy integer reference (qvit_edge.reference) against independent float computations and timm."""
+import numpy as np
+import pytest
+
+from qvit_edge import intmodel, quant
+from qvit_edge import reference as ref
+
+
+@pytest.fixture(scope="module")
+def swin():
+    return intmodel.random_swin(bits=3, seed=5)
+
+
+@pytest.fixture(scope="module")
+def deit():
+    return intmodel.random_deit(bits=2, distilled=True, seed=2)
+
+
+def _images(n, shape=(1, 28, 28), seed=0):
+    return np.random.default_rng(seed).normal(size=(n, *shape)).astype(np.float32)
+
+
+def test_trace_has_integer_side_of_every_quantized_op_and_same_logits(deit):
+    x = _images(3)
+    logits, tr = ref.run(deit, x, trace=True)
+    assert np.array_equal(logits, ref.run(deit, x))
+    quantized = [op for op in deit.graph if op["op"] in intmodel.QUANTIZED_OPS]
+    assert set(tr.ints) == {op["out"] for op in quantized}
+    for op in quantized:
+        ints = tr.ints[op["out"]]
+        if op["op"] == "attention":
+            assert set(ints) == {"q", "k", "v", "s_acc", "p", "o_acc"}
+            assert ints["s_acc"].dtype == np.int32 and ints["p"].max() <= 2 ** op["bits"] - 1
+        else:
+            assert ints["acc"].dtype == np.int32 and ints["a"].max() <= 2 ** op["a_bits"] - 1
+    assert all(op["out"] in tr.values for op in deit.graph)
+
+
+def test_qlinear_equals_dequantized_float_linear(deit):
+    x = _images(2)
+    _, tr = ref.run(deit, x, trace=True)
+    op, prm = next(deit.ops("qlinear"))  # blocks.0.attn.qkv
+    xin = tr.values[op["in"]]
+    xhat = quant.dequantize_act(quant.quantize_act(xin, prm["a_step"], prm["a_zp"], op["a_bits"]),
+                                prm["a_step"], prm["a_zp"])
+    want = xhat.astype(np.float64) @ quant.dequantize_weight(prm["weight"], prm["w_step"]).T.astype(np.float64)
+    want += prm["bias"]
+    np.testing.assert_allclose(tr.values[op["out"]], want, rtol=1e-5, atol=1e-5)
+
+
+def _float_attention(op, prm, qkv):
+    """The attention of docs/integer-model.md written directly in float64 on dequantized operands."""
+    h, d, bits = op["heads"], op["head_dim"], op["bits"]
+    b, t, _ = qkv.shape
+    q, k, v = qkv.astype(np.float64).reshape(b, t, 3, h, d).transpose(2, 0, 3, 1, 4)
+    if op["irm"]:
+        def ln(z, w, bb):
+            return (z - z.mean(-1, keepdims=True)) / np.sqrt(z.var(-1, keepdims=True) + op["eps"]) * w + bb
+        q, k = ln(q, prm["norm_q.weight"], prm["norm_q.bias"]), ln(k, prm["norm_k.weight"], prm["norm_k.bias"])
+
+    def fq(z, a):
+        s, zp = prm[f"{a}_step"].reshape(h, 1, 1), prm[f"{a}_zp"].reshape(h, 1, 1)
+        return quant.dequantize_act(quant.quantize_act(z, s, zp, bits), s, zp).astype(np.float64)
+
+    s = fq(q, "q") @ np.swapaxes(fq(k, "k"), -1, -2) * op["scale"]
+    if "rel_pos_bias" in prm:
+        s = s + prm["rel_pos_bias"]
+    if "mask" in prm:
+        nw = prm["mask"].shape[0]
+        s = s + prm["mask"][np.arange(b) % nw][:, None]
+    p = np.exp(s - s.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    o = fq(p, "p") @ fq(v, "v")
+    return o.transpose(0, 2, 1, 3).reshape(b, t, h * d)
+
+
+@pytest.mark.parametrize("which", ["deit", "swin"])
+def test_attention_equals_float_formula_incl_rel_pos_bias_and_shift_mask(which, deit, swin):
+    model = deit if which == "deit" else swin
+    x = _images(2)
+    _, tr = ref.run(model, x, trace=True)
+    checked_mask = False
+    for op, prm in model.ops("attention"):
+        got = tr.values[op["out"]]
+        want = _float_attention(op, prm, tr.values[op["in"]].astype(np.float64))
+        # a rounding-boundary flip of a probability code moves one output by one step; allow a few
+        close = np.isclose(got, want, rtol=1e-4, atol=1e-4)
+        assert close.mean() > 0.99, (op["param"], close.mean())
+        checked_mask |= "mask" in prm
+    assert checked_mask == (which == "swin")
+
+
+def test_shift_mask_matters(swin):
+    x = _images(1)
+    op, prm = next((o, p) for o, p in swin.ops("attention") if "mask" in p)
+    _, tr = ref.run(swin, x, trace=True)
+    out_masked, _ = ref.run_op(swin, op, tr.values)
+    saved = swin.tensors.pop(f"{op['param']}.mask")
+    try:
+        out_unmasked, _ = ref.run_op(swin, op, tr.values)
+    finally:
+        swin.tensors[f"{op['param']}.mask"] = saved
+    assert not np.allclose(out_masked, out_unmasked)
+
+
+@pytest.mark.parametrize("grid,window,shift", [((8, 8), 4, 2), ((7, 7), 4, 2), ((14, 14), 7, 3), ((4, 4), 4, 0)])
+def test_window_partition_matches_timm_and_reverse_inverts_it(grid, window, shift):
+    torch = pytest.importorskip("torch")
+    swin = pytest.importorskip("timm.models.swin_transformer")
+    rng = np.random.default_rng(0)
+    b, c = 2, 3
+    x = rng.normal(size=(b, grid[0] * grid[1], c)).astype(np.float32)
+    ours = ref.window_partition(x, grid, window, shift)
+    # timm's SwinTransformerBlock._attn: roll, pad, window_partition
+    t = torch.from_numpy(x).view(b, *grid, c)
+    t = torch.roll(t, shifts=(-shift, -shift), dims=(1, 2))
+    hp, wp = intmodel.padded_grid(grid, window)
+    t = torch.nn.functional.pad(t, (0, 0, 0, wp - grid[1], 0, hp - grid[0]))
+    theirs = swin.window_partition(t, (window, window)).reshape(-1, window * window, c)
+    assert np.array_equal(ours, theirs.numpy())
+    assert np.array_equal(ref.window_reverse(ours, grid, window, shift), x)
+
+
+@pytest.mark.parametrize("grid", [(4, 6), (7, 7)])
+def test_patch_merge_matches_timm(grid):
+    torch = pytest.importorskip("torch")
+    swin = pytest.importorskip("timm.models.swin_transformer")
+    c = 3
+    pm = swin.PatchMerging(dim=c)
+    pm.norm = torch.nn.Identity()
+    pm.reduction = torch.nn.Identity()
+    x = np.random.default_rng(1).normal(size=(2, grid[0] * grid[1], c)).astype(np.float32)
+    theirs = pm(torch.from_numpy(x).view(2, *grid, c)).flatten(1, 2).numpy()
+    assert np.array_equal(ref.patch_merge(x, grid), theirs)
+
+
+def test_patches_equal_a_strided_convolution():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(2)
+    img = rng.normal(size=(2, 3, 8, 12)).astype(np.float32)
+    w = rng.normal(size=(5, 3, 4, 4)).astype(np.float32)
+    conv = torch.nn.functional.conv2d(torch.from_numpy(img), torch.from_numpy(w), stride=4)
+    theirs = conv.flatten(2).transpose(1, 2).numpy()
+    ours = ref.patches(img, 4) @ w.reshape(5, -1).T
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_float_ops_match_torch():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(3)
+    x = (rng.normal(size=(4, 7, 33)) * 4).astype(np.float32)
+    g = ref.gelu(x)
+    tg = torch.nn.functional.gelu(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(g, tg, rtol=2e-6, atol=1e-6)
+    assert ref.gelu(np.float32([-30.0, 30.0]), clip=10.0).tolist() == [-0.0, 10.0]
+    w, b = rng.normal(size=33).astype(np.float32), rng.normal(size=33).astype(np.float32)
+    tl = torch.nn.functional.layer_norm(torch.from_numpy(x), (33,), torch.from_numpy(w), torch.from_numpy(b), 1e-6)
+    np.testing.assert_allclose(ref.layernorm(x, w, b, 1e-6), tl.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ref.softmax(x), torch.softmax(torch.from_numpy(x), -1).numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_distilled_deit_averages_its_two_heads(deit):
+    _, tr = ref.run(deit, _images(2), trace=True)
+    np.testing.assert_allclose(tr.values["logits"], (tr.values["logits_cls"] + tr.values["logits_dist"]) / 2)
+
+
+def test_random_models_are_sensibly_calibrated(swin):
+    # codes use the whole range and the network does not collapse to one class on varied inputs
+    x = _images(16, seed=9)
+    logits, tr = ref.run(swin, x, trace=True)
+    for name, ints in tr.ints.items():
+        a = ints["a"] if "a" in ints else ints["q"]
+        assert len(np.unique(a)) >= 2 ** 3 // 2, name
+    assert len(set(logits.argmax(1).tolist())) > 1
+
+
+def test_wrong_input_shape_is_one_line(deit):
+    with pytest.raises(intmodel.IntModelError, match=r"input must be \[B, 1, 28, 28\]"):
+        ref.run(deit, np.zeros((1, 3, 28, 28), np.float32))
