@@ -1,4 +1,4 @@
-"""qvit_edge.preflight on real ELF files (native and aarch64 builds, objects, executables) and non-ELF files."""
+"""qvit_edge.preflight on real ELF files (native and aarch64 builds, objects, executables) and others."""
 import shutil
 import subprocess
 import zipfile
@@ -8,7 +8,8 @@ from qvit_edge.clikit import UserError
 from qvit_edge.preflight import PreflightError, check_model_file, host_machine, read_elf
 
 # A library that exports what a model.so exports (by name only: preflight never runs it).
-MODEL_C = b"const int qvit_model_abi = 1;\nconst char qvit_model_meta[] = \"{}\";\nint helper(void) { return 1; }\n"
+MODEL_C = (b"const int qvit_model_abi = 1;\nconst char qvit_model_meta[] = \"{}\";\n"
+           b"int helper(void) { return 1; }\n")
 OTHER_C = b"int just_a_library(int x) { return x + 1; }\n"
 MAIN_C = b"int main(void) { return 0; }\n"
 
@@ -36,7 +37,8 @@ def elves(tmp_path_factory):
         "exec": _cc(cc, d / "main.c", d / "exe", "-no-pie"),
     }
     if shutil.which("aarch64-linux-gnu-gcc"):
-        out["model_aarch64"] = _cc("aarch64-linux-gnu-gcc", d / "model.c", d / "model_a64.so", "-shared", "-fPIC")
+        out["model_aarch64"] = _cc("aarch64-linux-gnu-gcc", d / "model.c", d / "model_a64.so",
+                                   "-shared", "-fPIC")
     model = (d / "model.so").read_bytes()
 
     def patched(name, offset, value):
