@@ -15,6 +15,8 @@ file seeks), so a large model is not read into memory twice.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import platform
 import struct
@@ -67,12 +69,16 @@ def _hint(head: bytes) -> str:
 
 def read_elf(path: str) -> ElfInfo:
     """Reads the ELF header and dynamic symbols of a 64-bit little-endian file."""
+    return _open_elf(path, _read_elf)[0]
+
+
+def _open_elf(path: str, reader, *args):
     try:
         if os.path.isdir(path):
             raise PreflightError(f"{path}: is a directory, not a model.so")
         size = os.path.getsize(path)
         with open(path, "rb") as f:
-            return _read_elf(f, path, size)
+            return reader(f, path, size, *args)
     except FileNotFoundError:
         raise PreflightError(f"{path}: no such file") from None
     except PermissionError:
@@ -81,7 +87,8 @@ def read_elf(path: str) -> ElfInfo:
         raise PreflightError(f"{path}: cannot read ({e.strerror or e})") from None
 
 
-def _read_elf(f, path: str, size: int) -> ElfInfo:
+def _read_elf(f, path: str, size: int):
+    """-> (ElfInfo, sections, {symbol: (value, size)})."""
     if size == 0:
         raise PreflightError(f"{path}: empty file, not a model.so")
     head = f.read(64)
@@ -98,9 +105,10 @@ def _read_elf(f, path: str, size: int) -> ElfInfo:
     elf_type = ET_NAMES.get(e_type, f"ELF type {e_type}")
     shoff, = struct.unpack_from("<Q", head, 0x28)
     shentsize, shnum = struct.unpack_from("<HH", head, 0x3A)
-    symbols: set[str] | None = None
+    symbols: dict[str, tuple[int, int]] | None = None
+    sections = []
     if shoff and shnum and shentsize >= 64:
-        symbols = set()
+        symbols = {}
         if shoff + shnum * shentsize > size:
             raise PreflightError(f"{path}: truncated or corrupt ELF file (section table past the end)")
         f.seek(shoff)
@@ -117,13 +125,95 @@ def _read_elf(f, path: str, size: int) -> ElfInfo:
             f.seek(str_off)
             strtab = f.read(str_sz)
             for i in range(sz // entsize):
-                st_name, _, _, st_shndx = struct.unpack_from("<IBBH", syms, i * entsize)
+                st_name, _, _, st_shndx, st_value, st_size = struct.unpack_from("<IBBHQQ", syms, i * entsize)
                 if st_shndx == 0 or st_name >= len(strtab):  # undefined: imported, not exported
                     continue
                 end = strtab.find(b"\0", st_name)
-                symbols.add(strtab[st_name:end if end >= 0 else None].decode("utf-8", "replace"))
-    return ElfInfo(machine=machine, elf_type=elf_type, size=size,
+                name = strtab[st_name:end if end >= 0 else None].decode("utf-8", "replace")
+                symbols[name] = (st_value, st_size)
+    info = ElfInfo(machine=machine, elf_type=elf_type, size=size,
                    symbols=None if symbols is None else frozenset(symbols))
+    return info, sections, symbols or {}
+
+
+SHT_NOBITS = 8
+
+
+def _symbol_reader(f, path: str, size: int, names, lengths=None):
+    """The bytes of defined data symbols, found through the section that holds their address.
+
+    lengths: {name: symbol holding the length as a uint64} for arrays sized by another symbol."""
+    _, sections, symbols = _read_elf(f, path, size)
+    out = {}
+    for name in names:
+        if name not in symbols:
+            raise PreflightError(f"{path}: a shared library but not a qvit-edge model (no {name})")
+        value, nbytes = symbols[name]
+        if lengths and name in lengths:
+            n_raw = out[lengths[name]]
+            nbytes = struct.unpack("<Q", n_raw)[0] if len(n_raw) == 8 else -1
+            if not 0 <= nbytes <= symbols[name][1]:
+                raise PreflightError(f"{path}: corrupt model ({lengths[name]} does not fit {name})")
+        for _, sh_type, _, addr, off, sz, *_ in sections:
+            if sh_type != SHT_NOBITS and addr <= value and value + nbytes <= addr + sz:
+                if off + (value - addr) + nbytes > size:
+                    break
+                f.seek(off + (value - addr))
+                out[name] = f.read(nbytes) if nbytes <= (1 << 20) else _Range(f.name, f.tell(), nbytes)
+                break
+        else:
+            raise PreflightError(f"{path}: truncated or corrupt ELF file (symbol {name} not in the file)")
+    return out
+
+
+@dataclass(frozen=True)
+class _Range:
+    """A large symbol (the weights blob): read in chunks, never whole."""
+
+    file: str
+    offset: int
+    size: int
+
+    def sha256(self) -> str:
+        h = hashlib.sha256()
+        with open(self.file, "rb") as f:
+            f.seek(self.offset)
+            left = self.size
+            while left:
+                chunk = f.read(min(left, 1 << 22))
+                if not chunk:
+                    break
+                h.update(chunk)
+                left -= len(chunk)
+        return h.hexdigest()
+
+
+def read_model_doc(path: str) -> dict:
+    """A model.so's metadata document, read from the file without loading it (any architecture).
+
+    Checks what the loader checks that needs no code to run: the format and its version,
+    and the SHA-256 of the weights blob against weights_sha256 (docs/model-so.md)."""
+    from qvit_edge.model import FORMAT, FORMAT_VERSIONS  # the executor's constants, one source
+
+    got = _open_elf(path, _symbol_reader, ("qvit_model_meta", "qvit_model_blob_size", "qvit_model_blob"),
+                    {"qvit_model_blob": "qvit_model_blob_size"})
+    meta = got["qvit_model_meta"]
+    meta = meta if isinstance(meta, bytes) else b""
+    try:
+        doc = json.loads(meta.split(b"\0", 1)[0].decode())
+    except ValueError:
+        raise PreflightError(f"{path}: corrupt metadata (not JSON)") from None
+    if not isinstance(doc, dict):
+        raise PreflightError(f"{path}: corrupt metadata (not a JSON object)")
+    if doc.get("format") != FORMAT or doc.get("format_version") not in FORMAT_VERSIONS:
+        raise PreflightError(f"{path}: format {doc.get('format')!r} version {doc.get('format_version')!r} "
+                             f"is not supported (this runtime reads {FORMAT} {list(FORMAT_VERSIONS)})")
+    blob = got["qvit_model_blob"]
+    digest = blob.sha256() if isinstance(blob, _Range) else hashlib.sha256(blob).hexdigest()
+    if digest != doc.get("weights_sha256"):
+        raise PreflightError(f"{path}: weights checksum mismatch (file damaged?)")
+    doc.pop("plan", None)
+    return doc
 
 
 def check_model_file(path: str, machine: str | None = None) -> ElfInfo:
@@ -146,3 +236,31 @@ def check_model_file(path: str, machine: str | None = None) -> ElfInfo:
     if missing:
         raise PreflightError(f"{path}: a shared library but not a qvit-edge model (no {', '.join(missing)})")
     return info
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def check_threads(threads) -> int:
+    """--threads: an integer from 1 to the CPUs available (more only oversubscribes the cores)."""
+    try:
+        n = int(threads)
+    except (TypeError, ValueError):
+        raise UserError(f"--threads {threads!r}: not an integer") from None
+    cpus = available_cpus()
+    if not 1 <= n <= cpus:
+        raise UserError(f"--threads {n}: must be between 1 and {cpus} (the CPUs available here)")
+    return n
+
+
+def open_model(path: str, threads: int = 1, profile: bool = False):
+    """check_model_file, then qvit_edge.model.load: the one way the command lines open a model."""
+    check_model_file(path)
+    from qvit_edge import model  # needs the native library: imported only once the file looks right
+
+    return model.load(path, threads=threads, profile=profile)

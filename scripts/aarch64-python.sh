@@ -51,7 +51,9 @@ WHEELS="$(pin numpy) $(pin cffi) $(pin pillow)"
 # extension compiles against; its pyconfig.h is the aarch64 one; libstdc++6: numpy needs it, as
 # every Raspberry Pi OS has it).
 DEBS="python3.11-minimal libpython3.11-stdlib libpython3.11-dev libstdc++6"
-KEY="$(sha256sum "${BASH_SOURCE[0]}" | cut -c1-16) $WHEELS $DEBS"
+# Bump LAYOUT when the sysroot's layout changes, to force a fresh download.
+LAYOUT=1
+KEY="layout $LAYOUT: $WHEELS $DEBS"
 STAMP="$BASE/.stamp"
 
 fetch_debs() {
@@ -141,7 +143,7 @@ build_native() {
   rm -rf "$work" && mkdir -p "$work"
   # build_ffi.py says which C file cffi generates and which sources and flags go with it.
   "$HOST_PY" - "$ROOT" "$work" >"$work/plan.sh" <<'EOF' || die "native/build_ffi.py failed"
-import importlib.util, os, shlex, sys
+import contextlib, importlib.util, os, shlex, sys
 root, work = sys.argv[1], sys.argv[2]
 sys.path.insert(0, os.path.join(root, "native"))
 os.chdir(root)
@@ -150,22 +152,26 @@ mod = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(mod)
 ffi = mod.ffibuilder
 c_file = os.path.join(work, "_native.c")
-ffi.emit_c_code(c_file)
-_, _, _, kw = ffi._assigned_source
-srcs = [os.path.join(root, s) for s in kw.get("sources", [])]
-incs = [os.path.join(root, d) for d in kw.get("include_dirs", [])]
-args = [a for a in kw.get("extra_compile_args", []) if not a.startswith(("-march", "-mtune", "-mavx", "-mno-"))]
+with contextlib.redirect_stdout(sys.stderr):  # cffi says "generating ..." on stdout
+    ffi.emit_c_code(c_file)
+# build_ffi.py publishes its lists (absolute paths); cffi's own record is the fallback.
+kw = ffi._assigned_source[3]
+srcs = [os.path.join(root, s) for s in getattr(mod, "SOURCES", kw.get("sources", []))]
+incs = [os.path.join(root, d) for d in getattr(mod, "INCLUDE_DIRS", kw.get("include_dirs", []))]
+args = [a for a in getattr(mod, "CFLAGS", kw.get("extra_compile_args", []))
+        if not a.startswith(("-march", "-mtune", "-mavx", "-mno-"))]
+libs = getattr(mod, "LDFLAGS", ["-l" + x for x in kw.get("libraries", [])])
 print("C_FILE=" + shlex.quote(c_file))
 print("SRCS=(" + " ".join(shlex.quote(s) for s in srcs) + ")")
 print("INCS=(" + " ".join(shlex.quote("-I" + d) for d in incs) + ")")
 print("ARGS=(" + " ".join(shlex.quote(a) for a in args) + ")")
-print("LIBS=(" + " ".join(shlex.quote("-l" + x) for x in kw.get("libraries", [])) + ")")
+print("LIBS=(" + " ".join(shlex.quote(x) for x in libs) + ")")
 EOF
   local C_FILE SRCS INCS ARGS LIBS
   # shellcheck disable=SC1091
   source "$work/plan.sh"
   "$CC" -shared -fPIC -O2 -pthread "${ARGS[@]}" "${INCS[@]}" \
-    -I"$SYSROOT/usr/include/python$PYVER" -I"$SYSROOT/usr/include/aarch64-linux-gnu/python$PYVER" \
+    -I"$SYSROOT/usr/include/python$PYVER" -idirafter "$SYSROOT/usr/include" \
     "$C_FILE" "${SRCS[@]}" -o "$out.tmp" "${LIBS[@]}" -lm || die "cross-compiling the native extension failed"
   mv "$out.tmp" "$out"
 }

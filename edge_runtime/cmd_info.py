@@ -1,0 +1,66 @@
+"""`qvit-edge info model.so [--json]`: what a model.so holds, read from the file without loading it.
+
+No code in the model runs, so it also inspects models built for another CPU (an aarch64
+model.so on the x86_64 build machine) and still checks the format version and the weights
+checksum. JSON schema: docs/runtime.md.
+"""
+from __future__ import annotations
+
+import json
+
+from qvit_edge.preflight import check_model_file, host_machine, read_elf, read_model_doc
+
+SCHEMA = "qvit-edge.info/1"
+
+
+def add_arguments(p):
+    p.add_argument("model", help="a model.so written by `make compile`")
+    p.add_argument("--json", action="store_true", help="print one JSON object (docs/runtime.md)")
+
+
+def describe(path: str) -> dict:
+    """The info JSON object for a model file (raises PreflightError)."""
+    info = read_elf(path)
+    check_model_file(path, machine=info.machine)  # every check but the CPU one
+    doc = read_model_doc(path)
+    keys = ("format", "format_version", "arch", "family", "bits", "target", "input", "num_classes",
+            "classes", "weights_sha256")
+    out = {"schema": SCHEMA, "path": path, "size_bytes": info.size, "machine": info.machine,
+           "runs_here": info.machine == host_machine()}
+    out.update({k: doc.get(k) for k in keys})
+    out["extra"] = {k: v for k, v in doc.items() if k not in keys}
+    return out
+
+
+def _fmt(v) -> str:
+    if isinstance(v, dict):
+        return ", ".join(f"{k}={_fmt(x)}" for k, x in v.items())
+    if isinstance(v, list):
+        return "[" + ", ".join(_fmt(x) for x in v) + "]"
+    return str(v)
+
+
+def run(args) -> int:
+    d = describe(args.model)
+    if args.json:
+        print(json.dumps(d, indent=2))
+        return 0
+    classes = d["classes"] or []
+    shown = ", ".join(classes[:10]) + (f", ... ({len(classes)} in all)" if len(classes) > 10 else "")
+    here = "yes" if d["runs_here"] else f"no (this machine is {host_machine()})"
+    rows = [
+        ("model", d["path"]),
+        ("size", f"{d['size_bytes'] / 1e6:.2f} MB"),
+        ("format", f"{d['format']} v{d['format_version']}"),
+        ("architecture", f"{d['arch']} ({d['family']})"),
+        ("bits", _fmt(d["bits"])),
+        ("target", _fmt(d["target"])),
+        ("built for", f"{d['machine']}; runs here: {here}"),
+        ("input", _fmt(d["input"])),
+        ("classes", f"{d['num_classes']}: {shown}"),
+        ("weights sha256", f"{d['weights_sha256']} (verified)"),
+    ]
+    w = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{w}}  {v}")
+    return 0
