@@ -1,0 +1,319 @@
+"""Native low-bit integer kernels (native/, built as qvit_edge._native) as a numpy API.
+
+Arithmetic: edge_runtime/quant.py. Activations are unsigned b-bit codes with an integer zero
+point, weights signed b-bit codes (1 bit: -1/+1). Every GEMM here returns exactly what
+`quant.int_linear` / `quant.int_matmul_act` return, or applies the fused epilogue of
+`reference.linear_epilogue` (and optionally `quant.quantize_act`) to it, bit for bit.
+
+Two exact engines:
+  "bitserial": bit planes, AND + popcount (AVX-512 VPOPCNTDQ, AVX2, NEON CNT, scalar);
+  "int8":      int8 dot products (AVX-512 VNNI, AVX2 PMADDUBSW, NEON SDOT / SMULL, scalar).
+`engine="auto"` picks the faster one per bit width on this path (ENGINE_BY_BITS, measured with
+`make bench-kernels`, docs/bench-kernels.md).
+
+    from qvit_edge import kernels as K
+    w = K.pack_weight(w_codes, bits=2)                   # once, ahead of time
+    y = K.linear(a_codes, 2, a_zp, w, scale=np.float32(a_step) * w_step, bias=b)   # float32 [M, N]
+    codes = K.linear(..., requant=(next_step, next_zp, next_bits))                 # uint8 codes
+    acc = K.int_linear(a_codes, a_zp, w_codes, a_bits=2, w_bits=2)                  # int32, like quant
+    s = K.int_matmul_act(q_codes, q_zp, k_codes, k_zp, bits=2)                      # Q K^T, int32
+
+Paths: `paths()` lists what this CPU runs, `set_path(name)` / env QVIT_NATIVE_PATH forces one.
+Threads: `set_threads(n)` (1 by default, or env QVIT_NUM_THREADS).
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import quant
+
+try:
+    from . import _native
+except ImportError as e:  # pragma: no cover - only on a broken install
+    raise ImportError(f"qvit_edge._native is not built ({e}); reinstall qvit-edge (pip install .)") from None
+
+ffi, lib = _native.ffi, _native.lib
+
+PATH_NAMES = ("scalar", "avx2", "avx512", "neon", "neon_dot")
+ENGINES = ("bitserial", "int8")
+
+# Faster exact engine per bit width (max of activation and weight bits) on each path, from
+# docs/bench-kernels.md (DeiT-S shapes, 1 thread, packing included). 5..8 bits: int8 always.
+ENGINE_BY_BITS = {
+    "avx512": {1: "bitserial", 2: "bitserial", 3: "int8", 4: "int8"},
+    "avx2": {1: "bitserial", 2: "bitserial", 3: "int8", 4: "int8"},
+    "neon_dot": {1: "bitserial", 2: "bitserial", 3: "int8", 4: "int8"},
+    "neon": {1: "bitserial", 2: "bitserial", 3: "bitserial", 4: "int8"},
+    "scalar": {1: "bitserial", 2: "bitserial", 3: "int8", 4: "int8"},
+}
+
+
+# ---- paths and threads -------------------------------------------------------------------------
+def paths() -> list[str]:
+    """Paths this CPU and build can run, scalar first."""
+    return [n for i, n in enumerate(PATH_NAMES) if lib.qv_path_supported(i)]
+
+
+def get_path() -> str:
+    return PATH_NAMES[lib.qv_get_path()]
+
+
+def set_path(name: str) -> None:
+    """Force a path ("auto" = best for this CPU). ValueError if unknown or unsupported here."""
+    idx = -1 if name == "auto" else (PATH_NAMES.index(name) if name in PATH_NAMES else None)
+    if idx is None:
+        raise ValueError(f"unknown kernel path {name!r}; known: auto, {', '.join(PATH_NAMES)}")
+    if lib.qv_set_path(idx) != 0:
+        raise ValueError(f"kernel path {name!r} is not supported on this CPU (supported: {', '.join(paths())})")
+
+
+@contextlib.contextmanager
+def forced_path(name: str):
+    """Context manager: run the body on path `name`, then restore the previous one."""
+    old = get_path()
+    set_path(name)
+    try:
+        yield
+    finally:
+        set_path(old)
+
+
+def get_threads() -> int:
+    return int(lib.qv_pool_threads())
+
+
+def set_threads(n: int) -> int:
+    """Threads the kernels use (the calling thread included). Returns the value in effect."""
+    return int(lib.qv_pool_set_threads(int(n)))
+
+
+def engine_for(a_bits: int, w_bits: int, path: str | None = None) -> str:
+    bits = max(a_bits, w_bits)
+    if bits > 4:
+        return "int8"
+    return ENGINE_BY_BITS.get(path or get_path(), ENGINE_BY_BITS["scalar"])[bits]
+
+
+# ---- packing -------------------------------------------------------------------------------------
+@dataclass
+class Packed:
+    """A B operand (weights, or the second activation of an attention matmul) in native layout."""
+    engine: str
+    bits: int
+    signed: bool
+    n: int
+    k: int
+    data: np.ndarray     # uint64 bit planes (bitserial) or int8 blocks (int8)
+    colsum: np.ndarray   # int32 [n], sum of the code values of each row
+
+
+def _ptr(ctype: str, arr: np.ndarray | None):
+    return ffi.NULL if arr is None else ffi.cast(ctype, arr.ctypes.data)
+
+
+def _codes(x, bits: int, signed: bool, check: bool, what: str) -> np.ndarray:
+    """Codes as a C-contiguous 2-D uint8 array (int8 bytes for signed), range-checked."""
+    x = np.asarray(x)
+    if x.ndim != 2:
+        raise ValueError(f"{what}: expected a 2-D array of codes, got shape {x.shape}")
+    if check and x.size:
+        lo, hi = quant.weight_range(bits) if signed else quant.act_range(bits)
+        mn, mx = int(x.min()), int(x.max())
+        if mn < lo or mx > hi:
+            raise ValueError(f"{what}: codes in [{mn}, {mx}] do not fit {bits}-bit range [{lo}, {hi}]")
+        if signed and bits == 1 and np.any(x == 0):
+            raise ValueError(f"{what}: 1-bit weight codes must be -1 or +1")
+    dt = np.int8 if signed else np.uint8
+    if x.dtype != dt:
+        x = x.astype(dt)
+    return np.ascontiguousarray(x).view(np.uint8)
+
+
+def _check_bits(bits: int) -> None:
+    if not (isinstance(bits, (int, np.integer)) and 1 <= bits <= 8):
+        raise ValueError(f"bits must be an integer in 1..8, got {bits!r}")
+
+
+def pack_b(codes, bits: int, signed: bool, engine: str = "bitserial", check: bool = True) -> Packed:
+    """Pack N rows of K codes as the B operand of a GEMM (weights: signed=True)."""
+    _check_bits(bits)
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    c = _codes(codes, bits, signed, check, "B operand")
+    n, k = c.shape
+    if k == 0:
+        raise ValueError("K must be at least 1")
+    colsum = np.empty(n, np.int32)
+    if engine == "bitserial":
+        data = np.empty(lib.qv_bs_b_words(n, k, bits), np.uint64)
+        rc = lib.qv_bs_pack_b(_ptr("uint8_t *", c), n, k, k, bits, int(signed), _ptr("uint64_t *", data),
+                              _ptr("int32_t *", colsum))
+    else:
+        data = np.empty(lib.qv_i8_b_bytes(n, k), np.int8)
+        rc = lib.qv_i8_pack_b(_ptr("uint8_t *", c), n, k, k, int(signed), _ptr("int8_t *", data),
+                              _ptr("int32_t *", colsum))
+    if rc != 0:
+        raise ValueError(f"native pack failed for shape {c.shape}")
+    return Packed(engine, int(bits), bool(signed), n, k, data, colsum)
+
+
+def pack_weight(w_codes, bits: int, engine: str = "auto", a_bits: int | None = None, check: bool = True) -> Packed:
+    """Pack signed weight codes [N, K] once, ahead of time. engine "auto": engine_for(a_bits or bits, bits)."""
+    if engine == "auto":
+        engine = engine_for(a_bits or bits, bits)
+    return pack_b(w_codes, bits, True, engine, check)
+
+
+def pack_a(codes, bits: int, engine: str, check: bool = True):
+    """Pack M rows of activation codes as the A operand: (data, rowsum). Done per call by gemm()."""
+    _check_bits(bits)
+    c = _codes(codes, bits, False, check, "A operand")
+    m, k = c.shape
+    if k == 0:
+        raise ValueError("K must be at least 1")
+    rowsum = np.empty(m, np.int32)
+    if engine == "bitserial":
+        data = np.empty(lib.qv_bs_a_words(m, k, bits), np.uint64)
+        rc = lib.qv_bs_pack_a(_ptr("uint8_t *", c), m, k, k, bits, _ptr("uint64_t *", data), _ptr("int32_t *", rowsum))
+    else:
+        data = np.empty(lib.qv_i8_a_bytes(m, k), np.uint8)
+        rc = lib.qv_i8_pack_a(_ptr("uint8_t *", c), m, k, k, _ptr("uint8_t *", data), _ptr("int32_t *", rowsum))
+    if rc != 0:
+        raise ValueError(f"native pack failed for shape {c.shape}")
+    return data, rowsum
+
+
+# ---- GEMMs ---------------------------------------------------------------------------------------
+def gemm(a_codes, a_bits: int, za: int, b: Packed, zb: int = 0, scale=None, bias=None, requant=None,
+         out: str | None = None, check: bool = True) -> np.ndarray:
+    """sum_k (a[m, k] - za) * (b[n, k] - zb) with the fused epilogue.
+
+    out: "int32" -> the exact accumulators [M, N] (default when no scale is given);
+         "float32" -> y = float32(acc) * scale[n] + bias[n] (default with a scale);
+         "codes" -> uint8 quant.quantize_act(y, *requant) (default with requant=(step, zp, bits)).
+    scale: float32 scalar or [N] (a linear layer: float32(s_a) * s_w); bias: [N] or None.
+    """
+    a_data, rowsum = pack_a(a_codes, a_bits, b.engine, check)
+    m, k = np.shape(a_codes)
+    if k != b.k:
+        raise ValueError(f"K mismatch: A has {k}, B has {b.k}")
+    if b.signed and zb != 0:
+        raise ValueError("a signed (weight) operand has no zero point")
+    if out is None:
+        out = "codes" if requant is not None else ("float32" if scale is not None else "int32")
+    if out not in ("int32", "float32", "codes"):
+        raise ValueError(f"out must be int32, float32 or codes, got {out!r}")
+    n = b.n
+    ep = ffi.new("qv_epilogue *")
+    keep = []
+    if scale is not None:
+        s = np.asarray(scale, np.float32)
+        if s.ndim == 0:
+            ep.scale0 = float(s)
+        else:
+            s = np.ascontiguousarray(s.reshape(-1))
+            if s.shape[0] != n:
+                raise ValueError(f"scale has {s.shape[0]} values for N = {n}")
+            ep.scale = _ptr("float *", s)
+            keep.append(s)
+    else:
+        ep.scale0 = 1.0
+    if bias is not None:
+        bb = np.ascontiguousarray(np.asarray(bias, np.float32).reshape(-1))
+        if bb.shape[0] != n:
+            raise ValueError(f"bias has {bb.shape[0]} values for N = {n}")
+        ep.bias = _ptr("float *", bb)
+        keep.append(bb)
+    if out == "codes":
+        if requant is None:
+            raise ValueError("out='codes' needs requant=(step, zero_point, bits)")
+        q_step, q_zp, q_bits = requant
+        _check_bits(q_bits)
+        ep.q_step, ep.q_zp, ep.q_bits = float(np.float32(q_step)), int(q_zp), int(q_bits)
+        res = np.empty((m, n), np.uint8)
+        ep.out_q = _ptr("uint8_t *", res)
+    elif out == "float32":
+        res = np.empty((m, n), np.float32)
+        ep.out_f = _ptr("float *", res)
+    else:
+        res = np.empty((m, n), np.int32)
+        ep.out_i = _ptr("int32_t *", res)
+    ep.ldo = n
+    if b.engine == "bitserial":
+        rc = lib.qv_bs_gemm(_ptr("uint64_t *", a_data), _ptr("int32_t *", rowsum), a_bits, int(za),
+                            _ptr("uint64_t *", b.data), _ptr("int32_t *", b.colsum), b.bits, int(b.signed), int(zb),
+                            m, n, k, ep)
+    else:
+        rc = lib.qv_i8_gemm(_ptr("uint8_t *", a_data), _ptr("int32_t *", rowsum), a_bits, int(za),
+                            _ptr("int8_t *", b.data), _ptr("int32_t *", b.colsum), int(b.signed), int(zb),
+                            m, n, k, ep)
+    if rc != 0:
+        raise ValueError("native gemm rejected its arguments")
+    return res
+
+
+def linear(a_codes, a_bits: int, za: int, w: Packed, scale=None, bias=None, requant=None, out=None,
+           check: bool = True) -> np.ndarray:
+    """A quantized linear layer in one call: weights packed by pack_weight, activations packed here."""
+    return gemm(a_codes, a_bits, za, w, 0, scale, bias, requant, out, check)
+
+
+def int_linear(a, z_a: int, w, a_bits: int, w_bits: int, engine: str = "auto") -> np.ndarray:
+    """Same result as quant.int_linear (packs the weights on every call: for tests and one-offs)."""
+    if engine == "auto":
+        engine = engine_for(a_bits, w_bits)
+    return gemm(a, a_bits, z_a, pack_b(w, w_bits, True, engine), out="int32")
+
+
+def int_matmul_act(a, z_a: int, b, z_b: int, bits: int, b_bits: int | None = None, engine: str = "auto") -> np.ndarray:
+    """Same result as quant.int_matmul_act for 2-D operands: sum_k (a[m,k] - z_a) (b[n,k] - z_b).
+    Both operands are packed per call (Q K^T: b = K codes; A V: b = V^T codes)."""
+    b_bits = bits if b_bits is None else b_bits
+    if engine == "auto":
+        engine = engine_for(bits, b_bits)
+    return gemm(a, bits, z_a, pack_b(b, b_bits, False, engine), zb=z_b, out="int32")
+
+
+# ---- float ops -------------------------------------------------------------------------------------
+def _f32(x) -> np.ndarray:
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def layernorm(x, weight=None, bias=None, eps: float = 1e-6) -> np.ndarray:
+    x = _f32(x)
+    n = x.shape[-1]
+    out = np.empty_like(x)
+    wt = None if weight is None else _f32(weight)
+    bs = None if bias is None else _f32(bias)
+    lib.qv_layernorm(_ptr("float *", x), x.size // n, n, _ptr("float *", wt), _ptr("float *", bs), float(eps),
+                     _ptr("float *", out))
+    return out
+
+
+def softmax(x) -> np.ndarray:
+    """Softmax over the last axis."""
+    x = _f32(x)
+    out = np.empty_like(x)
+    lib.qv_softmax(_ptr("float *", x), x.size // x.shape[-1], x.shape[-1], _ptr("float *", out))
+    return out
+
+
+def gelu(x, clip=None) -> np.ndarray:
+    """Exact (erf) GELU, optionally clipped to [-clip, clip]."""
+    x = _f32(x)
+    out = np.empty_like(x)
+    lib.qv_gelu(_ptr("float *", x), x.size, float(clip) if clip else 0.0, _ptr("float *", out))
+    return out
+
+
+def quantize(x, step: float, zero_point: int, bits: int) -> np.ndarray:
+    """quant.quantize_act with one step and zero point, as uint8 codes (bit-exact)."""
+    _check_bits(bits)
+    x = _f32(x)
+    out = np.empty(x.shape, np.uint8)
+    lib.qv_quantize(_ptr("float *", x), x.size, float(np.float32(step)), int(zero_point), int(bits),
+                    _ptr("uint8_t *", out))
+    return out

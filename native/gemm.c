@@ -1,0 +1,177 @@
+/* GEMM driver: argument checks, operand packing, zero-point corrections and the split of the
+ * output over the thread pool. The arithmetic of the kernels is in ref/scalar.c. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "qv_internal.h"
+#include "qv_pool.h"
+
+#define KMAX ((int64_t)1 << 24)
+
+static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+size_t qv_bs_a_words(int64_t m, int64_t k, int bits) { return (size_t)(m * bits * ceil_div(k, 64)); }
+size_t qv_bs_b_words(int64_t n, int64_t k, int bits) {
+  return (size_t)(ceil_div(n, QV_BS_NB) * QV_BS_NB * bits * ceil_div(k, 64));
+}
+size_t qv_i8_a_bytes(int64_t m, int64_t k) { return (size_t)(m * ceil_div(k, 4) * 4); }
+size_t qv_i8_b_bytes(int64_t n, int64_t k) { return (size_t)(ceil_div(n, QV_I8_NB) * QV_I8_NB * ceil_div(k, 4) * 4); }
+
+static int bad_shape(int64_t rows, int64_t k, int64_t ld) { return rows < 0 || k < 1 || k > KMAX || ld < k; }
+
+static int32_t row_sum(const uint8_t *codes, int64_t k, int is_signed) {
+  int32_t s = 0;
+  if (is_signed) for (int64_t i = 0; i < k; i++) s += (int8_t)codes[i];
+  else for (int64_t i = 0; i < k; i++) s += codes[i];
+  return s;
+}
+
+int qv_bs_pack_a(const uint8_t *codes, int64_t m, int64_t k, int64_t lda, int bits, uint64_t *planes,
+                 int32_t *rowsum) {
+  if (bad_shape(m, k, lda) || bits < 1 || bits > 8) return QV_EINVAL;
+  const qv_kernels *kn = qv_active_kernels();
+  int64_t kw = ceil_div(k, 64);
+  for (int64_t r = 0; r < m; r++) {
+    kn->packrow(codes + r * lda, k, bits, planes + r * bits * kw, kw);
+    if (rowsum) rowsum[r] = row_sum(codes + r * lda, k, 0);
+  }
+  return QV_OK;
+}
+
+int qv_bs_pack_b(const uint8_t *codes, int64_t n, int64_t k, int64_t ldb, int bits, int is_signed,
+                 uint64_t *planes, int32_t *colsum) {
+  if (bad_shape(n, k, ldb) || bits < 1 || bits > 8) return QV_EINVAL;
+  const qv_kernels *kn = qv_active_kernels();
+  int64_t kw = ceil_div(k, 64), nb = ceil_div(n, QV_BS_NB);
+  uint64_t *row = malloc((size_t)(bits * kw) * sizeof *row);
+  uint8_t *bin = (is_signed && bits == 1) ? malloc((size_t)k) : NULL;
+  if (!row || (is_signed && bits == 1 && !bin)) { free(row); free(bin); return QV_EINVAL; }
+  memset(planes, 0, (size_t)(nb * QV_BS_NB * bits * kw) * sizeof *planes);
+  for (int64_t r = 0; r < n; r++) {
+    const uint8_t *src = codes + r * ldb;
+    if (bin) {  /* {-1, +1} -> bit (w + 1) / 2 */
+      for (int64_t i = 0; i < k; i++) bin[i] = (int8_t)src[i] > 0;
+      src = bin;
+    }
+    kn->packrow(src, k, bits, row, kw);
+    uint64_t *dst = planes + (r / QV_BS_NB) * bits * kw * QV_BS_NB + (r % QV_BS_NB);
+    for (int j = 0; j < bits; j++)
+      for (int64_t w = 0; w < kw; w++) dst[(j * kw + w) * QV_BS_NB] = row[j * kw + w];
+    if (colsum) colsum[r] = row_sum(codes + r * ldb, k, is_signed);
+  }
+  free(row);
+  free(bin);
+  return QV_OK;
+}
+
+int qv_i8_pack_a(const uint8_t *codes, int64_t m, int64_t k, int64_t lda, uint8_t *packed, int32_t *rowsum) {
+  if (bad_shape(m, k, lda)) return QV_EINVAL;
+  int64_t k4 = ceil_div(k, 4) * 4;
+  for (int64_t r = 0; r < m; r++) {
+    memcpy(packed + r * k4, codes + r * lda, (size_t)k);
+    memset(packed + r * k4 + k, 0, (size_t)(k4 - k));
+    if (rowsum) rowsum[r] = row_sum(codes + r * lda, k, 0);
+  }
+  return QV_OK;
+}
+
+int qv_i8_pack_b(const uint8_t *codes, int64_t n, int64_t k, int64_t ldb, int is_signed, int8_t *packed,
+                 int32_t *colsum) {
+  if (bad_shape(n, k, ldb)) return QV_EINVAL;
+  int64_t kq = ceil_div(k, 4), nb = ceil_div(n, QV_I8_NB);
+  memset(packed, 0, (size_t)(nb * QV_I8_NB * kq * 4));
+  for (int64_t r = 0; r < n; r++) {
+    const uint8_t *src = codes + r * ldb;
+    int8_t *blk = packed + (r / QV_I8_NB) * QV_I8_NB * kq * 4 + (r % QV_I8_NB) * 4;
+    for (int64_t i = 0; i < k; i++)
+      blk[(i / 4) * QV_I8_NB * 4 + (i % 4)] = is_signed ? (int8_t)src[i] : (int8_t)(src[i] - 128);
+    if (colsum) colsum[r] = row_sum(src, k, is_signed);
+  }
+  return QV_OK;
+}
+
+/* ---- parallel driver ------------------------------------------------------------------------ */
+typedef struct { const qv_gemm_ctx *g; qv_block_fn fn; } run_args;
+
+static void gemm_task(int t, int nt, void *p) {
+  const run_args *ra = p;
+  const qv_gemm_ctx *g = ra->g;
+  /* Split B blocks (in units a kernel tiles together) evenly: each task keeps its B slice in
+   * cache and streams all of A. */
+  int64_t units = ceil_div(g->n_blocks, g->nb_per_task_unit);
+  int64_t u0 = units * t / nt, u1 = units * (t + 1) / nt;
+  int64_t nb0 = u0 * g->nb_per_task_unit, nb1 = u1 * g->nb_per_task_unit;
+  if (nb1 > g->n_blocks) nb1 = g->n_blocks;
+  if (nb0 < nb1) ra->fn(g, 0, g->m, nb0, nb1);
+}
+
+static int run_gemm(qv_gemm_ctx *g, qv_block_fn fn) {
+  run_args ra = {g, fn};
+  int nt = qv_pool_threads();
+  int64_t units = ceil_div(g->n_blocks, g->nb_per_task_unit);
+  if (nt > units) nt = (int)(units > 0 ? units : 1);
+  /* tiny problems: threads cost more than they save */
+  if (g->m * g->n * g->kw < 4096) nt = 1;
+  qv_pool_run(gemm_task, &ra, nt);
+  return QV_OK;
+}
+
+static int bad_ep(const qv_epilogue *ep) {
+  if (!ep) return 1;
+  if (ep->out_q && (ep->q_bits < 1 || ep->q_bits > 8)) return 1;
+  return 0;
+}
+
+/* rc / cc arrays on the stack when small, else heap */
+#define SMALL 4096
+
+int qv_bs_gemm(const uint64_t *a_planes, const int32_t *a_rowsum, int a_bits, int32_t za,
+               const uint64_t *b_planes, const int32_t *b_colsum, int b_bits, int b_signed, int32_t zb,
+               int64_t m, int64_t n, int64_t k, const qv_epilogue *ep) {
+  if (m < 0 || n < 0 || k < 1 || k > KMAX || a_bits < 1 || a_bits > 8 || b_bits < 1 || b_bits > 8 || bad_ep(ep))
+    return QV_EINVAL;
+  if (m == 0 || n == 0) return QV_OK;
+  int32_t rc_s[SMALL], cc_s[SMALL];
+  int32_t *rc = m <= SMALL ? rc_s : malloc((size_t)m * sizeof *rc);
+  int32_t *cc = n <= SMALL ? cc_s : malloc((size_t)n * sizeof *cc);
+  if (!rc || !cc) { if (rc != rc_s) free(rc); if (cc != cc_s) free(cc); return QV_EINVAL; }
+  int binary_w = b_signed && b_bits == 1;
+  for (int64_t i = 0; i < m; i++)
+    rc[i] = -(zb + binary_w) * a_rowsum[i] + (int32_t)(k * za * zb);
+  for (int64_t j = 0; j < n; j++) cc[j] = -za * b_colsum[j];
+  qv_gemm_ctx g = {.m = m, .n = n, .k = k, .kw = ceil_div(k, 64), .a_bits = a_bits, .b_bits = b_bits,
+                   .b_signed = b_signed, .a_planes = a_planes, .b_planes = b_planes, .rc = rc, .cc = cc,
+                   .ep = ep, .n_blocks = ceil_div(n, QV_BS_NB), .nb_per_task_unit = 2};
+  int rcode = run_gemm(&g, qv_active_kernels()->bs_block);
+  if (rc != rc_s) free(rc);
+  if (cc != cc_s) free(cc);
+  return rcode;
+}
+
+int qv_i8_gemm(const uint8_t *a, const int32_t *a_rowsum, int a_bits, int32_t za,
+               const int8_t *b, const int32_t *b_colsum, int b_signed, int32_t zb,
+               int64_t m, int64_t n, int64_t k, const qv_epilogue *ep) {
+  if (m < 0 || n < 0 || k < 1 || k > KMAX || a_bits < 1 || a_bits > 8 || bad_ep(ep)) return QV_EINVAL;
+  if (m == 0 || n == 0) return QV_OK;
+  const qv_kernels *kn = qv_active_kernels();
+  int32_t rc_s[SMALL], cc_s[SMALL];
+  int32_t *rc = m <= SMALL ? rc_s : malloc((size_t)m * sizeof *rc);
+  int32_t *cc = n <= SMALL ? cc_s : malloc((size_t)n * sizeof *cc);
+  if (!rc || !cc) { if (rc != rc_s) free(rc); if (cc != cc_s) free(cc); return QV_EINVAL; }
+  int32_t bshift = b_signed ? 0 : 128;
+  int64_t k4 = ceil_div(k, 4) * 4;
+  for (int64_t i = 0; i < m; i++) rc[i] = (bshift - zb) * a_rowsum[i] + (int32_t)(k * za * zb);
+  for (int64_t j = 0; j < n; j++) {
+    cc[j] = -za * b_colsum[j];
+    /* sum (a - 128) b' + 128 sum b' = sum a b'; stored b' sums to colsum - bshift * K (pads are 0) */
+    if (kn->i8_bias128) cc[j] += 128 * (b_colsum[j] - bshift * (int32_t)k);
+  }
+  (void)k4;
+  qv_gemm_ctx g = {.m = m, .n = n, .k = k, .kw = ceil_div(k, 4), .a_bits = a_bits, .b_bits = 8,
+                   .b_signed = b_signed, .a8 = a, .b8 = b, .rc = rc, .cc = cc, .ep = ep,
+                   .n_blocks = ceil_div(n, QV_I8_NB), .nb_per_task_unit = 2};
+  int rcode = run_gemm(&g, kn->i8_block);
+  if (rc != rc_s) free(rc);
+  if (cc != cc_s) free(cc);
+  return rcode;
+}

@@ -1,0 +1,177 @@
+/* x86_64 AVX-512 kernels: VPOPCNTDQ bit-serial GEMM, VNNI int8 GEMM, mask-based bit packing.
+ * Compiled with per-function target attributes, so the file builds with baseline flags and
+ * only runs where dispatch.c found the features. */
+#include "../qv_internal.h"
+#ifdef QV_HAVE_X86
+#include <immintrin.h>
+#include <string.h>
+
+#define MR 4  /* rows of A per register tile */
+
+/* Bit-serial tile: MR_ rows x NV_ blocks of 8 outputs. For every plane pair (i, j) the K loop
+ * ANDs a broadcast A word with 8 interleaved B words and accumulates per-lane popcounts, so no
+ * horizontal reduction is needed; the pair's count is then shifted by i + j into the total. */
+QV_INLINE QV_TARGET_AVX512 void bs_tile(const qv_gemm_ctx *g, int64_t m, int64_t nb, const int MR_, const int NV_,
+                                        int32_t *tile /* [MR][16] */) {
+  const int64_t kw = g->kw;
+  const int ab = g->a_bits, bb = g->b_bits;
+  const int binary_w = g->b_signed && bb == 1;
+  __m512i tot[MR][2];
+  for (int r = 0; r < MR_; r++)
+    for (int v = 0; v < NV_; v++) tot[r][v] = _mm512_setzero_si512();
+  for (int i = 0; i < ab; i++) {
+    const uint64_t *a[MR];
+    for (int r = 0; r < MR_; r++) a[r] = g->a_planes + ((m + r) * ab + i) * kw;
+    for (int j = 0; j < bb; j++) {
+      const uint64_t *b[2];
+      for (int v = 0; v < NV_; v++) b[v] = g->b_planes + (((nb + v) * bb + j) * kw) * QV_BS_NB;
+      __m512i acc[MR][2];
+      for (int r = 0; r < MR_; r++)
+        for (int v = 0; v < NV_; v++) acc[r][v] = _mm512_setzero_si512();
+      for (int64_t w = 0; w < kw; w++) {
+        __m512i bw[2];
+        for (int v = 0; v < NV_; v++) bw[v] = _mm512_loadu_si512(b[v] + w * QV_BS_NB);
+        for (int r = 0; r < MR_; r++) {
+          __m512i av = _mm512_set1_epi64((long long)a[r][w]);
+          for (int v = 0; v < NV_; v++)
+            acc[r][v] = _mm512_add_epi64(acc[r][v], _mm512_popcnt_epi64(_mm512_and_si512(av, bw[v])));
+        }
+      }
+      const int shift = binary_w ? i + 1 : i + j;
+      const int neg = !binary_w && g->b_signed && j == bb - 1;
+      for (int r = 0; r < MR_; r++)
+        for (int v = 0; v < NV_; v++) {
+          __m512i t = _mm512_sll_epi64(acc[r][v], _mm_cvtsi32_si128(shift));
+          tot[r][v] = neg ? _mm512_sub_epi64(tot[r][v], t) : _mm512_add_epi64(tot[r][v], t);
+        }
+    }
+  }
+  for (int r = 0; r < MR_; r++)
+    for (int v = 0; v < NV_; v++)
+      _mm256_storeu_si256((__m256i *)(tile + r * 16 + v * 8), _mm512_cvtepi64_epi32(tot[r][v]));
+}
+
+#define BS_TILE_CASE(R, V) bs_tile(g, m, nb, R, V, tile)
+
+QV_TARGET_AVX512 void qv_bs_block_avx512(const qv_gemm_ctx *g, int64_t m0, int64_t m1, int64_t nb0, int64_t nb1) {
+  int32_t tile[MR * 16];
+  for (int64_t nb = nb0; nb < nb1; nb += 2) {
+    const int nv = nb + 1 < nb1 ? 2 : 1;
+    const int64_t n0 = nb * QV_BS_NB;
+    const int cols = (int)(g->n - n0 < nv * QV_BS_NB ? g->n - n0 : nv * QV_BS_NB);
+    for (int64_t m = m0; m < m1; m += MR) {
+      const int rows = (int)(m1 - m < MR ? m1 - m : MR);
+      if (nv == 2) {
+        switch (rows) {
+          case 4: BS_TILE_CASE(4, 2); break;
+          case 3: BS_TILE_CASE(3, 2); break;
+          case 2: BS_TILE_CASE(2, 2); break;
+          default: BS_TILE_CASE(1, 2); break;
+        }
+      } else {
+        switch (rows) {
+          case 4: BS_TILE_CASE(4, 1); break;
+          case 3: BS_TILE_CASE(3, 1); break;
+          case 2: BS_TILE_CASE(2, 1); break;
+          default: BS_TILE_CASE(1, 1); break;
+        }
+      }
+      qv_epilogue_avx512(g, tile, 16, m, rows, n0, cols);
+    }
+  }
+}
+
+/* int8 tile: MR_ rows x NV_ blocks of 16 outputs; VPDPBUSD multiplies 4 unsigned A bytes
+ * (broadcast) by 4 signed B bytes per lane and adds into int32 without saturation. */
+QV_INLINE QV_TARGET_AVX512 void i8_tile(const qv_gemm_ctx *g, int64_t m, int64_t nb, const int MR_, const int NV_,
+                                        int32_t *tile /* [MR][32] */) {
+  const int64_t kq = g->kw;
+  __m512i acc[MR][2];
+  for (int r = 0; r < MR_; r++)
+    for (int v = 0; v < NV_; v++) acc[r][v] = _mm512_setzero_si512();
+  const uint8_t *a[MR];
+  for (int r = 0; r < MR_; r++) a[r] = g->a8 + (m + r) * kq * 4;
+  const int8_t *b = g->b8 + nb * QV_I8_NB * kq * 4;
+  for (int64_t q = 0; q < kq; q++) {
+    __m512i bw[2];
+    for (int v = 0; v < NV_; v++) bw[v] = _mm512_loadu_si512(b + (v * kq + q) * 64);
+    for (int r = 0; r < MR_; r++) {
+      int32_t a4;
+      memcpy(&a4, a[r] + q * 4, 4);
+      __m512i av = _mm512_set1_epi32(a4);
+      for (int v = 0; v < NV_; v++) acc[r][v] = _mm512_dpbusd_epi32(acc[r][v], av, bw[v]);
+    }
+  }
+  for (int r = 0; r < MR_; r++)
+    for (int v = 0; v < NV_; v++) _mm512_storeu_si512(tile + r * 32 + v * 16, acc[r][v]);
+}
+
+#define I8_TILE_CASE(R, V) i8_tile(g, m, nb, R, V, tile)
+
+QV_TARGET_AVX512 void qv_i8_block_avx512(const qv_gemm_ctx *g, int64_t m0, int64_t m1, int64_t nb0, int64_t nb1) {
+  int32_t tile[MR * 32];
+  for (int64_t nb = nb0; nb < nb1; nb += 2) {
+    const int nv = nb + 1 < nb1 ? 2 : 1;
+    const int64_t n0 = nb * QV_I8_NB;
+    const int cols = (int)(g->n - n0 < nv * QV_I8_NB ? g->n - n0 : nv * QV_I8_NB);
+    for (int64_t m = m0; m < m1; m += MR) {
+      const int rows = (int)(m1 - m < MR ? m1 - m : MR);
+      if (nv == 2) {
+        switch (rows) {
+          case 4: I8_TILE_CASE(4, 2); break;
+          case 3: I8_TILE_CASE(3, 2); break;
+          case 2: I8_TILE_CASE(2, 2); break;
+          default: I8_TILE_CASE(1, 2); break;
+        }
+      } else {
+        switch (rows) {
+          case 4: I8_TILE_CASE(4, 1); break;
+          case 3: I8_TILE_CASE(3, 1); break;
+          case 2: I8_TILE_CASE(2, 1); break;
+          default: I8_TILE_CASE(1, 1); break;
+        }
+      }
+      qv_epilogue_avx512(g, tile, 32, m, rows, n0, cols);
+    }
+  }
+}
+
+QV_TARGET_AVX512 void qv_packrow_avx512(const uint8_t *codes, int64_t k, int bits, uint64_t *out, int64_t stride) {
+  const int64_t kw = (k + 63) / 64;
+  for (int64_t w = 0; w < kw; w++) {
+    int64_t left = k - w * 64;
+    __mmask64 valid = left >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << left) - 1);
+    __m512i v = _mm512_maskz_loadu_epi8(valid, codes + w * 64);  /* masked-out bytes never fault */
+    for (int j = 0; j < bits; j++) out[j * stride + w] = _mm512_test_epi8_mask(v, _mm512_set1_epi8((char)(1 << j)));
+  }
+}
+
+/* Same float order as qv_epilogue_scalar: y = (float)acc * scale + bias, q = rint(y / step) + zp. */
+QV_TARGET_AVX512 void qv_epilogue_avx512(const qv_gemm_ctx *g, const int32_t *tile, int ldt, int64_t m0, int rows,
+                                         int64_t n0, int cols) {
+  const qv_epilogue *ep = g->ep;
+  const int want_y = ep->out_f || ep->out_q;
+  const __m512 step = _mm512_set1_ps(ep->q_step), zp = _mm512_set1_ps((float)ep->q_zp);
+  const __m512 qmax = _mm512_set1_ps((float)((1 << ep->q_bits) - 1)), zero = _mm512_setzero_ps();
+  for (int r = 0; r < rows; r++) {
+    const int64_t m = m0 + r, o = m * ep->ldo + n0;
+    const __m512i rc = _mm512_set1_epi32(g->rc[m]);
+    for (int c = 0; c < cols; c += 16) {
+      const __mmask16 k = cols - c >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (cols - c)) - 1);
+      __m512i acc = _mm512_maskz_loadu_epi32(k, tile + r * ldt + c);
+      acc = _mm512_add_epi32(_mm512_add_epi32(acc, rc), _mm512_maskz_loadu_epi32(k, g->cc + n0 + c));
+      if (ep->out_i) _mm512_mask_storeu_epi32(ep->out_i + o + c, k, acc);
+      if (!want_y) continue;
+      __m512 s = ep->scale ? _mm512_maskz_loadu_ps(k, ep->scale + n0 + c) : _mm512_set1_ps(ep->scale0);
+      __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), s);
+      if (ep->bias) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(k, ep->bias + n0 + c));
+      if (ep->out_f) _mm512_mask_storeu_ps(ep->out_f + o + c, k, y);
+      if (ep->out_q) {
+        __m512 q = _mm512_roundscale_ps(_mm512_div_ps(y, step), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        q = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(q, zp), zero), qmax);  /* max(NaN, 0) = 0 */
+        _mm_mask_storeu_epi8(ep->out_q + o + c, k, _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(q)));
+      }
+    }
+  }
+}
+#endif
