@@ -10,6 +10,7 @@ tensors out, used by the exporter and by the synthetic builders) and `random_dei
 `random_swin`: tiny integer models with random codes and calibrated steps, for tests of every
 later stage without torch.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -20,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 import numpy as np
-
 from qvit_edge import quant
 from qvit_edge.clikit import UserError
 
@@ -37,8 +37,17 @@ class IntModelError(UserError):
 # safetensors, numpy only
 # ---------------------------------------------------------------------------------------------
 
-_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
-           "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+_DTYPES = {
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U8": np.uint8,
+    "BOOL": np.bool_,
+}
 _DTYPE_NAMES = {np.dtype(v): k for k, v in _DTYPES.items()}
 _MAX_HEADER = 100 * 1024 * 1024
 
@@ -60,7 +69,7 @@ def read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     if n == 0 or n > _MAX_HEADER or 8 + n > len(blob):
         raise IntModelError(f"{path}: not a safetensors file (bad header length)")
     try:
-        header = json.loads(blob[8:8 + n].decode("utf-8"))
+        header = json.loads(blob[8 : 8 + n].decode("utf-8"))
         if not isinstance(header, dict):
             raise ValueError
     except (UnicodeDecodeError, ValueError):
@@ -68,7 +77,7 @@ def read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     meta = header.pop("__metadata__", None) or {}
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
         raise IntModelError(f"{path}: bad safetensors __metadata__ (must map strings to strings)")
-    data = memoryview(blob)[8 + n:]
+    data = memoryview(blob)[8 + n :]
     tensors = {}
     for name, info in header.items():
         try:
@@ -78,8 +87,14 @@ def read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         except (KeyError, TypeError, ValueError):
             raise IntModelError(f"{path}: tensor {name!r}: bad safetensors entry {info!r}"[:300]) from None
         count = int(np.prod(shape, dtype=np.int64))
-        if min(shape, default=0) < 0 or not (0 <= start <= end <= len(data)) or end - start != count * dt.itemsize:
-            raise IntModelError(f"{path}: tensor {name!r}: data offsets do not match its shape (truncated file?)")
+        if (
+            min(shape, default=0) < 0
+            or not (0 <= start <= end <= len(data))
+            or end - start != count * dt.itemsize
+        ):
+            raise IntModelError(
+                f"{path}: tensor {name!r}: data offsets do not match its shape (truncated file?)"
+            )
         tensors[name] = np.frombuffer(data[start:end], dtype=dt.newbyteorder("<")).astype(dt).reshape(shape)
     return tensors, meta
 
@@ -93,8 +108,11 @@ def write_safetensors(path: str, tensors: dict[str, np.ndarray], metadata: dict[
         if a.dtype not in _DTYPE_NAMES:
             raise IntModelError(f"tensor {name!r}: dtype {a.dtype} has no safetensors name")
         raw = a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes()
-        header[name] = {"dtype": _DTYPE_NAMES[a.dtype], "shape": list(a.shape),
-                        "data_offsets": [offset, offset + len(raw)]}
+        header[name] = {
+            "dtype": _DTYPE_NAMES[a.dtype],
+            "shape": list(a.shape),
+            "data_offsets": [offset, offset + len(raw)],
+        }
         chunks.append(raw)
         offset += len(raw)
     hb = json.dumps(header, separators=(",", ":")).encode("utf-8")
@@ -158,6 +176,7 @@ def num_windows(grid, window) -> int:
 # the model
 # ---------------------------------------------------------------------------------------------
 
+
 @dataclass
 class IntModel:
     config: dict
@@ -168,7 +187,9 @@ class IntModel:
     def load(cls, path: str, validate: bool = True) -> "IntModel":
         tensors, meta = read_safetensors(path)
         if "qvit" not in meta:
-            raise IntModelError(f"{path}: not a qvit integer model (no 'qvit' entry in the safetensors metadata)")
+            raise IntModelError(
+                f"{path}: not a qvit integer model (no 'qvit' entry in the safetensors metadata)"
+            )
         try:
             config = json.loads(meta["qvit"])
         except ValueError:
@@ -210,7 +231,7 @@ class IntModel:
         p = op.get("param")
         if p is not None:
             pre = p + "."
-            out.update({k[len(pre):]: v for k, v in self.tensors.items() if k.startswith(pre)})
+            out.update({k[len(pre) :]: v for k, v in self.tensors.items() if k.startswith(pre)})
         if op["op"] == "prepend":
             out.update({t: self.tensors[t] for t in op["tensors"]})
         if op["op"] == "add_const":
@@ -247,7 +268,9 @@ class IntModel:
             raise IntModelError(f"not a qvit integer model (format {c.get('format')!r}, expected {FORMAT!r})")
         v = c.get("format_version")
         if v != FORMAT_VERSION:
-            raise IntModelError(f"unknown integer model format_version {v!r} (this reader knows {FORMAT_VERSION})")
+            raise IntModelError(
+                f"unknown integer model format_version {v!r} (this reader knows {FORMAT_VERSION})"
+            )
         for key in ("arch", "family", "bits", "input", "num_classes", "graph"):
             if key not in c:
                 raise IntModelError(f"config lacks {key!r}")
@@ -298,7 +321,8 @@ def _check_op(model: IntModel, i: int, op: dict) -> None:
         raise IntModelError(f"{where}: missing field(s) {', '.join(missing)}")
     kind, p = op["op"], op.get("param")
     if kind in ("patch_embed", "qlinear"):
-        wb, ab = _check_bits(where, op, "w_bits"), _check_bits(where, op, "a_bits")
+        wb = _check_bits(where, op, "w_bits")
+        _check_bits(where, op, "a_bits")
         w = _need(model, where, f"{p}.weight", np.int8)
         if w.ndim != 2:
             raise IntModelError(f"{where}: weight must be [N, K], got {list(w.shape)}")
@@ -369,7 +393,10 @@ def _infer_shapes(model: IntModel) -> dict[str, tuple[int, ...]]:
             t, d = x
             for name in op["tensors"]:
                 if model.tensors[name].shape != (1, 1, d):
-                    bad(where, f"token {name!r} has shape {list(model.tensors[name].shape)}, expected [1, 1, {d}]")
+                    bad(
+                        where,
+                        f"token {name!r} has shape {list(model.tensors[name].shape)}, expected [1, 1, {d}]",
+                    )
             out = (t + len(op["tensors"]), d)
         elif kind == "add_const":
             c = model.tensors[op["tensor"]]
@@ -397,7 +424,10 @@ def _infer_shapes(model: IntModel) -> dict[str, tuple[int, ...]]:
             mask = model.tensors.get(f"{p}.mask")
             if mask is not None:
                 if len(x) != 3 or mask.shape != (x[0], t, t):
-                    bad(where, f"mask has shape {list(mask.shape)}, expected {[x[0] if len(x) == 3 else 1, t, t]}")
+                    bad(
+                        where,
+                        f"mask has shape {list(mask.shape)}, expected {[x[0] if len(x) == 3 else 1, t, t]}",
+                    )
             out = x[:-1] + (h * d,)
         elif kind == "window_partition":
             gh, gw = pair(op["grid"])
@@ -432,6 +462,7 @@ def _infer_shapes(model: IntModel) -> dict[str, tuple[int, ...]]:
 # building: the exporter and the synthetic builders lay ops out through this
 # ---------------------------------------------------------------------------------------------
 
+
 class GraphBuilder:
     """Accumulates ops and tensors. Each method appends one op and returns its output name."""
 
@@ -451,8 +482,17 @@ class GraphBuilder:
             self._add(f"{param}.bias", form["bias"], np.float32)
         self._add(f"{param}.a_step", np.reshape(form["a_step"], ()), np.float32)
         self._add(f"{param}.a_zp", np.reshape(form["a_zp"], ()), np.int32)
-        self.graph.append({"op": kind, "in": x, "out": out, "param": param, **extra,
-                           "w_bits": int(form["w_bits"]), "a_bits": int(form["a_bits"])})
+        self.graph.append(
+            {
+                "op": kind,
+                "in": x,
+                "out": out,
+                "param": param,
+                **extra,
+                "w_bits": int(form["w_bits"]),
+                "a_bits": int(form["a_bits"]),
+            }
+        )
         return out
 
     def patch_embed(self, x: str, out: str, param: str, form: dict, patch: int) -> str:
@@ -495,7 +535,11 @@ class GraphBuilder:
         irm, heads, head_dim, scale, rel_pos_bias."""
         h, d = int(form["heads"]), int(form["head_dim"])
         for a in "qkvp":
-            self._add(f"{param}.{a}_step", np.broadcast_to(np.asarray(form[a]["step"], np.float32), (h,)), np.float32)
+            self._add(
+                f"{param}.{a}_step",
+                np.broadcast_to(np.asarray(form[a]["step"], np.float32), (h,)),
+                np.float32,
+            )
             self._add(f"{param}.{a}_zp", np.broadcast_to(np.asarray(form[a]["zp"], np.int32), (h,)), np.int32)
         bits = {int(form[a]["bits"]) for a in "qkvp"}
         if len(bits) != 1:
@@ -509,19 +553,46 @@ class GraphBuilder:
             self._add(f"{param}.rel_pos_bias", form["rel_pos_bias"], np.float32)
         if mask is not None:
             self._add(f"{param}.mask", mask, np.float32)
-        self.graph.append({"op": "attention", "in": qkv, "out": out, "param": param, "heads": h, "head_dim": d,
-                           "scale": float(form["scale"]), "bits": bits.pop(), "irm": irm is not None,
-                           "eps": float(irm["eps"]) if irm is not None else 1e-5})
+        self.graph.append(
+            {
+                "op": "attention",
+                "in": qkv,
+                "out": out,
+                "param": param,
+                "heads": h,
+                "head_dim": d,
+                "scale": float(form["scale"]),
+                "bits": bits.pop(),
+                "irm": irm is not None,
+                "eps": float(irm["eps"]) if irm is not None else 1e-5,
+            }
+        )
         return out
 
     def window_partition(self, x: str, out: str, grid, window, shift) -> str:
-        self.graph.append({"op": "window_partition", "in": x, "out": out, "grid": list(pair(grid)),
-                           "window": _compact(window), "shift": _compact(shift)})
+        self.graph.append(
+            {
+                "op": "window_partition",
+                "in": x,
+                "out": out,
+                "grid": list(pair(grid)),
+                "window": _compact(window),
+                "shift": _compact(shift),
+            }
+        )
         return out
 
     def window_reverse(self, x: str, out: str, grid, window, shift) -> str:
-        self.graph.append({"op": "window_reverse", "in": x, "out": out, "grid": list(pair(grid)),
-                           "window": _compact(window), "shift": _compact(shift)})
+        self.graph.append(
+            {
+                "op": "window_reverse",
+                "in": x,
+                "out": out,
+                "grid": list(pair(grid)),
+                "window": _compact(window),
+                "shift": _compact(shift),
+            }
+        )
         return out
 
     def patch_merge(self, x: str, out: str, grid) -> str:
@@ -536,12 +607,31 @@ class GraphBuilder:
         self.graph.append({"op": "mean_tokens", "in": x, "out": out})
         return out
 
-    def build(self, *, arch: str, family: str, bits: dict, input: dict, num_classes: int,
-              classes: list[str] | None, irm: bool, **extra) -> IntModel:
-        config = {"format": FORMAT, "format_version": FORMAT_VERSION, "arch": arch, "family": family,
-                  "bits": dict(bits), "input": dict(input), "num_classes": int(num_classes),
-                  "classes": list(classes) if classes is not None else [str(i) for i in range(num_classes)],
-                  "irm": bool(irm), **extra, "graph": self.graph}
+    def build(
+        self,
+        *,
+        arch: str,
+        family: str,
+        bits: dict,
+        input: dict,
+        num_classes: int,
+        classes: list[str] | None,
+        irm: bool,
+        **extra,
+    ) -> IntModel:
+        config = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "arch": arch,
+            "family": family,
+            "bits": dict(bits),
+            "input": dict(input),
+            "num_classes": int(num_classes),
+            "classes": list(classes) if classes is not None else [str(i) for i in range(num_classes)],
+            "irm": bool(irm),
+            **extra,
+            "graph": self.graph,
+        }
         model = IntModel(config, self.tensors)
         model.validate()
         return model
@@ -580,8 +670,18 @@ def shift_window_mask(grid, window, shift) -> np.ndarray | None:
 #   tensor(name, shape) -> float array (cls_token, dist_token, pos_embed)
 # ---------------------------------------------------------------------------------------------
 
-def _block(b: GraphBuilder, src, pre: str, x: str, dim: int, heads: int, hidden: int, clip,
-           window_op: dict | None = None) -> str:
+
+def _block(
+    b: GraphBuilder,
+    src,
+    pre: str,
+    x: str,
+    dim: int,
+    heads: int,
+    hidden: int,
+    clip,
+    window_op: dict | None = None,
+) -> str:
     """One pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x)).
     window_op: {grid, window, shift} for Swin's (shifted) window attention."""
     h = b.layernorm(x, f"{pre}.norm1", f"{pre}.norm1", *src.layernorm(f"{pre}.norm1", dim))
@@ -597,18 +697,28 @@ def _block(b: GraphBuilder, src, pre: str, x: str, dim: int, heads: int, hidden:
         h = b.window_reverse(h, f"{pre}.attn.out", **window_op)
     x = b.add(x, h, f"{pre}.res1")
     h = b.layernorm(x, f"{pre}.norm2", f"{pre}.norm2", *src.layernorm(f"{pre}.norm2", dim))
-    h = b.qlinear(h, f"{pre}.mlp.fc1", f"{pre}.mlp.fc1", src.linear(f"{pre}.mlp.fc1", hidden, dim, True, "block"))
+    h = b.qlinear(
+        h, f"{pre}.mlp.fc1", f"{pre}.mlp.fc1", src.linear(f"{pre}.mlp.fc1", hidden, dim, True, "block")
+    )
     h = b.gelu(h, f"{pre}.mlp.act", clip)
-    h = b.qlinear(h, f"{pre}.mlp.fc2", f"{pre}.mlp.fc2", src.linear(f"{pre}.mlp.fc2", dim, hidden, True, "block"))
+    h = b.qlinear(
+        h, f"{pre}.mlp.fc2", f"{pre}.mlp.fc2", src.linear(f"{pre}.mlp.fc2", dim, hidden, True, "block")
+    )
     return b.add(x, h, f"{pre}.res2")
 
 
 def lay_out_deit(b: GraphBuilder, src, s: dict) -> None:
-    """s: in_chans, img_size [H, W], patch, dim, depth, heads, mlp_hidden, num_classes, distilled, gelu_clip."""
+    """s: in_chans, img_size [H, W], patch, dim, depth, heads, mlp_hidden, num_classes, distilled,
+    gelu_clip."""
     dim, p = s["dim"], s["patch"]
     tokens = (s["img_size"][0] // p) * (s["img_size"][1] // p)
-    x = b.patch_embed("image", "patch_embed", "patch_embed.proj",
-                      src.linear("patch_embed.proj", dim, s["in_chans"] * p * p, True, "embed"), p)
+    x = b.patch_embed(
+        "image",
+        "patch_embed",
+        "patch_embed.proj",
+        src.linear("patch_embed.proj", dim, s["in_chans"] * p * p, True, "embed"),
+        p,
+    )
     names = ["cls_token"] + (["dist_token"] if s["distilled"] else [])
     x = b.prepend(x, "tokens", {n: src.tensor(n, (1, 1, dim)) for n in names})
     x = b.add_const(x, "embedded", "pos_embed", src.tensor("pos_embed", (1, tokens + len(names), dim)))
@@ -618,7 +728,9 @@ def lay_out_deit(b: GraphBuilder, src, s: dict) -> None:
     n = s["num_classes"]
     if s["distilled"]:
         c = b.qlinear(b.token(x, "cls", 0), "logits_cls", "head", src.linear("head", n, dim, True, "head"))
-        d = b.qlinear(b.token(x, "dist", 1), "logits_dist", "head_dist", src.linear("head_dist", n, dim, True, "head"))
+        d = b.qlinear(
+            b.token(x, "dist", 1), "logits_dist", "head_dist", src.linear("head_dist", n, dim, True, "head")
+        )
         b.average(c, d, "logits")
     else:
         b.qlinear(b.token(x, "cls", 0), "logits", "head", src.linear("head", n, dim, True, "head"))
@@ -631,8 +743,13 @@ def lay_out_swin(b: GraphBuilder, src, s: dict) -> None:
     p = s["patch"]
     grid = (s["img_size"][0] // p, s["img_size"][1] // p)
     dim = s["embed_dim"]
-    x = b.patch_embed("image", "patch_embed", "patch_embed.proj",
-                      src.linear("patch_embed.proj", dim, s["in_chans"] * p * p, True, "embed"), p)
+    x = b.patch_embed(
+        "image",
+        "patch_embed",
+        "patch_embed.proj",
+        src.linear("patch_embed.proj", dim, s["in_chans"] * p * p, True, "embed"),
+        p,
+    )
     if s.get("patch_norm", True):
         x = b.layernorm(x, "patch_embed.norm", "patch_embed.norm", *src.layernorm("patch_embed.norm", dim))
     for i, st in enumerate(s["stages"]):
@@ -640,15 +757,32 @@ def lay_out_swin(b: GraphBuilder, src, s: dict) -> None:
         if st["downsample"]:
             x = b.patch_merge(x, f"{pre}.downsample.merge", grid)
             grid = ((grid[0] + 1) // 2, (grid[1] + 1) // 2)
-            x = b.layernorm(x, f"{pre}.downsample.norm", f"{pre}.downsample.norm",
-                            *src.layernorm(f"{pre}.downsample.norm", 4 * dim))
-            x = b.qlinear(x, f"{pre}.downsample.reduction", f"{pre}.downsample.reduction",
-                          src.linear(f"{pre}.downsample.reduction", st["dim"], 4 * dim, False, "block"))
+            x = b.layernorm(
+                x,
+                f"{pre}.downsample.norm",
+                f"{pre}.downsample.norm",
+                *src.layernorm(f"{pre}.downsample.norm", 4 * dim),
+            )
+            x = b.qlinear(
+                x,
+                f"{pre}.downsample.reduction",
+                f"{pre}.downsample.reduction",
+                src.linear(f"{pre}.downsample.reduction", st["dim"], 4 * dim, False, "block"),
+            )
         dim = st["dim"]
         for j, blk in enumerate(st["blocks"]):
             win = {"grid": grid, "window": blk["window"], "shift": blk["shift"]}
-            x = _block(b, src, f"{pre}.blocks.{j}", x, dim, st["heads"], int(dim * s["mlp_ratio"]),
-                       s["gelu_clip"], window_op=win)
+            x = _block(
+                b,
+                src,
+                f"{pre}.blocks.{j}",
+                x,
+                dim,
+                st["heads"],
+                int(dim * s["mlp_ratio"]),
+                s["gelu_clip"],
+                window_op=win,
+            )
     x = b.layernorm(x, "norm", "norm", *src.layernorm("norm", dim))
     x = b.mean_tokens(x, "pooled")
     b.qlinear(x, "logits", "head.fc", src.linear("head.fc", s["num_classes"], dim, True, "head"))
@@ -657,6 +791,7 @@ def lay_out_swin(b: GraphBuilder, src, s: dict) -> None:
 # ---------------------------------------------------------------------------------------------
 # synthetic integer models (random codes, steps calibrated on random images), no torch
 # ---------------------------------------------------------------------------------------------
+
 
 class _RandomSource:
     def __init__(self, rng: np.random.Generator, bits: int, embed_bits: int, head_bits: int, irm: bool):
@@ -669,27 +804,48 @@ class _RandomSource:
         w = self.rng.choice(levels, size=(n, k)).astype(np.int8)
         var = float(np.mean(levels.astype(np.float64) ** 2))
         w_step = (self.rng.uniform(0.7, 1.3, n) / np.sqrt(k * var)).astype(np.float32)
-        return {"weight": w, "w_step": w_step,
-                "bias": (self.rng.normal(size=n) * 0.1).astype(np.float32) if bias else None,
-                "a_step": np.float32(0.1), "a_zp": np.int32(0), "w_bits": wb, "a_bits": wb}
+        return {
+            "weight": w,
+            "w_step": w_step,
+            "bias": (self.rng.normal(size=n) * 0.1).astype(np.float32) if bias else None,
+            "a_step": np.float32(0.1),
+            "a_zp": np.int32(0),
+            "w_bits": wb,
+            "a_bits": wb,
+        }
 
     def attention(self, name, dim, heads):
         d = dim // heads
         act = {"step": np.full(heads, 0.1, np.float32), "zp": np.zeros(heads, np.int32), "bits": self.bits}
         irm = None
         if self.irm:
-            irm = {"q_weight": self.rng.uniform(0.8, 1.2, d).astype(np.float32),
-                   "q_bias": (self.rng.normal(size=d) * 0.1).astype(np.float32),
-                   "k_weight": self.rng.uniform(0.8, 1.2, d).astype(np.float32),
-                   "k_bias": (self.rng.normal(size=d) * 0.1).astype(np.float32), "eps": 1e-5}
-        return {"qkv": self.linear(f"{name}.qkv", 3 * dim, dim, True, "block"),
-                "proj": self.linear(f"{name}.proj", dim, dim, True, "block"),
-                "q": dict(act), "k": dict(act), "v": dict(act), "p": dict(act), "irm": irm,
-                "heads": heads, "head_dim": d, "scale": d ** -0.5, "rel_pos_bias": self._rpb.pop(name, None)}
+            irm = {
+                "q_weight": self.rng.uniform(0.8, 1.2, d).astype(np.float32),
+                "q_bias": (self.rng.normal(size=d) * 0.1).astype(np.float32),
+                "k_weight": self.rng.uniform(0.8, 1.2, d).astype(np.float32),
+                "k_bias": (self.rng.normal(size=d) * 0.1).astype(np.float32),
+                "eps": 1e-5,
+            }
+        return {
+            "qkv": self.linear(f"{name}.qkv", 3 * dim, dim, True, "block"),
+            "proj": self.linear(f"{name}.proj", dim, dim, True, "block"),
+            "q": dict(act),
+            "k": dict(act),
+            "v": dict(act),
+            "p": dict(act),
+            "irm": irm,
+            "heads": heads,
+            "head_dim": d,
+            "scale": d**-0.5,
+            "rel_pos_bias": self._rpb.pop(name, None),
+        }
 
     def layernorm(self, name, dim):
-        return (self.rng.uniform(0.8, 1.2, dim).astype(np.float32),
-                (self.rng.normal(size=dim) * 0.1).astype(np.float32), 1e-5 if "attn" in name else 1e-6)
+        return (
+            self.rng.uniform(0.8, 1.2, dim).astype(np.float32),
+            (self.rng.normal(size=dim) * 0.1).astype(np.float32),
+            1e-5 if "attn" in name else 1e-6,
+        )
 
     def tensor(self, name, shape):
         return (self.rng.normal(size=shape) * 0.3).astype(np.float32)
@@ -719,7 +875,8 @@ def calibrate(model: IntModel, images: np.ndarray) -> IntModel:
         if kind in ("qlinear", "patch_embed"):
             xin = ref.patches(x, op["patch"]) if kind == "patch_embed" else x
             model.tensors[f"{p}.a_step"], model.tensors[f"{p}.a_zp"] = (
-                np.asarray(v) for v in _act_range(xin, op["a_bits"]))
+                np.asarray(v) for v in _act_range(xin, op["a_bits"])
+            )
         elif kind == "attention":
             prm = model.params(op)
             h, bits = op["heads"], op["bits"]
@@ -731,8 +888,12 @@ def calibrate(model: IntModel, images: np.ndarray) -> IntModel:
                 model.tensors[f"{p}.{a}_step"] = np.array([s for s, _ in st], np.float32)
                 model.tensors[f"{p}.{a}_zp"] = np.array([z for _, z in st], np.int32)
             prm = model.params(op)
-            codes = {a: quant.quantize_act(t, prm[f"{a}_step"].reshape(h, 1, 1), prm[f"{a}_zp"].reshape(h, 1, 1),
-                                           bits) for a, t in (("q", q), ("k", k))}
+            codes = {
+                a: quant.quantize_act(
+                    t, prm[f"{a}_step"].reshape(h, 1, 1), prm[f"{a}_zp"].reshape(h, 1, 1), bits
+                )
+                for a, t in (("q", q), ("k", k))
+            }
             s_acc = quant.int_matmul_act(codes["q"], prm["q_zp"], codes["k"], prm["k_zp"])
             probs = ref.softmax(ref.attention_scores(op, prm, s_acc))
             st = [_act_range(probs[:, i], bits, unsigned=True) for i in range(h)]
@@ -743,34 +904,86 @@ def calibrate(model: IntModel, images: np.ndarray) -> IntModel:
 
 
 def _input_cfg(in_chans: int, img_size) -> dict:
-    return {"channels": in_chans, "size": list(pair(img_size)), "mean": [0.5] * in_chans,
-            "std": [0.25] * in_chans, "interpolation": "bilinear", "crop_pct": 1.0}
+    return {
+        "channels": in_chans,
+        "size": list(pair(img_size)),
+        "mean": [0.5] * in_chans,
+        "std": [0.25] * in_chans,
+        "interpolation": "bilinear",
+        "crop_pct": 1.0,
+    }
 
 
-def random_deit(*, bits: int = 2, irm: bool = True, distilled: bool = False, depth: int = 2, dim: int = 32,
-                heads: int = 2, mlp_ratio: float = 2.0, patch: int = 4, img_size=28, in_chans: int = 1,
-                num_classes: int = 10, embed_bits: int = 8, head_bits: int = 8, gelu_clip: float | None = 10.0,
-                seed: int = 0, calib_batch: int = 8) -> IntModel:
+def random_deit(
+    *,
+    bits: int = 2,
+    irm: bool = True,
+    distilled: bool = False,
+    depth: int = 2,
+    dim: int = 32,
+    heads: int = 2,
+    mlp_ratio: float = 2.0,
+    patch: int = 4,
+    img_size=28,
+    in_chans: int = 1,
+    num_classes: int = 10,
+    embed_bits: int = 8,
+    head_bits: int = 8,
+    gelu_clip: float | None = 10.0,
+    seed: int = 0,
+    calib_batch: int = 8,
+) -> IntModel:
     """A tiny DeiT integer model with random codes and steps calibrated on random images."""
     rng = np.random.default_rng(seed)
     src = _RandomSource(rng, bits, embed_bits, head_bits, irm)
     src._rpb = {}
     b = GraphBuilder()
-    spec = {"in_chans": in_chans, "img_size": pair(img_size), "patch": patch, "dim": dim, "depth": depth,
-            "heads": heads, "mlp_hidden": int(dim * mlp_ratio), "num_classes": num_classes,
-            "distilled": distilled, "gelu_clip": gelu_clip}
+    spec = {
+        "in_chans": in_chans,
+        "img_size": pair(img_size),
+        "patch": patch,
+        "dim": dim,
+        "depth": depth,
+        "heads": heads,
+        "mlp_hidden": int(dim * mlp_ratio),
+        "num_classes": num_classes,
+        "distilled": distilled,
+        "gelu_clip": gelu_clip,
+    }
     lay_out_deit(b, src, spec)
     name = f"random_deit{'_distilled' if distilled else ''}_d{dim}x{depth}_patch{patch}_{pair(img_size)[0]}"
-    model = b.build(arch=name, family="deit", bits={"weight": bits, "act": bits, "embed": embed_bits,
-                    "head": head_bits}, input=_input_cfg(in_chans, img_size), num_classes=num_classes,
-                    classes=None, irm=irm, distilled=distilled)
+    model = b.build(
+        arch=name,
+        family="deit",
+        bits={"weight": bits, "act": bits, "embed": embed_bits, "head": head_bits},
+        input=_input_cfg(in_chans, img_size),
+        num_classes=num_classes,
+        classes=None,
+        irm=irm,
+        distilled=distilled,
+    )
     return calibrate(model, rng.normal(size=(calib_batch, in_chans, *pair(img_size))).astype(np.float32))
 
 
-def random_swin(*, bits: int = 2, irm: bool = True, embed_dim: int = 16, depths=(2, 2), heads=(2, 4),
-                window: int = 4, patch: int = 2, img_size=28, in_chans: int = 1, num_classes: int = 10,
-                mlp_ratio: float = 2.0, embed_bits: int = 8, head_bits: int = 8, gelu_clip: float | None = 10.0,
-                seed: int = 0, calib_batch: int = 4) -> IntModel:
+def random_swin(
+    *,
+    bits: int = 2,
+    irm: bool = True,
+    embed_dim: int = 16,
+    depths=(2, 2),
+    heads=(2, 4),
+    window: int = 4,
+    patch: int = 2,
+    img_size=28,
+    in_chans: int = 1,
+    num_classes: int = 10,
+    mlp_ratio: float = 2.0,
+    embed_bits: int = 8,
+    head_bits: int = 8,
+    gelu_clip: float | None = 10.0,
+    seed: int = 0,
+    calib_batch: int = 4,
+) -> IntModel:
     """A tiny Swin integer model (window attention, relative position bias, shifted windows with
     their masks, patch merging) with random codes and calibrated steps. Window and shift are
     resolved per stage as timm does (window = grid and no shift once the grid fits in one window);
@@ -792,12 +1005,26 @@ def random_swin(*, bits: int = 2, irm: bool = True, embed_dim: int = 16, depths=
             t = ws[0] * ws[1]
             src._rpb[f"layers.{i}.blocks.{j}.attn"] = (rng.normal(size=(h, t, t)) * 0.5).astype(np.float32)
         stages.append({"dim": dim, "heads": h, "downsample": i > 0, "blocks": blocks})
-    spec = {"in_chans": in_chans, "img_size": pair(img_size), "patch": patch, "embed_dim": embed_dim,
-            "patch_norm": True, "num_classes": num_classes, "gelu_clip": gelu_clip, "mlp_ratio": mlp_ratio,
-            "stages": stages}
+    spec = {
+        "in_chans": in_chans,
+        "img_size": pair(img_size),
+        "patch": patch,
+        "embed_dim": embed_dim,
+        "patch_norm": True,
+        "num_classes": num_classes,
+        "gelu_clip": gelu_clip,
+        "mlp_ratio": mlp_ratio,
+        "stages": stages,
+    }
     b = GraphBuilder()
     lay_out_swin(b, src, spec)
-    model = b.build(arch=f"random_swin_d{embed_dim}_w{window}_patch{patch}_{pair(img_size)[0]}", family="swin",
-                    bits={"weight": bits, "act": bits, "embed": embed_bits, "head": head_bits},
-                    input=_input_cfg(in_chans, img_size), num_classes=num_classes, classes=None, irm=irm)
+    model = b.build(
+        arch=f"random_swin_d{embed_dim}_w{window}_patch{patch}_{pair(img_size)[0]}",
+        family="swin",
+        bits={"weight": bits, "act": bits, "embed": embed_bits, "head": head_bits},
+        input=_input_cfg(in_chans, img_size),
+        num_classes=num_classes,
+        classes=None,
+        irm=irm,
+    )
     return calibrate(model, rng.normal(size=(calib_batch, in_chans, *pair(img_size))).astype(np.float32))

@@ -14,12 +14,12 @@ int_matmul_act). The float epilogues are pinned down here so other stages can re
 (each scale product evaluated in float32, left to right). The loops are all numpy array
 operations, so no numba is needed.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import numpy as np
-
 from qvit_edge import quant
 from qvit_edge.intmodel import IntModel, IntModelError, num_windows, padded_grid, pair
 
@@ -33,6 +33,7 @@ class Trace:
     qlinear / patch_embed -> {"a": input codes, "acc": int32 accumulators [..., N]};
     attention -> {"q", "k", "v": codes [B', H, T, d], "s_acc": [B', H, T, T] (q k^T),
     "p": probability codes [B', H, T, T], "o_acc": [B', H, T, d] (p v)}."""
+
     values: dict[str, np.ndarray] = field(default_factory=dict)
     ints: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
@@ -84,6 +85,7 @@ def _last_uses(graph: list[dict]) -> dict[str, int]:
 # quantized ops
 # ---------------------------------------------------------------------------------------------
 
+
 def linear_epilogue(acc: np.ndarray, a_step, w_step, bias=None) -> np.ndarray:
     y = acc.astype(F32) * (F32(a_step) * np.asarray(w_step, F32))
     if bias is not None:
@@ -121,8 +123,10 @@ def split_qkv(qkv: np.ndarray, heads: int, head_dim: int):
 def irm(op, prm, q, k):
     """Information Rectification: LayerNorm over head_dim, affine shared across heads."""
     eps = op["eps"]
-    return (layernorm(q, prm["norm_q.weight"], prm["norm_q.bias"], eps),
-            layernorm(k, prm["norm_k.weight"], prm["norm_k.bias"], eps))
+    return (
+        layernorm(q, prm["norm_q.weight"], prm["norm_q.bias"], eps),
+        layernorm(k, prm["norm_k.weight"], prm["norm_k.bias"], eps),
+    )
 
 
 def attention_scores(op, prm, s_acc: np.ndarray) -> np.ndarray:
@@ -163,6 +167,7 @@ def _attention(op, prm, qkv):
 # float ops
 # ---------------------------------------------------------------------------------------------
 
+
 def layernorm(x: np.ndarray, weight, bias, eps: float) -> np.ndarray:
     x = np.asarray(x, F32)
     mu = x.mean(-1, keepdims=True, dtype=F32)
@@ -182,8 +187,23 @@ def erfc(z: np.ndarray) -> np.ndarray:
     z = np.asarray(z, np.float64)
     a = np.abs(z)
     t = 1.0 / (1.0 + 0.5 * a)
-    poly = (-1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (-0.18628806 + t * (
-        0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))))))))
+    poly = -1.26551223 + t * (
+        1.00002368
+        + t
+        * (
+            0.37409196
+            + t
+            * (
+                0.09678418
+                + t
+                * (
+                    -0.18628806
+                    + t
+                    * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277))))
+                )
+            )
+        )
+    )
     r = t * np.exp(-a * a + poly)
     return np.where(z >= 0, r, 2.0 - r)
 
@@ -212,7 +232,8 @@ def window_partition(x: np.ndarray, grid, window, shift) -> np.ndarray:
 
 
 def window_reverse(x: np.ndarray, grid, window, shift) -> np.ndarray:
-    """The inverse of window_partition: [B*nW, wh*ww, C] -> crop the padding -> roll by +shift -> [B, H*W, C]."""
+    """The inverse of window_partition:
+    [B*nW, wh*ww, C] -> crop the padding -> roll by +shift -> [B, H*W, C]."""
     (gh, gw), (wh, ww), (sh, sw) = pair(grid), pair(window), pair(shift)
     hp, wp = padded_grid(grid, window)
     c = x.shape[-1]
@@ -241,8 +262,12 @@ _OPS = {
     "patch_embed": _patch_embed,
     "qlinear": _qlinear,
     "attention": _attention,
-    "prepend": lambda op, prm, x: (np.concatenate(
-        [np.broadcast_to(prm[t], (x.shape[0],) + prm[t].shape[1:]) for t in op["tensors"]] + [x], axis=1), None),
+    "prepend": lambda op, prm, x: (
+        np.concatenate(
+            [np.broadcast_to(prm[t], (x.shape[0],) + prm[t].shape[1:]) for t in op["tensors"]] + [x], axis=1
+        ),
+        None,
+    ),
     "add_const": lambda op, prm, x: ((x + prm[op["tensor"]]).astype(F32), None),
     "layernorm": lambda op, prm, x: (layernorm(x, prm["weight"], prm["bias"], op["eps"]), None),
     "gelu": lambda op, prm, x: (gelu(x, op["clip"]), None),

@@ -1,4 +1,5 @@
 """The integer model file (qvit_edge.intmodel): round trip, interop, one-line errors."""
+
 import json
 import struct
 import subprocess
@@ -6,7 +7,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from qvit_edge import intmodel
 from qvit_edge.intmodel import IntModel, IntModelError
 
@@ -75,23 +75,46 @@ def _save_broken(model, path, edit_config=None, edit_tensors=None):
     return str(path)
 
 
-@pytest.mark.parametrize("edit_config,edit_tensors,message", [
-    (lambda c: c.update(format_version=99), None, "unknown integer model format_version 99"),
-    (lambda c: c.update(format="onnx"), None, "not a qvit integer model"),
-    (lambda c: c.pop("graph"), None, "config lacks 'graph'"),
-    (lambda c: c["graph"].append({"op": "conv3d", "in": "logits", "out": "y"}), None, "unknown op 'conv3d'"),
-    (lambda c: c["graph"][0].pop("patch"), None, "missing field(s) patch"),
-    (None, lambda t: t.pop("blocks.1.attn.q_step"), "missing tensor 'blocks.1.attn.q_step'"),
-    (None, lambda t: t.update({"blocks.0.mlp.fc2.weight": t["blocks.0.mlp.fc2.weight"].astype(np.float32)}),
-     "is float32, expected int8"),
-    (None, lambda t: t.update({"blocks.0.attn.k_zp": np.zeros(5, np.int32)}), "has shape [5], expected [2]"),
-    (None, lambda t: t.update({"head.weight": np.full_like(t["head.weight"], 127) + 0}),
-     None),  # 127 is a valid 8-bit head code: no error
-    (None, lambda t: t.update({"blocks.0.mlp.fc1.weight": np.full_like(t["blocks.0.mlp.fc1.weight"], 3)}),
-     "weight codes outside the 2-bit range"),
-    (None, lambda t: t.update({"blocks.0.mlp.fc2.weight": t["blocks.0.mlp.fc2.weight"][:, :-1].copy()}),
-     "weight expects K=63"),
-])
+@pytest.mark.parametrize(
+    "edit_config,edit_tensors,message",
+    [
+        (lambda c: c.update(format_version=99), None, "unknown integer model format_version 99"),
+        (lambda c: c.update(format="onnx"), None, "not a qvit integer model"),
+        (lambda c: c.pop("graph"), None, "config lacks 'graph'"),
+        (
+            lambda c: c["graph"].append({"op": "conv3d", "in": "logits", "out": "y"}),
+            None,
+            "unknown op 'conv3d'",
+        ),
+        (lambda c: c["graph"][0].pop("patch"), None, "missing field(s) patch"),
+        (None, lambda t: t.pop("blocks.1.attn.q_step"), "missing tensor 'blocks.1.attn.q_step'"),
+        (
+            None,
+            lambda t: t.update({"blocks.0.mlp.fc2.weight": t["blocks.0.mlp.fc2.weight"].astype(np.float32)}),
+            "is float32, expected int8",
+        ),
+        (
+            None,
+            lambda t: t.update({"blocks.0.attn.k_zp": np.zeros(5, np.int32)}),
+            "has shape [5], expected [2]",
+        ),
+        (
+            None,
+            lambda t: t.update({"head.weight": np.full_like(t["head.weight"], 127) + 0}),
+            None,
+        ),  # 127 is a valid 8-bit head code: no error
+        (
+            None,
+            lambda t: t.update({"blocks.0.mlp.fc1.weight": np.full_like(t["blocks.0.mlp.fc1.weight"], 3)}),
+            "weight codes outside the 2-bit range",
+        ),
+        (
+            None,
+            lambda t: t.update({"blocks.0.mlp.fc2.weight": t["blocks.0.mlp.fc2.weight"][:, :-1].copy()}),
+            "weight expects K=63",
+        ),
+    ],
+)
 def test_bad_models_fail_with_one_line(deit, tmp_path, edit_config, edit_tensors, message):
     path = _save_broken(deit, tmp_path / "bad.qvit.safetensors", edit_config, edit_tensors)
     if message is None:
@@ -108,18 +131,22 @@ def test_one_bit_weights_may_not_be_zero(tmp_path):
     assert set(np.unique(m.tensors["blocks.0.mlp.fc1.weight"])) == {-1, 1}
     bad = m.tensors["blocks.0.mlp.fc1.weight"].copy()
     bad[0, 0] = 0
-    path = _save_broken(m, tmp_path / "b.qvit.safetensors",
-                        edit_tensors=lambda t: t.update({"blocks.0.mlp.fc1.weight": bad}))
+    path = _save_broken(
+        m, tmp_path / "b.qvit.safetensors", edit_tensors=lambda t: t.update({"blocks.0.mlp.fc1.weight": bad})
+    )
     with pytest.raises(IntModelError, match="outside the 1-bit range"):
         IntModel.load(path)
 
 
-@pytest.mark.parametrize("content,message", [
-    (b"", "too short"),
-    (b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all", "header is not a JSON object"),
-    (struct.pack("<Q", 1 << 40) + b"{}", "bad header length"),
-    (b"GIF89a" + bytes(100), "bad header length"),
-])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (b"", "too short"),
+        (b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all", "header is not a JSON object"),
+        (struct.pack("<Q", 1 << 40) + b"{}", "bad header length"),
+        (b"GIF89a" + bytes(100), "bad header length"),
+    ],
+)
 def test_not_safetensors_files_fail_with_one_line(tmp_path, content, message):
     p = tmp_path / "x.qvit.safetensors"
     p.write_bytes(content)
@@ -148,19 +175,23 @@ def test_a_plain_safetensors_file_is_not_an_integer_model(tmp_path):
 
 
 def test_reader_needs_only_numpy():
-    code = ("import sys, qvit_edge.intmodel, qvit_edge.reference\n"
-            "print(sorted(m for m in ('torch', 'timm', 'tvm', 'safetensors') if m in sys.modules))")
+    code = (
+        "import sys, qvit_edge.intmodel, qvit_edge.reference\n"
+        "print(sorted(m for m in ('torch', 'timm', 'tvm', 'safetensors') if m in sys.modules))"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.stdout.strip() == "[]", r.stderr
 
 
-@pytest.mark.parametrize("grid,window,shift", [((8, 8), 4, 2), ((7, 7), 4, 2), ((6, 10), (3, 5), (1, 2)),
-                                               ((8, 4), (4, 4), (2, 0))])
+@pytest.mark.parametrize(
+    "grid,window,shift", [((8, 8), 4, 2), ((7, 7), 4, 2), ((6, 10), (3, 5), (1, 2)), ((8, 4), (4, 4), (2, 0))]
+)
 def test_shift_window_mask_equals_timm(grid, window, shift):
     torch = pytest.importorskip("torch")
     swin = pytest.importorskip("timm.models.swin_transformer")
-    blk = swin.SwinTransformerBlock(dim=8, input_resolution=grid, num_heads=2, window_size=window,
-                                    shift_size=shift, always_partition=True)
+    blk = swin.SwinTransformerBlock(
+        dim=8, input_resolution=grid, num_heads=2, window_size=window, shift_size=shift, always_partition=True
+    )
     theirs = blk.attn_mask
     ours = intmodel.shift_window_mask(grid, window, shift)
     assert theirs is not None

@@ -1,7 +1,7 @@
 """The numpy integer reference (qvit_edge.reference) against independent float computations and timm."""
+
 import numpy as np
 import pytest
-
 from qvit_edge import intmodel, quant
 from qvit_edge import reference as ref
 
@@ -41,9 +41,12 @@ def test_qlinear_equals_dequantized_float_linear(deit):
     _, tr = ref.run(deit, x, trace=True)
     op, prm = next(deit.ops("qlinear"))  # blocks.0.attn.qkv
     xin = tr.values[op["in"]]
-    xhat = quant.dequantize_act(quant.quantize_act(xin, prm["a_step"], prm["a_zp"], op["a_bits"]),
-                                prm["a_step"], prm["a_zp"])
-    want = xhat.astype(np.float64) @ quant.dequantize_weight(prm["weight"], prm["w_step"]).T.astype(np.float64)
+    xhat = quant.dequantize_act(
+        quant.quantize_act(xin, prm["a_step"], prm["a_zp"], op["a_bits"]), prm["a_step"], prm["a_zp"]
+    )
+    want = xhat.astype(np.float64) @ quant.dequantize_weight(prm["weight"], prm["w_step"]).T.astype(
+        np.float64
+    )
     want += prm["bias"]
     np.testing.assert_allclose(tr.values[op["out"]], want, rtol=1e-5, atol=1e-5)
 
@@ -54,9 +57,14 @@ def _float_attention(op, prm, qkv):
     b, t, _ = qkv.shape
     q, k, v = qkv.astype(np.float64).reshape(b, t, 3, h, d).transpose(2, 0, 3, 1, 4)
     if op["irm"]:
+
         def ln(z, w, bb):
             return (z - z.mean(-1, keepdims=True)) / np.sqrt(z.var(-1, keepdims=True) + op["eps"]) * w + bb
-        q, k = ln(q, prm["norm_q.weight"], prm["norm_q.bias"]), ln(k, prm["norm_k.weight"], prm["norm_k.bias"])
+
+        q, k = (
+            ln(q, prm["norm_q.weight"], prm["norm_q.bias"]),
+            ln(k, prm["norm_k.weight"], prm["norm_k.bias"]),
+        )
 
     def fq(z, a):
         s, zp = prm[f"{a}_step"].reshape(h, 1, 1), prm[f"{a}_zp"].reshape(h, 1, 1)
@@ -103,7 +111,9 @@ def test_shift_mask_matters(swin):
     assert not np.allclose(out_masked, out_unmasked)
 
 
-@pytest.mark.parametrize("grid,window,shift", [((8, 8), 4, 2), ((7, 7), 4, 2), ((14, 14), 7, 3), ((4, 4), 4, 0)])
+@pytest.mark.parametrize(
+    "grid,window,shift", [((8, 8), 4, 2), ((7, 7), 4, 2), ((14, 14), 7, 3), ((4, 4), 4, 0)]
+)
 def test_window_partition_matches_timm_and_reverse_inverts_it(grid, window, shift):
     torch = pytest.importorskip("torch")
     swin = pytest.importorskip("timm.models.swin_transformer")
@@ -154,9 +164,13 @@ def test_float_ops_match_torch():
     np.testing.assert_allclose(g, tg, rtol=2e-6, atol=1e-6)
     assert ref.gelu(np.float32([-30.0, 30.0]), clip=10.0).tolist() == [-0.0, 10.0]
     w, b = rng.normal(size=33).astype(np.float32), rng.normal(size=33).astype(np.float32)
-    tl = torch.nn.functional.layer_norm(torch.from_numpy(x), (33,), torch.from_numpy(w), torch.from_numpy(b), 1e-6)
+    tl = torch.nn.functional.layer_norm(
+        torch.from_numpy(x), (33,), torch.from_numpy(w), torch.from_numpy(b), 1e-6
+    )
     np.testing.assert_allclose(ref.layernorm(x, w, b, 1e-6), tl.numpy(), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(ref.softmax(x), torch.softmax(torch.from_numpy(x), -1).numpy(), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        ref.softmax(x), torch.softmax(torch.from_numpy(x), -1).numpy(), rtol=1e-5, atol=1e-7
+    )
 
 
 def test_distilled_deit_averages_its_two_heads(deit):
@@ -170,7 +184,7 @@ def test_random_models_are_sensibly_calibrated(swin):
     logits, tr = ref.run(swin, x, trace=True)
     for name, ints in tr.ints.items():
         a = ints["a"] if "a" in ints else ints["q"]
-        assert len(np.unique(a)) >= 2 ** 3 // 2, name
+        assert len(np.unique(a)) >= 2**3 // 2, name
     assert len(set(logits.argmax(1).tolist())) > 1
 
 

@@ -1,0 +1,78 @@
+"""`qvit export`: a checkpoint (or a random-init named architecture) -> the integer model file.
+
+qvit export runs/x/checkpoint --out model.qvit.safetensors
+qvit export --arch deit_tiny_patch16_224 --bits 2 --random --out model.qvit.safetensors
+qvit export runs/x/checkpoint --onnx model.onnx          (QDQ ONNX; issue #7)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from qvit_edge.clikit import UserError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", nargs="?", help="checkpoint directory written by `qvit train`")
+    p.add_argument("--out", help="integer model to write (*.qvit.safetensors)")
+    p.add_argument("--onnx", help="also (or only) write a QDQ ONNX model of the quantized network")
+    p.add_argument(
+        "--arch", help="with --random: a named architecture (see `qvit train --help` / qvit.models)"
+    )
+    p.add_argument("--bits", type=int, help="with --random: weight and activation bits of the blocks (1-8)")
+    p.add_argument(
+        "--random", action="store_true", help="random-init weights (no pretrained weights exist here)"
+    )
+    p.add_argument("--no-irm", action="store_true", help="with --random: without the IRM")
+    p.add_argument("--seed", type=int, default=0, help="with --random: seed of weights and quantizer init")
+
+
+def run(args) -> int:
+    if not args.out and not args.onnx:
+        raise UserError("nothing to write: give --out FILE (integer model) and/or --onnx FILE")
+    for path in (args.out, args.onnx):
+        if path and os.path.isdir(path):
+            raise UserError(f"{path} is a directory; give a file name")
+        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            raise UserError(f"cannot write {path}: no such directory {os.path.dirname(path)}")
+    if args.random:
+        if args.checkpoint:
+            raise UserError("give either a checkpoint or --random --arch NAME --bits B, not both")
+        if not args.arch or args.bits is None:
+            raise UserError("--random needs --arch NAME and --bits B")
+        if not 1 <= args.bits <= 8:
+            raise UserError(f"--bits must be 1..8, got {args.bits}")
+    elif not args.checkpoint:
+        raise UserError("give a checkpoint directory, or --random --arch NAME --bits B")
+    elif args.arch or args.bits is not None:
+        raise UserError("--arch and --bits only go with --random (a checkpoint knows its architecture)")
+
+    from qvit import export
+
+    if args.random:
+        im, model = export.export_random(args.arch, args.bits, seed=args.seed, irm=not args.no_irm)
+    else:
+        from qvit.checkpoint import load_model
+
+        model, _ = load_model(args.checkpoint)
+        im = export.export_checkpoint(args.checkpoint, model=model) if args.out else None
+    if args.out:
+        im.save(args.out)
+        n_ops = len(im.graph)
+        size = os.path.getsize(args.out)
+        b = im.config["bits"]
+        print(
+            f"wrote {args.out}: {im.config['arch']} W{b['weight']}A{b['act']} ({im.family}), {n_ops} ops, "
+            f"{size / 1e6:.2f} MB, sha256 {im.digest()[:16]}"
+        )
+    if args.onnx:
+        try:
+            from qvit import export_onnx
+        except ModuleNotFoundError as e:
+            if e.name != "qvit.export_onnx":
+                raise
+            raise UserError("--onnx: the QDQ ONNX export is not built yet (issue #7)") from None
+        export_onnx.export_onnx(model, args.onnx)
+        print(f"wrote {args.onnx}: QDQ ONNX of {model.qvit_config.arch}")
+    return 0

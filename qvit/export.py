@@ -1,0 +1,281 @@
+"""Export a fully quantized Q-ViT (torch) as an integer model (docs/integer-model.md).
+
+The exporter walks the quantized timm model by its timm names and asks each quantized module for
+its integer form (`int_form()` / `int_params()`, qvit/quantizers.py and qvit/attention.py); the
+op layout itself is shared with the synthetic builders (`qvit_edge.intmodel.lay_out_deit` /
+`lay_out_swin`). Swin's shifted-window masks are computed here (0 / -100, as timm).
+
+    export_model(model)             a quantized torch model in memory
+    export_checkpoint(path)         a `qvit train` checkpoint directory
+    export_random(arch, bits)       a random-init named architecture (no pretrained weights here)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+from qvit_edge import intmodel
+from qvit_edge.clikit import UserError
+from qvit_edge.intmodel import GraphBuilder, IntModel
+
+
+class ExportError(UserError):
+    """A model the integer format cannot express (one line)."""
+
+
+class _TorchSource:
+    """Integer forms from the modules of a quantized torch model (the layouts' `src`)."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def _module(self, name: str) -> nn.Module:
+        try:
+            return self.model.get_submodule(name)
+        except AttributeError:
+            raise ExportError(f"the model has no module {name!r}") from None
+
+    def linear(self, name, n, k, bias, role):
+        m = self._module(name)
+        if not hasattr(m, "int_form"):
+            raise ExportError(
+                f"{name} is a {type(m).__name__}, not a quantized layer (was the model quantized?)"
+            )
+        form = m.int_form()
+        if form["weight"].ndim != 2 or form["weight"].shape[0] != n:
+            raise ExportError(f"{name}: integer weight {list(form['weight'].shape)} does not fit [{n}, {k}]")
+        return form
+
+    def attention(self, name, dim, heads):
+        m = self._module(name)
+        if not hasattr(m, "int_form"):
+            raise ExportError(f"{name} is a {type(m).__name__}, not a quantized attention")
+        return m.int_form()
+
+    def layernorm(self, name, dim):
+        m = self._module(name)
+        if not isinstance(m, nn.LayerNorm) or m.weight is None or m.bias is None:
+            raise ExportError(f"{name} must be an affine nn.LayerNorm, got {type(m).__name__}")
+        return _np(m.weight), _np(m.bias), float(m.eps)
+
+    def tensor(self, name, shape):
+        t = getattr(self.model, name, None)
+        if t is None:
+            raise ExportError(f"the model has no {name}")
+        a = _np(t)
+        if a.shape != tuple(shape):
+            raise ExportError(f"{name} has shape {list(a.shape)}, expected {list(shape)}")
+        return a
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().float().numpy().astype(np.float32)
+
+
+def _gelu_clip(mlp: nn.Module):
+    act = mlp.act
+    if hasattr(act, "clip"):
+        return act.clip
+    if isinstance(act, nn.GELU) and act.approximate == "none":
+        return None
+    raise ExportError(f"MLP activation {type(act).__name__} is not the exact GELU the integer model has")
+
+
+def _bits(model: nn.Module) -> dict:
+    q = getattr(model, "qvit_config", None)
+    if q is not None and q.quant.quantized:
+        return {
+            "weight": q.quant.w_bits,
+            "act": q.quant.a_bits,
+            "embed": q.quant.embed_bits,
+            "head": q.quant.head_bits,
+        }
+    raise ExportError("the model is not quantized (full-precision models have no integer form)")
+
+
+def _deit_spec(model: nn.Module) -> dict:
+    for attr, ok, why in (
+        ("reg_token", lambda v: v is None, "register tokens"),
+        ("no_embed_class", lambda v: not v, "position embeddings without the class token"),
+        ("dynamic_img_size", lambda v: not v, "dynamic image size"),
+        ("global_pool", lambda v: v == "token", "pooling other than the class token"),
+        ("cls_token", lambda v: v is not None, "no class token"),
+    ):
+        if hasattr(model, attr) and not ok(getattr(model, attr)):
+            raise ExportError(f"DeiT with {why} is not supported by the integer format")
+    for attr in ("norm_pre", "fc_norm"):
+        if not isinstance(getattr(model, attr, nn.Identity()), nn.Identity):
+            raise ExportError(f"DeiT with {attr} is not supported by the integer format")
+    blk0 = model.blocks[0]
+    for blk in model.blocks:
+        for ls in ("ls1", "ls2"):
+            if not isinstance(getattr(blk, ls, nn.Identity()), nn.Identity):
+                raise ExportError("DeiT with layer scale is not supported by the integer format")
+    pe = model.patch_embed
+    if not isinstance(getattr(pe, "norm", nn.Identity()), nn.Identity):
+        raise ExportError("DeiT with a patch-embedding norm is not supported by the integer format")
+    conv = pe.proj
+    return {
+        "in_chans": conv.in_channels,
+        "img_size": tuple(pe.img_size),
+        "patch": conv.kernel_size[0],
+        "dim": model.embed_dim,
+        "depth": len(model.blocks),
+        "heads": blk0.attn.num_heads,
+        "mlp_hidden": blk0.mlp.fc1.out_features,
+        "num_classes": model.num_classes,
+        "distilled": getattr(model, "dist_token", None) is not None,
+        "gelu_clip": _gelu_clip(blk0.mlp),
+    }
+
+
+def _swin_spec(model: nn.Module) -> dict:
+    pe = model.patch_embed
+    if getattr(model, "absolute_pos_embed", None) is not None:
+        raise ExportError("Swin with absolute position embedding is not supported by the integer format")
+    if (
+        getattr(model.head, "global_pool", None) is not None
+        and getattr(model.head.global_pool, "pool_type", "avg") != "avg"
+    ):
+        raise ExportError("Swin pooling other than the average is not supported by the integer format")
+    stages, embed_dim = [], pe.proj.out_channels
+    for layer in model.layers:
+        blocks = []
+        for blk in layer.blocks:
+            blocks.append(
+                {"window": intmodel._compact(blk.window_size), "shift": intmodel._compact(blk.shift_size)}
+            )
+        blk0 = layer.blocks[0]
+        stages.append(
+            {
+                "dim": blk0.norm1.normalized_shape[0],
+                "heads": blk0.attn.num_heads,
+                "downsample": not isinstance(layer.downsample, nn.Identity),
+                "blocks": blocks,
+                "grid": tuple(blk0.input_resolution),
+            }
+        )
+    blk0 = model.layers[0].blocks[0]
+    return {
+        "in_chans": pe.proj.in_channels,
+        "img_size": tuple(pe.img_size),
+        "patch": pe.proj.kernel_size[0],
+        "embed_dim": embed_dim,
+        "patch_norm": not isinstance(pe.norm, nn.Identity),
+        "num_classes": model.num_classes,
+        "gelu_clip": _gelu_clip(blk0.mlp),
+        "mlp_ratio": blk0.mlp.fc1.out_features / blk0.norm1.normalized_shape[0],
+        "stages": stages,
+    }
+
+
+def default_input(model: nn.Module) -> dict:
+    """Input preprocessing when no checkpoint says otherwise: timm's pretrained_cfg, with mean/std
+    of 0.5 per channel when its (RGB) values do not fit the channel count."""
+    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    pe = model.patch_embed
+    c = pe.proj.in_channels
+    mean, std = list(cfg.get("mean", ())), list(cfg.get("std", ()))
+    if len(mean) != c or len(std) != c:
+        mean, std = [0.5] * c, [0.5] * c
+    return {
+        "channels": c,
+        "size": list(pe.img_size),
+        "mean": [float(v) for v in mean],
+        "std": [float(v) for v in std],
+        "interpolation": cfg.get("interpolation", "bicubic"),
+        "crop_pct": float(cfg.get("crop_pct", 1.0)) if pe.img_size[0] >= 64 else 1.0,
+    }
+
+
+def export_model(
+    model: nn.Module,
+    *,
+    input_cfg: dict | None = None,
+    classes: list[str] | None = None,
+    arch: str | None = None,
+) -> IntModel:
+    """The integer model of a quantized qvit model (DeiT or Swin)."""
+    qc = getattr(model, "qvit_config", None)
+    if qc is None:
+        raise ExportError("not a qvit model (build it with qvit.models.create_model)")
+    bits = _bits(model)
+    model = model.eval()
+    src, b = _TorchSource(model), GraphBuilder()
+    if qc.family == "deit":
+        spec = _deit_spec(model)
+        intmodel.lay_out_deit(b, src, spec)
+        extra = {"distilled": spec["distilled"]}
+    elif qc.family == "swin":
+        spec = _swin_spec(model)
+        _check_swin_grids(spec)
+        intmodel.lay_out_swin(b, src, spec)
+        extra = {}
+    else:
+        raise ExportError(f"unknown model family {qc.family!r}")
+    try:
+        return b.build(
+            arch=arch or qc.arch,
+            family=qc.family,
+            bits=bits,
+            input=input_cfg or default_input(model),
+            num_classes=spec["num_classes"],
+            classes=classes,
+            irm=bool(qc.quant.irm),
+            **extra,
+        )
+    except intmodel.IntModelError as e:
+        raise ExportError(f"exported model is inconsistent: {e}") from None
+
+
+def _check_swin_grids(spec: dict) -> None:
+    """The layout derives each stage's grid; it must be the one timm's blocks were built for."""
+    p = spec["patch"]
+    grid = (spec["img_size"][0] // p, spec["img_size"][1] // p)
+    for i, st in enumerate(spec["stages"]):
+        if st["downsample"]:
+            grid = ((grid[0] + 1) // 2, (grid[1] + 1) // 2)
+        if tuple(st["grid"]) != grid:
+            raise ExportError(f"Swin stage {i} runs on a {st['grid']} grid, expected {grid}")
+
+
+def export_checkpoint(path: str, model: nn.Module | None = None) -> IntModel:
+    """A `qvit train` checkpoint directory -> integer model (input preprocessing and class
+    names from the checkpoint's config). `model`: the checkpoint's model if already loaded."""
+    from qvit.checkpoint import load_model, read_config
+
+    if model is None:
+        model, config = load_model(path)
+    else:
+        config = read_config(path)
+    data = config.get("data") or {}
+    input_cfg = default_input(model)
+    for key in ("mean", "std", "interpolation", "crop_pct"):
+        if data.get(key) is not None:
+            input_cfg[key] = data[key]
+    classes = data.get("classes") or config.get("classes")
+    return export_model(model, input_cfg=input_cfg, classes=classes)
+
+
+def export_random(
+    arch: str, bits: int, *, seed: int = 0, irm: bool = True, calib_batch: int = 8, **timm_kwargs
+) -> tuple[IntModel, nn.Module]:
+    """A random-init named architecture at `bits` (for benchmarks and tests: nothing pretrained
+    can be downloaded). The quantizers initialise from one forward pass on random images.
+    Returns the integer model and the torch model it came from."""
+    from qvit.models import create_model
+
+    torch.manual_seed(seed)
+    try:
+        model = create_model(arch, bits=bits, irm=irm, **timm_kwargs)
+    except ValueError as e:
+        raise ExportError(str(e)) from None
+    model.eval()
+    pe = model.patch_embed
+    x = torch.randn(
+        calib_batch, pe.proj.in_channels, *pe.img_size, generator=torch.Generator().manual_seed(seed)
+    )
+    with torch.no_grad():
+        model(x)
+    return export_model(model), model
