@@ -191,3 +191,15 @@ def test_random_models_are_sensibly_calibrated(swin):
 def test_wrong_input_shape_is_one_line(deit):
     with pytest.raises(intmodel.IntModelError, match=r"input must be \[B, 1, 28, 28\]"):
         ref.run(deit, np.zeros((1, 3, 28, 28), np.float32))
+
+
+@pytest.mark.parametrize("a_bits,w_bits,z", [(2, 2, 1), (1, 1, 0), (4, 3, 9), (8, 8, 128), (8, 8, -70000)])
+def test_fast_integer_sums_equal_quant_bit_for_bit(a_bits, w_bits, z):
+    rng = np.random.default_rng(a_bits * 10 + w_bits)
+    a = rng.integers(0, 2**a_bits, size=(37, 300)).astype(np.int32)
+    w = rng.choice(quant.weight_levels(w_bits), size=(19, 300)).astype(np.int8)
+    assert np.array_equal(ref.int_linear(a, z, w, a_bits, w_bits), quant.int_linear(a, z, w))
+    b = rng.integers(0, 2**a_bits, size=(2, 3, 11, 300)).astype(np.int32)
+    a4 = rng.integers(0, 2**a_bits, size=(2, 3, 7, 300)).astype(np.int32)
+    za, zb = rng.integers(0, 2**a_bits, 3), rng.integers(0, 2**a_bits, 3)
+    assert np.array_equal(ref.int_matmul_act(a4, za, b, zb, a_bits), quant.int_matmul_act(a4, za, b, zb))
