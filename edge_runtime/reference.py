@@ -13,7 +13,7 @@ int_matmul_act). The float epilogues are pinned down here so other stages can re
 
 (each scale product evaluated in float32, left to right). The loops are all numpy array
 operations (no numba needed); the integer sums run as exact float64 BLAS matmuls (see
-`int_linear`): DeiT-S at 224 px takes about 1 s per image on one core.
+`int_linear`), since numpy's int64 matmul has no BLAS.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def _last_uses(graph: list[dict]) -> dict[str, int]:
 
 
 # The integer sums are quant.int_linear / quant.int_matmul_act exactly. numpy's int64 matmul has
-# no BLAS (8 s per DeiT-S image), so when the sum provably stays below 2^53 in magnitude it runs
+# no BLAS (slow on real model sizes), so when the sum provably stays below 2^53 in magnitude it runs
 # as a float64 BLAS matmul: every product and partial sum of integers < 2^53 is exact in float64,
 # in any order, so the result is bit for bit the int64 one (tests/test_reference.py checks).
 _EXACT_F64 = 1 << 53
