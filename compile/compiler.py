@@ -1,0 +1,31 @@
+"""The compile stage as a function: integer model -> model.so for one target."""
+from __future__ import annotations
+
+import time
+
+from . import __version__, lower, package, targets
+
+
+def model_meta(model) -> dict:
+    c = model.config
+    return {
+        "arch": c["arch"], "family": c["family"], "bits": dict(c["bits"]), "input": dict(c["input"]),
+        "num_classes": int(c["num_classes"]),
+        "classes": list(c.get("classes") or [str(i) for i in range(int(c["num_classes"]))]),
+        "irm": bool(c.get("irm", False)), "source_digest": model.digest(),
+        "compiler": f"qvit_compile {__version__}",
+    }
+
+
+def compile_model(model, arch: str, out_path: str, mcpu: str | None = None, progress=print) -> dict:
+    """Lower, build with TVM and link `out_path`. Returns the model.so metadata."""
+    t = targets.get(arch, mcpu)
+    targets.check_compiler(t)
+    t0 = time.time()
+    bits = model.config["bits"]
+    progress(f"qvit_compile: {model.config['arch']} W{bits['weight']}A{bits['act']} -> {out_path} ({arch})")
+    plan = lower.lower(model, arch)
+    progress(f"  lowered: {len(plan.steps)} steps, {len(plan.kernels)} distinct kernels")
+    meta = package.build(plan, model_meta(model), t, out_path, progress)
+    progress(f"  done in {time.time() - t0:.1f} s")
+    return meta

@@ -1,0 +1,443 @@
+"""TE definitions of every kernel a compiled Q-ViT runs (batch-1 static shapes).
+
+Each builder returns (inputs, outputs) TE tensors; `schedules.py` turns them into scheduled
+PrimFuncs. Quantization follows qvit_edge.quant exactly: codes = clip(rint(x / step) + zp, 0, 2^b-1)
+(nearbyint is round-half-to-even), unsigned activation codes, signed weight codes.
+
+Bit-serial layout. A K-long vector of b-bit codes becomes b bit planes of KW = ceil(K / 64) uint64
+words (bit t of word w is element 64 w + t; padding bits are 0). Then
+    sum_k a[k] w[k] = sum_{i,j} c_ij popcount(A_i & W_j),   c_ij = 2^(i+j) (times -1 for the weight's
+two's complement sign plane), and zero points are folded in with per-row code sums. Weight planes are
+stored [N / NV, wb, KW, NV] so the GEMM's inner loop loads NV consecutive output channels at once.
+"""
+from __future__ import annotations
+
+from tvm import te, tirx
+
+WORD = 64  # bits per packed word
+U64 = "uint64"
+NV = 16  # output channels per weight-panel (vector lanes of the GEMM)
+
+
+def words(k: int) -> int:
+    return (k + WORD - 1) // WORD
+
+
+def _code(x, step, zp, bits):
+    """Float -> unsigned activation code as in quant.quantize_act (float32 divide, half-even, clip)."""
+    q = tirx.nearbyint(x / step) + zp.astype("float32")
+    q = tirx.max(tirx.min(q, tirx.const(float((1 << bits) - 1), "float32")), tirx.const(0.0, "float32"))
+    return q.astype("int32")
+
+
+def _pack(shape_lead, nbits, k_len, code_fn, name):
+    """Pack codes code_fn(*lead, k) (int32, k < k_len) into planes [nbits, *lead, KW] of uint64."""
+    kw = words(k_len)
+    t = te.reduce_axis((0, WORD), name="t")
+
+    def bit(i, lead, w):
+        k = w * WORD + t
+        c = code_fn(*lead, tirx.min(k, k_len - 1))
+        on = tirx.all(k < k_len, ((c >> i) & 1) == 1)
+        return tirx.if_then_else(on, tirx.const(1, U64) << t.astype(U64), tirx.const(0, U64))
+
+    return te.compute((nbits, *shape_lead, kw), lambda i, *r: te.sum(bit(i, r[:-1], r[-1]), axis=t),
+                      name=name)
+
+
+def _code_sum(shape_lead, k_len, code_fn, name):
+    k = te.reduce_axis((0, k_len), name="k")
+    return te.compute(shape_lead, lambda *r: te.sum(code_fn(*r, k), axis=k), name=name)
+
+
+# ---------------------------------------------------------------------------------------------- #
+# Quantized linear layers
+# ---------------------------------------------------------------------------------------------- #
+
+def pack_act(m: int, k: int, bits: int, ln_eps: float | None = None):
+    """x [M, K] float -> activation planes [bits, M, KW]. With ln_eps, a LayerNorm (weight, bias) runs
+    first and its float output never hits memory (LayerNorm -> quantize -> pack fused)."""
+    x = te.placeholder((m, k), "float32", name="x")
+    step = te.placeholder((1,), "float32", name="a_step")
+    zp = te.placeholder((1,), "int32", name="a_zp")
+    ins = [x]
+    src = x
+    if ln_eps is not None:
+        g = te.placeholder((k,), "float32", name="ln_w")
+        b = te.placeholder((k,), "float32", name="ln_b")
+        ins += [g, b]
+        src = _layernorm(x, g, b, ln_eps)
+    planes = _pack((m,), bits, k, lambda r, kk: _code(src[r, kk], step[0], zp[0], bits), "planes")
+    return ins + [step, zp], [planes]
+
+
+def bitserial_linear(m: int, n: int, k: int, a_bits: int, w_bits: int, epilogue: str = "none",
+                     gelu_clip: float | None = None):
+    """planes [ab, M, KW] x weight panels [N/NV, wb, KW, NV] -> y [M, N] float32.
+    y = scale[n] * (acc - corr[n]) + bias[n], corr[n] = z_a * sum_k w[n, k] (precomputed), then the
+    epilogue: "gelu" (erf GELU, optional clip) or "add" (residual: + r[m, n])."""
+    kw, npad = words(k), -(-n // NV) * NV
+    ap = te.placeholder((a_bits, m, kw), U64, name="planes")
+    wp = te.placeholder((npad // NV, w_bits, kw, NV), U64, name="wpanel")
+    scale = te.placeholder((n,), "float32", name="scale")
+    corr = te.placeholder((n,), "int32", name="corr")
+    bias = te.placeholder((n,), "float32", name="bias")
+    i = te.reduce_axis((0, a_bits), name="i")
+    j = te.reduce_axis((0, w_bits), name="j")
+    w = te.reduce_axis((0, kw), name="w")
+
+    def coef(i, j):
+        c = tirx.const(1, "int32") << (i + j)
+        if w_bits == 1:
+            return c * 2  # {-1,+1} stored as bit (w+1)/2: a*w = 2 a*bit - a
+        return tirx.if_then_else(j == w_bits - 1, -c, c)
+
+    acc = te.compute((m, npad), lambda r, c: te.sum(
+        tirx.popcount(ap[i, r, w] & wp[c // NV, j, w, c % NV]).astype("int32") * coef(i, j),
+        axis=[i, j, w]), name="acc")
+    ins = [ap, wp, scale, corr, bias]
+    if w_bits == 1:  # subtract sum_k a[m, k]
+        ii = te.reduce_axis((0, a_bits), name="ii")
+        ww = te.reduce_axis((0, kw), name="ww")
+        rows = te.compute((m,), lambda r: te.sum(
+            tirx.popcount(ap[ii, r, ww]).astype("int32") << ii, axis=[ii, ww]), name="rowsum")
+
+        def total(r, c):
+            return acc[r, c] - rows[r] - corr[c]
+    else:
+        def total(r, c):
+            return acc[r, c] - corr[c]
+
+    def lin(r, c):
+        return scale[c] * total(r, c).astype("float32") + bias[c]
+
+    if epilogue == "gelu":
+        y = te.compute((m, n), lambda r, c: _gelu(lin(r, c), gelu_clip), name="y")
+    elif epilogue == "add":
+        res = te.placeholder((m, n), "float32", name="residual")
+        ins.append(res)
+        y = te.compute((m, n), lambda r, c: lin(r, c) + res[r, c], name="y")
+    else:
+        y = te.compute((m, n), lambda r, c: lin(r, c), name="y")
+    return ins, [y]
+
+
+def quant_codes(m: int, k: int, bits: int, ln_eps: float | None = None):
+    """x [M, K] float -> int16 codes minus zero point (for the 8-bit integer GEMM)."""
+    x = te.placeholder((m, k), "float32", name="x")
+    step = te.placeholder((1,), "float32", name="a_step")
+    zp = te.placeholder((1,), "int32", name="a_zp")
+    ins = [x]
+    src = x
+    if ln_eps is not None:
+        g = te.placeholder((k,), "float32", name="ln_w")
+        b = te.placeholder((k,), "float32", name="ln_b")
+        ins += [g, b]
+        src = _layernorm(x, g, b, ln_eps)
+    codes = te.compute((m, k), lambda r, c: (_code(src[r, c], step[0], zp[0], bits) - zp[0]).astype("int16"),
+                       name="codes")
+    return ins + [step, zp], [codes]
+
+
+def int_linear(m: int, n: int, k: int, epilogue: str = "none", gelu_clip: float | None = None):
+    """codes-minus-zp [M, K] int16 x weights [N, K] int8 -> y [M, N] float32 (8-bit layers)."""
+    a = te.placeholder((m, k), "int16", name="codes")
+    wt = te.placeholder((n, k), "int8", name="weight")
+    scale = te.placeholder((n,), "float32", name="scale")
+    bias = te.placeholder((n,), "float32", name="bias")
+    kk = te.reduce_axis((0, k), name="k")
+    acc = te.compute((m, n), lambda r, c: te.sum(a[r, kk].astype("int32") * wt[c, kk].astype("int32"),
+                                                 axis=kk), name="acc")
+    ins = [a, wt, scale, bias]
+
+    def lin(r, c):
+        return scale[c] * acc[r, c].astype("float32") + bias[c]
+
+    if epilogue == "gelu":
+        y = te.compute((m, n), lambda r, c: _gelu(lin(r, c), gelu_clip), name="y")
+    elif epilogue == "add":
+        res = te.placeholder((m, n), "float32", name="residual")
+        ins.append(res)
+        y = te.compute((m, n), lambda r, c: lin(r, c) + res[r, c], name="y")
+    else:
+        y = te.compute((m, n), lambda r, c: lin(r, c), name="y")
+    return ins, [y]
+
+
+def im2col(c: int, h: int, w: int, patch: int):
+    """image [1, C, H, W] -> patches [Hp*Wp, C*p*p] in (c, kh, kw) order, patches row-major."""
+    img = te.placeholder((1, c, h, w), "float32", name="image")
+    hp, wp_ = h // patch, w // patch
+    kk = c * patch * patch
+    out = te.compute((hp * wp_, kk), lambda p, q: img[0, q // (patch * patch), (p // wp_) * patch
+                                                      + (q // patch) % patch, (p % wp_) * patch + q % patch],
+                     name="patches")
+    return [img], [out]
+
+
+# ---------------------------------------------------------------------------------------------- #
+# Attention: IRM + quantize + pack, bit-serial Q K^T + softmax + quantize, bit-serial P V
+# ---------------------------------------------------------------------------------------------- #
+
+def attn_prep(bp: int, t: int, heads: int, d: int, bits: int, irm: bool, eps: float):
+    """qkv [B', T, 3D] -> Q, K planes [B', H, b, T, DW], V planes (transposed) [B', H, b, d, TW] and code
+    sums: qs, ks [B', H, T] (over d), vs [B', H, d] (over T)."""
+    dim = heads * d
+    qkv = te.placeholder((bp, t, 3 * dim), "float32", name="qkv")
+    steps = [te.placeholder((heads,), "float32", name=f"{s}_step") for s in "qkv"]
+    zps = [te.placeholder((heads,), "int32", name=f"{s}_zp") for s in "qkv"]
+    ins = [qkv]
+    q = te.compute((bp, heads, t, d), lambda b, h, r, e: qkv[b, r, h * d + e], name="q")
+    k = te.compute((bp, heads, t, d), lambda b, h, r, e: qkv[b, r, dim + h * d + e], name="k")
+    v = te.compute((bp, heads, t, d), lambda b, h, r, e: qkv[b, r, 2 * dim + h * d + e], name="v")
+    if irm:
+        nw = [te.placeholder((d,), "float32", name=n) for n in ("nq_w", "nq_b", "nk_w", "nk_b")]
+        ins += nw
+        q = _layernorm(q, nw[0], nw[1], eps)
+        k = _layernorm(k, nw[2], nw[3], eps)
+    ins += [steps[0], zps[0], steps[1], zps[1], steps[2], zps[2]]
+    qc = te.compute((bp, heads, t, d), lambda b, h, r, e: _code(q[b, h, r, e], steps[0][h], zps[0][h], bits),
+                    name="qc")
+    kc = te.compute((bp, heads, t, d), lambda b, h, r, e: _code(k[b, h, r, e], steps[1][h], zps[1][h], bits),
+                    name="kc")
+    vc = te.compute((bp, heads, d, t), lambda b, h, e, r: _code(v[b, h, r, e], steps[2][h], zps[2][h], bits),
+                    name="vc")
+    qp = _pack_rows(bp, heads, t, d, bits, qc, "qp")
+    kp = _pack_rows(bp, heads, t, d, bits, kc, "kp")
+    vp = _pack_rows(bp, heads, d, t, bits, vc, "vp")
+    qs = _rowsum(bp, heads, t, d, qc, "qs")
+    ks = _rowsum(bp, heads, t, d, kc, "ks")
+    vs = _rowsum(bp, heads, d, t, vc, "vs")
+    return ins, [qp, kp, vp, qs, ks, vs]
+
+
+def _pack_rows(bp, heads, rows, length, bits, codes, name):
+    tt = te.reduce_axis((0, WORD), name="t")
+    kw = words(length)
+
+    def bit(b, h, i, r, w):
+        kk = w * WORD + tt
+        c = codes[b, h, r, tirx.min(kk, length - 1)]
+        on = tirx.all(kk < length, ((c >> i) & 1) == 1)
+        return tirx.if_then_else(on, tirx.const(1, U64) << tt.astype(U64), tirx.const(0, U64))
+
+    return te.compute((bp, heads, bits, rows, kw), lambda b, h, i, r, w: te.sum(bit(b, h, i, r, w), axis=tt),
+                      name=name)
+
+
+def _rowsum(bp, heads, rows, length, codes, name):
+    kk = te.reduce_axis((0, length), name="k")
+    return te.compute((bp, heads, rows), lambda b, h, r: te.sum(codes[b, h, r, kk], axis=kk), name=name)
+
+
+def _bitserial_aa(xp, yp, bits_x, bits_y, nwords, shape, name):
+    """sum_{i,j,w} 2^(i+j) popcount(X_i & Y_j) for two unsigned operands packed [B', H, b, rows, W]."""
+    i = te.reduce_axis((0, bits_x), name="i")
+    j = te.reduce_axis((0, bits_y), name="j")
+    w = te.reduce_axis((0, nwords), name="w")
+    return te.compute(shape, lambda b, h, r, c: te.sum(
+        tirx.popcount(xp[b, h, i, r, w] & yp[b, h, j, c, w]).astype("int32") << (i + j), axis=[i, j, w]),
+        name=name)
+
+
+def attn_scores(bp: int, t: int, heads: int, d: int, bits: int, scale: float, n_bias: bool, n_mask: int):
+    """Q K^T (bit-serial) -> S = scale q_step k_step acc (+ rel_pos_bias) (+ mask) -> softmax -> P codes
+    packed along keys [B', H, b, T, TW] and their row sums [B', H, T]."""
+    dw = words(d)
+    qp = te.placeholder((bp, heads, bits, t, dw), U64, name="qp")
+    kp = te.placeholder((bp, heads, bits, t, dw), U64, name="kp")
+    qs = te.placeholder((bp, heads, t), "int32", name="qs")
+    ks = te.placeholder((bp, heads, t), "int32", name="ks")
+    q_step = te.placeholder((heads,), "float32", name="q_step")
+    q_zp = te.placeholder((heads,), "int32", name="q_zp")
+    k_step = te.placeholder((heads,), "float32", name="k_step")
+    k_zp = te.placeholder((heads,), "int32", name="k_zp")
+    p_step = te.placeholder((heads,), "float32", name="p_step")
+    p_zp = te.placeholder((heads,), "int32", name="p_zp")
+    ins = [qp, kp, qs, ks, q_step, q_zp, k_step, k_zp, p_step, p_zp]
+    raw = _bitserial_aa(qp, kp, bits, bits, dw, (bp, heads, t, t), "qk")
+    bias = mask = None
+    if n_bias:
+        bias = te.placeholder((heads, t, t), "float32", name="rel_pos_bias")
+        ins.append(bias)
+    if n_mask:
+        mask = te.placeholder((n_mask, t, t), "float32", name="mask")
+        ins.append(mask)
+
+    def s_val(b, h, r, c):
+        acc = raw[b, h, r, c] - k_zp[h] * qs[b, h, r] - q_zp[h] * ks[b, h, c] + d * q_zp[h] * k_zp[h]
+        s = tirx.const(scale, "float32") * q_step[h] * k_step[h] * acc.astype("float32")
+        if bias is not None:
+            s = s + bias[h, r, c]
+        if mask is not None:
+            s = s + mask[b % n_mask, r, c]
+        return s
+
+    s = te.compute((bp, heads, t, t), s_val, name="s")
+    c1 = te.reduce_axis((0, t), name="c1")
+    mx = te.compute((bp, heads, t), lambda b, h, r: te.max(s[b, h, r, c1], axis=c1), name="mx")
+    e = te.compute((bp, heads, t, t), lambda b, h, r, c: tirx.exp(s[b, h, r, c] - mx[b, h, r]), name="e")
+    c2 = te.reduce_axis((0, t), name="c2")
+    den = te.compute((bp, heads, t), lambda b, h, r: te.sum(e[b, h, r, c2], axis=c2), name="den")
+    pc = te.compute((bp, heads, t, t), lambda b, h, r, c: _code(e[b, h, r, c] / den[b, h, r], p_step[h],
+                                                                 p_zp[h], bits), name="pc")
+    pp = _pack_rows(bp, heads, t, t, bits, pc, "pp")
+    ps = _rowsum(bp, heads, t, t, pc, "ps")
+    return ins, [pp, ps]
+
+
+def attn_pv(bp: int, t: int, heads: int, d: int, bits: int):
+    """P V (bit-serial over keys) -> out [B', T, H*d] = p_step v_step acc."""
+    tw = words(t)
+    pp = te.placeholder((bp, heads, bits, t, tw), U64, name="pp")
+    vp = te.placeholder((bp, heads, bits, d, tw), U64, name="vp")
+    ps = te.placeholder((bp, heads, t), "int32", name="ps")
+    vs = te.placeholder((bp, heads, d), "int32", name="vs")
+    p_step = te.placeholder((heads,), "float32", name="p_step")
+    p_zp = te.placeholder((heads,), "int32", name="p_zp")
+    v_step = te.placeholder((heads,), "float32", name="v_step")
+    v_zp = te.placeholder((heads,), "int32", name="v_zp")
+    raw = _bitserial_aa(pp, vp, bits, bits, tw, (bp, heads, t, d), "pv")
+
+    def o_val(b, r, c):
+        h, e = c // d, c % d
+        acc = raw[b, h, r, e] - v_zp[h] * ps[b, h, r] - p_zp[h] * vs[b, h, e] + t * p_zp[h] * v_zp[h]
+        return p_step[h] * v_step[h] * acc.astype("float32")
+
+    out = te.compute((bp, t, heads * d), o_val, name="out")
+    return [pp, vp, ps, vs, p_step, p_zp, v_step, v_zp], [out]
+
+
+# ---------------------------------------------------------------------------------------------- #
+# Float glue
+# ---------------------------------------------------------------------------------------------- #
+
+def _layernorm(x, g, b, eps):
+    shape = [int(s) for s in x.shape]
+    n = shape[-1]
+    lead = shape[:-1]
+    inv_n = tirx.const(1.0 / n, "float32")
+    k1 = te.reduce_axis((0, n), name="k1")
+    total = te.compute(lead, lambda *r: te.sum(x[(*r, k1)], axis=k1), name="ln_sum")
+    k2 = te.reduce_axis((0, n), name="k2")
+
+    def centred(r, k):
+        return x[(*r, k)] - total[r] / tirx.const(float(n), "float32")
+
+    sq = te.compute(lead, lambda *r: te.sum(centred(r, k2) * centred(r, k2), axis=k2), name="ln_sq")
+    del inv_n
+    return te.compute(shape, lambda *r: centred(r[:-1], r[-1])
+                      / tirx.sqrt(sq[r[:-1]] / tirx.const(float(n), "float32") + tirx.const(eps, "float32"))
+                      * g[r[-1]] + b[r[-1]], name="ln")
+
+
+def _gelu(v, clip):
+    half, one = tirx.const(0.5, "float32"), tirx.const(1.0, "float32")
+    g = v * half * (one + tirx.erf(v * tirx.const(0.7071067811865476, "float32")))
+    if clip is not None:
+        g = tirx.max(tirx.min(g, tirx.const(clip, "float32")), tirx.const(-clip, "float32"))
+    return g
+
+
+def layernorm(shape: tuple, eps: float):
+    x = te.placeholder(shape, "float32", name="x")
+    g = te.placeholder((shape[-1],), "float32", name="weight")
+    b = te.placeholder((shape[-1],), "float32", name="bias")
+    return [x, g, b], [_layernorm(x, g, b, eps)]
+
+
+def gelu(shape: tuple, clip: float | None):
+    x = te.placeholder(shape, "float32", name="x")
+    return [x], [te.compute(shape, lambda *r: _gelu(x[r], clip), name="y")]
+
+
+def add(shape: tuple, shape_b: tuple | None = None, scale: float | None = None):
+    """a + b (b broadcast over a leading batch of 1); scale: (a + b) * scale (for `average`)."""
+    a = te.placeholder(shape, "float32", name="a")
+    b = te.placeholder(shape_b or shape, "float32", name="b")
+
+    def f(*r):
+        v = a[r] + b[r]
+        return v * tirx.const(scale, "float32") if scale is not None else v
+
+    return [a, b], [te.compute(shape, f, name="y")]
+
+
+def prepend(shape: tuple, n_tok: int):
+    """[1, T, D] tokens, n_tok tensors [1, 1, D] -> [1, T + n_tok, D]."""
+    x = te.placeholder(shape, "float32", name="x")
+    toks = [te.placeholder((1, 1, shape[2]), "float32", name=f"tok{i}") for i in range(n_tok)]
+
+    def f(b, r, c):
+        v = x[b, tirx.max(r - n_tok, 0), c]
+        for i in reversed(range(n_tok)):
+            v = tirx.Select(r == i, toks[i][0, 0, c], v)
+        return v
+
+    return [x, *toks], [te.compute((1, shape[1] + n_tok, shape[2]), f, name="y")]
+
+
+def token(shape: tuple, index: int):
+    x = te.placeholder(shape, "float32", name="x")
+    return [x], [te.compute((shape[0], shape[2]), lambda b, c: x[b, index, c], name="y")]
+
+
+def mean_tokens(shape: tuple):
+    x = te.placeholder(shape, "float32", name="x")
+    r = te.reduce_axis((0, shape[1]), name="r")
+    total = te.compute((shape[0], shape[2]), lambda b, c: te.sum(x[b, r, c], axis=r), name="total")
+    n = tirx.const(float(shape[1]), "float32")
+    return [x], [te.compute((shape[0], shape[2]), lambda b, c: total[b, c] / n, name="y")]
+
+
+def window_partition(c: int, grid, window, shift):
+    """[1, H*W, C] -> roll by -shift -> zero-pad to whole windows -> [nW, wh*ww, C], windows row-major."""
+    (gh, gw), (wh, ww), (sh, sw) = grid, window, shift
+    hp, wp = -(-gh // wh) * wh, -(-gw // ww) * ww
+    x = te.placeholder((1, gh * gw, c), "float32", name="x")
+    nwx = wp // ww
+
+    def f(wi, p, ch):
+        hh = (wi // nwx) * wh + p // ww
+        w_ = (wi % nwx) * ww + p % ww
+        src = x[0, tirx.min((hh + sh) % gh, gh - 1) * gw + tirx.min((w_ + sw) % gw, gw - 1), ch]
+        if (hp, wp) == (gh, gw):
+            return src
+        return tirx.if_then_else(tirx.all(hh < gh, w_ < gw), src, tirx.const(0.0, "float32"))
+
+    return [x], [te.compute(((hp // wh) * nwx, wh * ww, c), f, name="y")]
+
+
+def window_reverse(c: int, grid, window, shift):
+    """Inverse of window_partition (crop the padding, roll by +shift): [nW, wh*ww, C] -> [1, H*W, C]."""
+    (gh, gw), (wh, ww), (sh, sw) = grid, window, shift
+    hp, wp = -(-gh // wh) * wh, -(-gw // ww) * ww
+    nwx = wp // ww
+    x = te.placeholder(((hp // wh) * nwx, wh * ww, c), "float32", name="x")
+
+    def f(b, t, ch):
+        hh = (t // gw - sh + gh) % gh
+        w_ = (t % gw - sw + gw) % gw
+        return x[(hh // wh) * nwx + w_ // ww, (hh % wh) * ww + w_ % ww, ch]
+
+    return [x], [te.compute((1, gh * gw, c), f, name="y")]
+
+
+def patch_merge(c: int, grid):
+    """[1, H*W, C] -> [1, ceil(H/2)*ceil(W/2), 4C] in timm 1.0 PatchMerging order (odd sides zero-padded):
+    x.reshape(B, H/2, 2, W/2, 2, C).permute(0, 1, 3, 4, 2, 5).flatten(3), i.e. q = (dw * 2 + dh) * C + ch."""
+    gh, gw = grid
+    h2, w2 = (gh + 1) // 2, (gw + 1) // 2
+    x = te.placeholder((1, gh * gw, c), "float32", name="x")
+
+    def f(b, t, q):
+        i, j = t // w2, t % w2
+        sel, ch = q // c, q % c
+        dw, dh = sel // 2, sel % 2
+        hh, ww_ = 2 * i + dh, 2 * j + dw
+        src = x[0, tirx.min(hh, gh - 1) * gw + tirx.min(ww_, gw - 1), ch]
+        if gh % 2 == 0 and gw % 2 == 0:
+            return src
+        return tirx.if_then_else(tirx.all(hh < gh, ww_ < gw), src, tirx.const(0.0, "float32"))
+
+    return [x], [te.compute((1, h2 * w2, 4 * c), f, name="y")]

@@ -1,0 +1,49 @@
+"""Weight packing (numpy, at compile time): codes -> the bit-plane layouts the kernels read.
+
+Layouts are described in kernels.py: bit t of uint64 word w of a plane holds element 64 w + t;
+weight panels are [ceil(N / NV), wb, KW, NV]; 1-bit weights {-1, +1} are stored as the bit (w + 1) / 2,
+b-bit weights as their two's complement bit planes (the top plane has weight -2^(b-1)).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .kernels import NV, WORD, words
+
+
+def bit_planes(codes: np.ndarray, bits: int) -> np.ndarray:
+    """Unsigned bit patterns [R, K] -> planes [bits, R, KW] uint64 (padding bits 0)."""
+    codes = np.asarray(codes, np.int64)
+    r, k = codes.shape
+    kw = words(k)
+    out = np.zeros((bits, r, kw), np.uint64)
+    for i in range(bits):
+        b = ((codes >> i) & 1).astype(np.uint8)
+        b = np.pad(b, ((0, 0), (0, kw * WORD - k)))
+        packed = np.packbits(b.reshape(r, kw, WORD), axis=-1, bitorder="little")
+        out[i] = packed.view("<u8").reshape(r, kw)
+    return out
+
+
+def weight_bits(w: np.ndarray, bits: int) -> np.ndarray:
+    """Signed weight codes -> the unsigned bit patterns that are packed."""
+    w = np.asarray(w, np.int64)
+    if bits == 1:
+        return (w + 1) // 2
+    return w & ((1 << bits) - 1)
+
+
+def weight_panel(w: np.ndarray, bits: int) -> np.ndarray:
+    """Signed codes [N, K] -> panels [ceil(N / NV), bits, KW, NV] uint64 (padded channels are 0)."""
+    planes = bit_planes(weight_bits(w, bits), bits)  # [bits, N, KW]
+    n, kw = planes.shape[1], planes.shape[2]
+    npad = -(-n // NV) * NV
+    full = np.zeros((bits, npad, kw), np.uint64)
+    full[:, :n] = planes
+    return np.ascontiguousarray(full.reshape(bits, npad // NV, NV, kw).transpose(1, 0, 3, 2))
+
+
+def zero_point_correction(w: np.ndarray, a_zp: int) -> np.ndarray:
+    """corr[n] = z_a * sum_k w[n, k] (int32): sum_k (a - z_a) w = sum_k a w - corr."""
+    s = np.asarray(w, np.int64).sum(axis=1) * int(a_zp)
+    return s.astype(np.int32)
