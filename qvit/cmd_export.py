@@ -53,26 +53,22 @@ def run(args) -> int:
     if args.random:
         im, model = export.export_random(args.arch, args.bits, seed=args.seed, irm=not args.no_irm)
     else:
-        from qvit.checkpoint import load_model
-
-        model, _ = load_model(args.checkpoint)
-        im = export.export_checkpoint(args.checkpoint, model=model) if args.out else None
+        im = export.export_checkpoint(args.checkpoint)
     if args.out:
         im.save(args.out)
-        n_ops = len(im.graph)
         size = os.path.getsize(args.out)
         b = im.config["bits"]
         print(
-            f"wrote {args.out}: {im.config['arch']} W{b['weight']}A{b['act']} ({im.family}), {n_ops} ops, "
+            f"wrote {args.out}: {im.config['arch']} W{b['weight']}A{b['act']} ({im.family}), "
+            f"{len(im.graph)} ops, "
             f"{size / 1e6:.2f} MB, sha256 {im.digest()[:16]}"
         )
     if args.onnx:
-        try:
-            from qvit import export_onnx
-        except ModuleNotFoundError as e:
-            if e.name != "qvit.export_onnx":
-                raise
-            raise UserError("--onnx: the QDQ ONNX export is not built yet (issue #7)") from None
-        export_onnx.export_onnx(model, args.onnx)
-        print(f"wrote {args.onnx}: QDQ ONNX of {model.qvit_config.arch}")
+        from qvit import export_onnx
+
+        om = export_onnx.export_onnx(im, args.onnx)
+        print(
+            f"wrote {args.onnx}: QDQ ONNX (opset {om.opset_import[0].version}) of {im.config['arch']}, "
+            f"{os.path.getsize(args.onnx) / 1e6:.2f} MB"
+        )
     return 0
