@@ -61,9 +61,13 @@ int qv_pool_threads(void) {
 
 int qv_pool_task_id(void) { return tl_task_id; }
 
+static unsigned start_generation[QV_POOL_MAX_THREADS];
+
 static void *worker_main(void *arg) {
   int task = (int)(long)arg;
-  unsigned seen = atomic_load(&generation);
+  /* the generation when this worker was created (before the run that needs it was announced);
+   * reading `generation` here instead could already see that run and skip it */
+  unsigned seen = start_generation[task - 1];
   for (;;) {
     unsigned g;
     int spins = 0;
@@ -88,6 +92,7 @@ static void *worker_main(void *arg) {
 
 static int ensure_workers(int n) {
   while (n_workers < n) {
+    start_generation[n_workers] = atomic_load(&generation);
     if (pthread_create(&workers[n_workers], NULL, worker_main, (void *)(long)(n_workers + 1)) != 0)
       return n_workers;
     n_workers++;
