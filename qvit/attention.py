@@ -10,6 +10,7 @@ paper's Q_a((q - mu + beta) / (gamma sqrt(var + eps))) up to reparameterisation.
 `QuantAttention` replaces timm's `Attention` (DeiT); `QuantWindowAttention` replaces timm's Swin
 `WindowAttention` (relative position bias table, shifted-window mask passed by the block).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -20,12 +21,23 @@ from qvit.quantizers import ActQuant, QuantLinear
 
 
 class QuantAttentionCore(nn.Module):
-    def __init__(self, dim: int, num_heads: int, head_dim: int, qkv_bias: bool, w_bits: int, a_bits: int,
-                 irm: bool = True, irm_eps: float = 1e-5, attn_drop: float = 0.0, proj_drop: float = 0.0):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        head_dim: int,
+        qkv_bias: bool,
+        w_bits: int,
+        a_bits: int,
+        irm: bool = True,
+        irm_eps: float = 1e-5,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+    ):
         super().__init__()
         self.num_heads, self.head_dim = num_heads, head_dim
         self.attn_dim = num_heads * head_dim
-        self.scale = head_dim ** -0.5
+        self.scale = head_dim**-0.5
         self.w_bits, self.a_bits = w_bits, a_bits
         self.qkv = QuantLinear(dim, 3 * self.attn_dim, bias=qkv_bias, w_bits=w_bits, a_bits=a_bits)
         self.proj = QuantLinear(self.attn_dim, dim, bias=True, w_bits=w_bits, a_bits=a_bits)
@@ -70,13 +82,26 @@ class QuantAttentionCore(nn.Module):
     def _int_form(self) -> dict:
         irm = None
         if self.irm:
-            irm = dict(q_weight=_np(self.norm_q.weight), q_bias=_np(self.norm_q.bias),
-                       k_weight=_np(self.norm_k.weight), k_bias=_np(self.norm_k.bias),
-                       eps=float(self.norm_q.eps))
-        return dict(qkv=self.qkv.int_form(), proj=self.proj.int_form(),
-                    q=self.q_act.int_params(), k=self.k_act.int_params(), v=self.v_act.int_params(),
-                    p=self.p_act.int_params(), irm=irm, heads=int(self.num_heads),
-                    head_dim=int(self.head_dim), scale=float(self.scale), rel_pos_bias=None)
+            irm = dict(
+                q_weight=_np(self.norm_q.weight),
+                q_bias=_np(self.norm_q.bias),
+                k_weight=_np(self.norm_k.weight),
+                k_bias=_np(self.norm_k.bias),
+                eps=float(self.norm_q.eps),
+            )
+        return dict(
+            qkv=self.qkv.int_form(),
+            proj=self.proj.int_form(),
+            q=self.q_act.int_params(),
+            k=self.k_act.int_params(),
+            v=self.v_act.int_params(),
+            p=self.p_act.int_params(),
+            irm=irm,
+            heads=int(self.num_heads),
+            head_dim=int(self.head_dim),
+            scale=float(self.scale),
+            rel_pos_bias=None,
+        )
 
 
 class QuantAttention(QuantAttentionCore):
@@ -84,12 +109,24 @@ class QuantAttention(QuantAttentionCore):
 
     @classmethod
     def from_timm(cls, m: nn.Module, w_bits: int, a_bits: int, irm: bool = True) -> "QuantAttention":
-        if not isinstance(m.q_norm, nn.Identity) or not isinstance(m.norm, nn.Identity) or \
-                getattr(m, "gate", None) is not None:
+        if (
+            not isinstance(m.q_norm, nn.Identity)
+            or not isinstance(m.norm, nn.Identity)
+            or getattr(m, "gate", None) is not None
+        ):
             raise ValueError("only plain timm Attention (no qk_norm / scale_norm / gate) can be quantized")
         dim = m.qkv.in_features
-        q = cls(dim, m.num_heads, m.head_dim, m.qkv.bias is not None, w_bits, a_bits, irm=irm,
-                attn_drop=m.attn_drop.p, proj_drop=m.proj_drop.p)
+        q = cls(
+            dim,
+            m.num_heads,
+            m.head_dim,
+            m.qkv.bias is not None,
+            w_bits,
+            a_bits,
+            irm=irm,
+            attn_drop=m.attn_drop.p,
+            proj_drop=m.proj_drop.p,
+        )
         q.to(m.qkv.weight.device)
         q._copy_linear(m.qkv, m.proj)
         return q
@@ -121,8 +158,18 @@ class QuantWindowAttention(QuantAttentionCore):
     def from_timm(cls, m: nn.Module, w_bits: int, a_bits: int, irm: bool = True) -> "QuantWindowAttention":
         dim = m.qkv.in_features
         head_dim = m.qkv.out_features // (3 * m.num_heads)
-        q = cls(dim, m.num_heads, head_dim, m.qkv.bias is not None, w_bits, a_bits, irm=irm,
-                attn_drop=m.attn_drop.p, proj_drop=m.proj_drop.p, window_size=m.window_size)
+        q = cls(
+            dim,
+            m.num_heads,
+            head_dim,
+            m.qkv.bias is not None,
+            w_bits,
+            a_bits,
+            irm=irm,
+            attn_drop=m.attn_drop.p,
+            proj_drop=m.proj_drop.p,
+            window_size=m.window_size,
+        )
         q.to(m.qkv.weight.device)
         q._copy_linear(m.qkv, m.proj)
         with torch.no_grad():
@@ -154,4 +201,3 @@ class QuantWindowAttention(QuantAttentionCore):
 
 def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().numpy().astype(np.float32)
-

@@ -9,6 +9,7 @@ A checkpoint is a directory:
 Every file is written to a temporary name and renamed, and the directory is swapped in with a
 rename, so a run killed at any moment leaves the previous checkpoint intact.
 """
+
 from __future__ import annotations
 
 import json
@@ -50,7 +51,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             break
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise UserError(f"{path} holds no state dict of tensors")
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
+    return {k[len("module.") :] if k.startswith("module.") else k: v for k, v in sd.items()}
 
 
 def load_weights_into(model: nn.Module, path: str | os.PathLike) -> None:
@@ -64,8 +65,9 @@ def load_weights_into(model: nn.Module, path: str | os.PathLike) -> None:
     bad = [k for k, v in sd.items() if tuple(v.shape) != tuple(own[k].shape)]
     if bad:
         k = bad[0]
-        raise UserError(f"{path} does not fit this model: {k} is {tuple(sd[k].shape)}, "
-                        f"model has {tuple(own[k].shape)}")
+        raise UserError(
+            f"{path} does not fit this model: {k} is {tuple(sd[k].shape)}, model has {tuple(own[k].shape)}"
+        )
     missing_core = [k for k in own if k not in sd and not _is_new_in_qvit(k)]
     if missing_core:
         raise UserError(f"{path} lacks weights of this model, such as {missing_core[:3]}")
@@ -88,9 +90,13 @@ def save_json(path: Path, obj) -> None:
     _atomic_write(Path(path), lambda t: t.write_text(json.dumps(obj, indent=1, sort_keys=True)))
 
 
-def save_checkpoint(directory: str | os.PathLike, model: nn.Module, config: dict,
-                    train_tensors: dict[str, torch.Tensor] | None = None,
-                    train_json: dict | None = None) -> None:
+def save_checkpoint(
+    directory: str | os.PathLike,
+    model: nn.Module,
+    config: dict,
+    train_tensors: dict[str, torch.Tensor] | None = None,
+    train_json: dict | None = None,
+) -> None:
     """Write a checkpoint directory atomically (build it beside, then swap it in)."""
     final = Path(directory)
     final.parent.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@ point, signed per-output-channel weight codes, 1 bit = {-1, +1}, round-half-to-e
 layer's `int_form()` gives the integer GEMM + float epilogue that computes the same function as
 its fake-quant forward. docs/quantization.md and docs/training.md say why.
 """
+
 from __future__ import annotations
 
 import math
@@ -134,8 +135,11 @@ class ActQuant(nn.Module):
     def int_params(self) -> dict:
         """step (float32 [] or [H]), zp (int32, same shape), bits: what `qvit_edge.quant` needs."""
         zp = torch.round(self.offset.clamp(0, self.qmax))
-        return dict(step=self.step.detach().cpu().numpy().astype(np.float32),
-                    zp=zp.cpu().numpy().astype(np.int32), bits=int(self.bits))
+        return dict(
+            step=self.step.detach().cpu().numpy().astype(np.float32),
+            zp=zp.cpu().numpy().astype(np.int32),
+            bits=int(self.bits),
+        )
 
 
 class WeightQuant(nn.Module):
@@ -193,8 +197,9 @@ class QuantLinear(nn.Linear):
     Keeps nn.Linear's `weight`/`bias` names, so full-precision state dicts load unchanged.
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True,
-                 w_bits: int = 4, a_bits: int = 4):
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool = True, w_bits: int = 4, a_bits: int = 4
+    ):
         super().__init__(in_features, out_features, bias=bias)
         self.w_bits, self.a_bits = w_bits, a_bits
         self.w_quant = WeightQuant(w_bits, out_features)
@@ -220,17 +225,29 @@ class QuantLinear(nn.Linear):
     def int_form(self) -> dict:
         """y = a_step * w_step[n] * sum_k (a - a_zp) * weight[n, k] + bias[n] (see quant.py)."""
         a = self.a_quant.int_params()
-        return dict(weight=self.w_quant.int_codes(self.weight),
-                    w_step=self.w_quant.step.detach().cpu().numpy().astype(np.float32),
-                    bias=None if self.bias is None else self.bias.detach().cpu().numpy().astype(np.float32),
-                    a_step=a["step"], a_zp=a["zp"], w_bits=int(self.w_bits), a_bits=int(self.a_bits))
+        return dict(
+            weight=self.w_quant.int_codes(self.weight),
+            w_step=self.w_quant.step.detach().cpu().numpy().astype(np.float32),
+            bias=None if self.bias is None else self.bias.detach().cpu().numpy().astype(np.float32),
+            a_step=a["step"],
+            a_zp=a["zp"],
+            w_bits=int(self.w_bits),
+            a_bits=int(self.a_bits),
+        )
 
 
 class QuantConv2d(nn.Conv2d):
     """Patch-embedding convolution (kernel = stride = patch), quantized like QuantLinear."""
 
-    def __init__(self, in_channels: int, out_channels: int, patch: int, bias: bool = True,
-                 w_bits: int = 8, a_bits: int = 8):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        patch: int,
+        bias: bool = True,
+        w_bits: int = 8,
+        a_bits: int = 8,
+    ):
         super().__init__(in_channels, out_channels, kernel_size=patch, stride=patch, bias=bias)
         self.w_bits, self.a_bits = w_bits, a_bits
         self.w_quant = WeightQuant(w_bits, out_channels)
@@ -257,11 +274,16 @@ class QuantConv2d(nn.Conv2d):
         """As QuantLinear.int_form, weight flattened to [N, C*kh*kw] in (c, kh, kw) order."""
         a = self.a_quant.int_params()
         codes = self.w_quant.int_codes(self.weight)
-        return dict(weight=codes.reshape(codes.shape[0], -1),
-                    w_step=self.w_quant.step.detach().cpu().numpy().astype(np.float32),
-                    bias=None if self.bias is None else self.bias.detach().cpu().numpy().astype(np.float32),
-                    a_step=a["step"], a_zp=a["zp"], w_bits=int(self.w_bits), a_bits=int(self.a_bits),
-                    patch=int(self.kernel_size[0]))
+        return dict(
+            weight=codes.reshape(codes.shape[0], -1),
+            w_step=self.w_quant.step.detach().cpu().numpy().astype(np.float32),
+            bias=None if self.bias is None else self.bias.detach().cpu().numpy().astype(np.float32),
+            a_step=a["step"],
+            a_zp=a["zp"],
+            w_bits=int(self.w_bits),
+            a_bits=int(self.a_bits),
+            patch=int(self.kernel_size[0]),
+        )
 
 
 def quantizers(model: nn.Module):

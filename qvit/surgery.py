@@ -8,6 +8,7 @@ in every block qkv, proj, fc1, fc2 and the q, k, v, attention-probability operan
 `w_bits` / `a_bits`; Swin's patch-merging reduction at the block bits too. LayerNorm, softmax,
 GELU, residuals, biases, position embeddings and tokens stay float.
 """
+
 from __future__ import annotations
 
 import torch
@@ -42,8 +43,15 @@ def _quantize_mlp(mlp: nn.Module, w_bits: int, a_bits: int, gelu_clip: float | N
     mlp.act = ClippedGELU(gelu_clip)
 
 
-def quantize_deit(model: nn.Module, w_bits: int, a_bits: int, embed_bits: int = 8, head_bits: int = 8,
-                  irm: bool = True, gelu_clip: float | None = 10.0) -> nn.Module:
+def quantize_deit(
+    model: nn.Module,
+    w_bits: int,
+    a_bits: int,
+    embed_bits: int = 8,
+    head_bits: int = 8,
+    irm: bool = True,
+    gelu_clip: float | None = 10.0,
+) -> nn.Module:
     model.patch_embed.proj = QuantConv2d.from_conv(model.patch_embed.proj, embed_bits, embed_bits)
     for blk in model.blocks:
         blk.attn = QuantAttention.from_timm(blk.attn, w_bits, a_bits, irm=irm)
@@ -55,8 +63,15 @@ def quantize_deit(model: nn.Module, w_bits: int, a_bits: int, embed_bits: int = 
     return model
 
 
-def quantize_swin(model: nn.Module, w_bits: int, a_bits: int, embed_bits: int = 8, head_bits: int = 8,
-                  irm: bool = True, gelu_clip: float | None = 10.0) -> nn.Module:
+def quantize_swin(
+    model: nn.Module,
+    w_bits: int,
+    a_bits: int,
+    embed_bits: int = 8,
+    head_bits: int = 8,
+    irm: bool = True,
+    gelu_clip: float | None = 10.0,
+) -> nn.Module:
     model.patch_embed.proj = QuantConv2d.from_conv(model.patch_embed.proj, embed_bits, embed_bits)
     for layer in model.layers:
         if hasattr(layer.downsample, "reduction"):

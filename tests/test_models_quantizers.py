@@ -1,4 +1,5 @@
 """Quantizers, IRM and the integer form of the quantized layers (qvit/quantizers.py, qvit/attention.py)."""
+
 import numpy as np
 import pytest
 import torch
@@ -16,12 +17,13 @@ def test_quantized_weights_take_at_most_2b_levels_and_match_quant_py(bits):
     wq = WeightQuant(bits, 16)
     w_hat = wq(w)
     for n in range(16):
-        assert len(torch.unique(w_hat[n])) <= 2 ** bits
+        assert len(torch.unique(w_hat[n])) <= 2**bits
     codes = wq.int_codes(w)
     assert set(np.unique(codes).tolist()) <= set(quant.weight_levels(bits).tolist())
     np.testing.assert_array_equal(codes, quant.quantize_weight(w.numpy(), wq.step.detach().numpy(), bits))
-    np.testing.assert_array_equal(w_hat.detach().numpy(),
-                                  quant.dequantize_weight(codes, wq.step.detach().numpy()))
+    np.testing.assert_array_equal(
+        w_hat.detach().numpy(), quant.dequantize_weight(codes, wq.step.detach().numpy())
+    )
 
 
 @pytest.mark.parametrize("bits", [1, 2, 4])
@@ -40,7 +42,7 @@ def test_act_quant_forward_equals_quant_py(bits, channels):
     step, zp = p["step"].reshape(shape), p["zp"].reshape(shape)
     ref = quant.dequantize_act(quant.quantize_act(x.numpy(), step, zp, bits), step, zp)
     np.testing.assert_array_equal(aq(x).detach().numpy(), ref)
-    assert len(torch.unique(aq(x))) <= 2 ** bits * (channels or 1)
+    assert len(torch.unique(aq(x))) <= 2**bits * (channels or 1)
 
 
 def test_act_quant_init_signed_and_unsigned():
@@ -57,8 +59,13 @@ def test_gradients_reach_steps_offsets_and_weights():
     lin(x)
     lin.zero_grad()
     lin(x).pow(2).sum().backward()
-    for name, p in [("weight", lin.weight), ("w_step", lin.w_quant.step), ("a_step", lin.a_quant.step),
-                    ("a_offset", lin.a_quant.offset), ("bias", lin.bias)]:
+    for name, p in [
+        ("weight", lin.weight),
+        ("w_step", lin.w_quant.step),
+        ("a_step", lin.a_quant.step),
+        ("a_offset", lin.a_quant.offset),
+        ("bias", lin.bias),
+    ]:
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
@@ -122,12 +129,18 @@ def attention_from_int_form(f: dict, x: np.ndarray, bias: np.ndarray | None = No
             mu = t.mean(-1, keepdims=True)
             var = ((t - mu) ** 2).mean(-1, keepdims=True)
             return (t - mu) / np.sqrt(var + r["eps"]) * w + b
+
         q, k = ln(q, r["q_weight"], r["q_bias"]), ln(k, r["k_weight"], r["k_bias"])
     hs = lambda p: p.reshape(1, H, 1, 1)  # noqa: E731
-    qc, kc, vc = (quant.quantize_act(t, hs(f[n]["step"]), hs(f[n]["zp"]), f[n]["bits"])
-                  for t, n in ((q, "q"), (k, "k"), (v, "v")))
-    S = f["scale"] * hs(f["q"]["step"] * f["k"]["step"]) * quant.int_matmul_act(
-        qc, f["q"]["zp"][None, :], kc, f["k"]["zp"][None, :])
+    qc, kc, vc = (
+        quant.quantize_act(t, hs(f[n]["step"]), hs(f[n]["zp"]), f[n]["bits"])
+        for t, n in ((q, "q"), (k, "k"), (v, "v"))
+    )
+    S = (
+        f["scale"]
+        * hs(f["q"]["step"] * f["k"]["step"])
+        * quant.int_matmul_act(qc, f["q"]["zp"][None, :], kc, f["k"]["zp"][None, :])
+    )
     if f["rel_pos_bias"] is not None:
         S = S + f["rel_pos_bias"][None]
     if bias is not None:
@@ -136,7 +149,8 @@ def attention_from_int_form(f: dict, x: np.ndarray, bias: np.ndarray | None = No
     P = P / P.sum(-1, keepdims=True)
     pc = quant.quantize_act(P, hs(f["p"]["step"]), hs(f["p"]["zp"]), f["p"]["bits"])
     O = hs(f["p"]["step"] * f["v"]["step"]) * quant.int_matmul_act(
-        pc, f["p"]["zp"][None, :], np.swapaxes(vc, -1, -2), f["v"]["zp"][None, :])
+        pc, f["p"]["zp"][None, :], np.swapaxes(vc, -1, -2), f["v"]["zp"][None, :]
+    )
     return linear(f["proj"], O.transpose(0, 2, 1, 3).reshape(B, T, H * d))
 
 
@@ -177,7 +191,16 @@ def test_gradients_reach_irm_and_attention_quantizers():
     x = torch.randn(4, 10, 16)
     attn(x)
     attn(x).pow(2).sum().backward()
-    for name in ("norm_q.weight", "norm_q.bias", "norm_k.weight", "norm_k.bias", "q_act.step", "k_act.step",
-                 "v_act.step", "p_act.step", "qkv.w_quant.step"):
+    for name in (
+        "norm_q.weight",
+        "norm_q.bias",
+        "norm_k.weight",
+        "norm_k.bias",
+        "q_act.step",
+        "k_act.step",
+        "v_act.step",
+        "p_act.step",
+        "qkv.w_quant.step",
+    ):
         p = attn.get_parameter(name)
         assert p.grad is not None and p.grad.abs().sum() > 0, name

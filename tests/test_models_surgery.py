@@ -1,4 +1,5 @@
 """Module surgery and the registry: timm DeiT / Swin -> fully quantized Q-ViT (qvit/surgery.py, models/)."""
+
 import numpy as np
 import pytest
 import torch
@@ -13,16 +14,30 @@ from qvit_edge.clikit import UserError
 from test_models_quantizers import attention_from_int_form
 
 TINY_DEIT = dict(depth=2, embed_dim=32, num_heads=2)
-TINY_SWIN = dict(img_size=16, patch_size=2, window_size=4, in_chans=1, num_classes=10, depths=(2, 2),
-                 num_heads=(2, 4), embed_dim=16)
+TINY_SWIN = dict(
+    img_size=16,
+    patch_size=2,
+    window_size=4,
+    in_chans=1,
+    num_classes=10,
+    depths=(2, 2),
+    num_heads=(2, 4),
+    embed_dim=16,
+)
 
 
 def test_registry_has_the_paper_backbones_and_small_variants():
     names = list_models()
-    for n in ("deit_tiny_patch16_224", "deit_small_patch16_224", "deit_base_patch16_224",
-              "deit_small_distilled_patch16_224", "swin_tiny_patch4_window7_224",
-              "swin_small_patch4_window7_224",
-              "deit_tiny_patch4_28", "swin_tiny_patch2_window7_28"):
+    for n in (
+        "deit_tiny_patch16_224",
+        "deit_small_patch16_224",
+        "deit_base_patch16_224",
+        "deit_small_distilled_patch16_224",
+        "swin_tiny_patch4_window7_224",
+        "swin_small_patch4_window7_224",
+        "deit_tiny_patch4_28",
+        "swin_tiny_patch2_window7_28",
+    ):
         assert n in names
     with pytest.raises(ValueError):
         create_model("qvit_resnet50")
@@ -71,8 +86,11 @@ def test_full_precision_weights_load_from_a_local_file(tmp_path):
 
 
 def test_swin_surgery_keeps_windows_shifts_and_masks():
-    m = create_model("qvit_swin_tiny_patch2_window7_28", bits=2, **{**TINY_SWIN, "img_size": 16,
-                                                                    "window_size": 4, "patch_size": 2})
+    m = create_model(
+        "qvit_swin_tiny_patch2_window7_28",
+        bits=2,
+        **{**TINY_SWIN, "img_size": 16, "window_size": 4, "patch_size": 2},
+    )
     blk = m.layers[0].blocks[1]
     assert isinstance(blk.attn, QuantWindowAttention)
     assert blk.shift_size == (2, 2) and blk.attn_mask is not None and blk.attn_mask.shape == (4, 16, 16)
@@ -100,6 +118,7 @@ def test_quantized_swin_at_8_bits_tracks_full_precision_so_masks_and_bias_are_ap
 
         def shifted_branch(m):
             return m.layers[0].blocks[1]._attn(h)
+
         ref, got = shifted_branch(fp), shifted_branch(q)
         # the same model with the shift mask dropped differs much more than quantization noise
         q.layers[0].blocks[1].attn_mask = None

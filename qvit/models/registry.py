@@ -1,4 +1,5 @@
 """The architectures qvit knows: timm DeiT / Swin, plus small variants for 28-32 px images."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -55,10 +56,36 @@ for _size in ("tiny", "small"):
 for _size in ("tiny", "small"):
     register_arch(ArchSpec(f"swin_{_size}_patch4_window7_224", "swin", f"swin_{_size}_patch4_window7_224"))
 # 28 px: 2 px patches -> 14x14 tokens, 7x7 windows (shifted in stage 1), one merge to 7x7.
-register_arch(ArchSpec("swin_tiny_patch2_window7_28", "swin", "swin_tiny_patch4_window7_224",
-                       dict(img_size=28, patch_size=2, window_size=7, in_chans=1, num_classes=10,
-                            depths=(2, 6), num_heads=(3, 6))))
+register_arch(
+    ArchSpec(
+        "swin_tiny_patch2_window7_28",
+        "swin",
+        "swin_tiny_patch4_window7_224",
+        dict(
+            img_size=28,
+            patch_size=2,
+            window_size=7,
+            in_chans=1,
+            num_classes=10,
+            depths=(2, 6),
+            num_heads=(3, 6),
+        ),
+    )
+)
 # 32 px: 2 px patches -> 16x16 tokens, 4x4 windows, merges to 8x8 and 4x4.
-register_arch(ArchSpec("swin_tiny_patch2_window4_32", "swin", "swin_tiny_patch4_window7_224",
-                       dict(img_size=32, patch_size=2, window_size=4, in_chans=3, num_classes=10,
-                            depths=(2, 2, 6), num_heads=(3, 6, 12))))
+register_arch(
+    ArchSpec(
+        "swin_tiny_patch2_window4_32",
+        "swin",
+        "swin_tiny_patch4_window7_224",
+        dict(
+            img_size=32,
+            patch_size=2,
+            window_size=4,
+            in_chans=3,
+            num_classes=10,
+            depths=(2, 2, 6),
+            num_heads=(3, 6, 12),
+        ),
+    )
+)

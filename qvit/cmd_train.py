@@ -1,0 +1,185 @@
+"""`qvit train`: full-precision training, or QAT of a fully quantized Q-ViT (IRM + DGD) from it.
+
+    qvit train --model deit_tiny_patch4_28 --data fashion-mnist --epochs 30 --out runs/fp
+    qvit train --model deit_tiny_patch4_28 --bits 2 --init-from runs/fp/best --teacher runs/fp/best \\
+               --data fashion-mnist --epochs 30 --out runs/w2a2
+    torchrun --nproc_per_node 2 -m qvit train ...          (DistributedDataParallel)
+    qvit train ... --resume                                 (continue a killed run in --out)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from qvit_edge.clikit import UserError
+
+
+def _kv(s: str):
+    if "=" not in s:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {s!r}")
+    k, v = s.split("=", 1)
+    import json
+
+    try:
+        return k, json.loads(v)
+    except ValueError:
+        return k, v
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from qvit.train import TrainConfig
+
+    d = TrainConfig()
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=d.model, help="architecture (see --list-models)")
+    g.add_argument("--list-models", action="store_true", help="print the known architectures and exit")
+    g.add_argument(
+        "--bits", type=int, help="weights and activations of the blocks (1-8); omit for full precision"
+    )
+    g.add_argument("--w-bits", type=int, help="weight bits (overrides --bits)")
+    g.add_argument("--a-bits", type=int, help="activation bits (overrides --bits)")
+    g.add_argument("--embed-bits", type=int, default=d.embed_bits, help="patch embedding bits")
+    g.add_argument("--head-bits", type=int, default=d.head_bits, help="classifier head bits")
+    g.add_argument("--no-irm", action="store_true", help="switch the Information Rectification Module off")
+    g.add_argument(
+        "--gelu-clip",
+        type=float,
+        default=d.gelu_clip,
+        help="clip the GELU output to [-C, C] (official code: 10; 0 = no clip)",
+    )
+    g.add_argument(
+        "--model-arg",
+        type=_kv,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra timm argument, e.g. depth=6 or embed_dim=96 (repeatable)",
+    )
+    g.add_argument("--img-size", type=int, help="input size (default: the architecture's)")
+    g.add_argument("--drop-path", type=float, default=d.drop_path)
+    g.add_argument(
+        "--init-from", help="full-precision weights: a checkpoint directory, timm .pth or .safetensors"
+    )
+    g = p.add_argument_group("distillation")
+    g.add_argument(
+        "--teacher", help="full-precision teacher: a `qvit train` checkpoint directory or weights file"
+    )
+    g.add_argument("--distill", choices=["hard", "soft", "none"], default=d.distill)
+    g.add_argument(
+        "--alpha", type=float, default=d.alpha, help="weight of the teacher term (labels: 1 - alpha)"
+    )
+    g.add_argument("--tau", type=float, default=d.tau, help="soft distillation temperature")
+    g.add_argument("--dgd", type=float, default=d.dgd, help="DGD coefficient (0 = off; needs --teacher)")
+    g = p.add_argument_group("data and optimisation")
+    g.add_argument("--data", default=d.data, help="fashion-mnist, digits, or an ImageNet-style folder")
+    g.add_argument(
+        "--out", default=d.out, help="run directory (checkpoints last/ and best/, log.csv, log.json)"
+    )
+    g.add_argument("--resume", action="store_true", help="continue the run in --out")
+    g.add_argument("--epochs", type=int, default=d.epochs)
+    g.add_argument("--batch-size", type=int, default=d.batch_size, help="per process")
+    g.add_argument("--lr", type=float, default=d.lr)
+    g.add_argument("--min-lr", type=float, default=d.min_lr)
+    g.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs)
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    g.add_argument("--opt", choices=["adamw", "lamb", "sgd"], default=d.opt)
+    g.add_argument("--aug-pad", type=int, default=d.aug_pad, help="random translation in px (small images)")
+    g.add_argument("--re-prob", type=float, default=d.re_prob, help="random erasing probability")
+    g.add_argument("--no-flip", action="store_true", help="no horizontal flips")
+    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--workers", type=int, default=d.workers, help="data loader workers (image folders)")
+    g.add_argument("--threads", type=int, help="torch CPU threads")
+    g.add_argument("--save-every", type=int, default=d.save_every, help="steps between checkpoints")
+    g.add_argument("--eval-every", type=int, default=d.eval_every, help="epochs between evaluations")
+    g.add_argument("--max-steps", type=int, help="stop (resumably) after this many steps in total")
+    g.add_argument("--limit-train", type=int, help="use only the first N training images")
+    g.add_argument("--limit-val", type=int, help="evaluate on the first N validation images")
+    g.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+
+
+def config_from_args(args) -> "TrainConfig":  # noqa: F821
+    from qvit.train import TrainConfig
+
+    for name in ("bits", "w_bits", "a_bits"):
+        v = getattr(args, name)
+        if v is not None and not 1 <= v <= 8:
+            raise UserError(f"--{name.replace('_', '-')} must be 1..8, got {v}")
+    if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0:
+        raise UserError("--epochs, --batch-size and --lr must be positive")
+    if (args.dgd > 0 or args.distill != "none") and args.teacher is None and (args.bits or args.w_bits):
+        print("note: no --teacher: training with labels only (no logit distillation, no DGD)")
+    for path in (args.init_from, args.teacher):
+        if path and not os.path.exists(path):
+            raise UserError(f"no such file or directory: {path}")
+    if args.resume and not (
+        os.path.exists(os.path.join(args.out, "last")) or os.path.exists(os.path.join(args.out, "last.old"))
+    ):
+        raise UserError(f"--resume: no run to continue in {args.out}")
+    if not args.resume and os.path.exists(os.path.join(args.out, "last")):
+        raise UserError(f"{args.out} already holds a run: add --resume to continue it, or pick another --out")
+    return TrainConfig(
+        model=args.model,
+        out=args.out,
+        data=args.data,
+        bits=args.bits,
+        w_bits=args.w_bits,
+        a_bits=args.a_bits,
+        embed_bits=args.embed_bits,
+        head_bits=args.head_bits,
+        irm=not args.no_irm,
+        gelu_clip=args.gelu_clip or None,
+        model_args=dict(args.model_arg),
+        img_size=args.img_size,
+        drop_path=args.drop_path,
+        init_from=args.init_from,
+        teacher=args.teacher,
+        distill=args.distill,
+        alpha=args.alpha,
+        tau=args.tau,
+        dgd=args.dgd,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        min_lr=args.min_lr,
+        warmup_epochs=args.warmup_epochs,
+        weight_decay=args.weight_decay,
+        opt=args.opt,
+        aug_pad=args.aug_pad,
+        re_prob=args.re_prob,
+        flip=not args.no_flip,
+        seed=args.seed,
+        workers=args.workers,
+        save_every=args.save_every,
+        eval_every=args.eval_every,
+        max_steps=args.max_steps,
+        limit_train=args.limit_train,
+        limit_val=args.limit_val,
+        progress=not args.no_progress,
+    )
+
+
+def run(args) -> int:
+    if args.list_models:
+        from qvit.models import list_models
+
+        print("\n".join(list_models()))
+        return 0
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    from qvit import train
+
+    cfg = config_from_args(args)
+    try:
+        from qvit.models import get_arch
+
+        get_arch(cfg.model)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    try:
+        train.run(cfg)
+    except (TypeError, ValueError) as e:  # e.g. a --model-arg timm does not take
+        raise UserError(f"{type(e).__name__}: {e}") from None
+    return 0

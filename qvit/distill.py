@@ -1,0 +1,155 @@
+"""Distillation: DeiT-style logit distillation and Distribution Guided Distillation (DGD).
+
+DGD (Q-ViT, Eq. 2.22-2.23): for every layer l and head h, the patch-to-patch similarity matrices
+of the rectified queries and keys, G_q = q~ q~^T and G_k = k~ k~^T, each row L2-normalised, are
+matched between the quantized student and its full-precision teacher:
+    L_DGD = sum_l sum_h ( ||G_q,T - G_q,S||_2 + ||G_k,T - G_k,S||_2 )
+(Frobenius norm of each N x N difference, averaged over the batch) over all tokens (only the
+patch tokens when student and teacher differ in prefix tokens, e.g. distilled vs plain DeiT).
+The student's q~, k~ are the IRM outputs before Q_a (the q, k of qkv when IRM is off); the
+teacher's are its raw q, k.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from qvit.attention import QuantAttentionCore
+
+
+@contextmanager
+def record_qk(model: nn.Module):
+    """Collect (q, k) [B, H, N, d] of every attention layer, in order, during forwards inside the block.
+    Works on Q-ViT attention (rectified q~, k~) and on timm Attention / WindowAttention (from qkv)."""
+    store: list[tuple[torch.Tensor, torch.Tensor]] = []
+    hooks, cores = [], []
+    for m in model.modules():
+        if isinstance(m, QuantAttentionCore):
+            m.record_qk, m.recorded_qk = True, None
+            cores.append(m)
+            hooks.append(m.register_forward_hook(lambda mod, i, o: store.append(mod.recorded_qk)))
+        elif hasattr(m, "qkv") and hasattr(m, "num_heads") and isinstance(m.qkv, nn.Linear):
+
+            def hook(lin, inp, out, heads=m.num_heads):
+                B, N, _ = out.shape
+                qkv = out.reshape(B, N, 3, heads, -1).permute(2, 0, 3, 1, 4)
+                store.append((qkv[0], qkv[1]))
+
+            hooks.append(m.qkv.register_forward_hook(hook))
+    try:
+        yield store
+    finally:
+        for h in hooks:
+            h.remove()
+        for m in cores:
+            m.record_qk, m.recorded_qk = False, None
+
+
+def similarity(t: torch.Tensor) -> torch.Tensor:
+    """Row-normalised patch-to-patch similarity t t^T of [B, H, N, d] -> [B, H, N, N]."""
+    return F.normalize(t @ t.transpose(-2, -1), dim=-1)
+
+
+def dgd_loss(student: list, teacher: list) -> torch.Tensor:
+    if len(student) != len(teacher) or not student:
+        raise ValueError(
+            f"DGD needs the same attention layers in student and teacher ({len(student)} vs {len(teacher)})"
+        )
+    total = 0.0
+    for (qs, ks), (qt, kt) in zip(student, teacher):
+        if qs.shape[:2] != qt.shape[:2]:
+            raise ValueError(f"DGD: student q {tuple(qs.shape)} vs teacher {tuple(qt.shape)}")
+        n = min(qs.shape[2], qt.shape[2])
+        if qs.shape[2] != qt.shape[2]:  # e.g. distilled student (cls+dist) vs plain teacher (cls):
+            qs, ks, qt, kt = (t[:, :, -n:] for t in (qs, ks, qt, kt))  # match the patch tokens
+        for s, t in ((qs, qt), (ks, kt)):
+            diff = similarity(t.detach().float()) - similarity(s.float())
+            total = total + diff.flatten(2).norm(dim=-1).sum(dim=1).mean()  # sum over heads, mean over batch
+    return total
+
+
+@dataclass
+class DistillConfig:
+    kind: str = "hard"  # "hard" (DeiT / Q-ViT), "soft", or "none" (labels only)
+    alpha: float = 0.5  # weight of the teacher term; labels get 1 - alpha
+    tau: float = 1.0  # soft distillation temperature
+    dgd: float = 1.0  # DGD coefficient (paper: 1); 0 switches DGD off
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+class DistillationLoss(nn.Module):
+    """0.5 CE(cls, y) + 0.5 CE(dist, argmax teacher) [+ dgd * L_DGD]; dist = cls for models with one
+    head. With kind="none" and dgd=0 no teacher is needed (plain or full-precision training)."""
+
+    def __init__(self, cfg: DistillConfig, teacher: nn.Module | None = None):
+        super().__init__()
+        if cfg.kind not in ("hard", "soft", "none"):
+            raise ValueError(f"unknown distillation {cfg.kind!r}")
+        if (cfg.kind != "none" or cfg.dgd > 0) and teacher is None:
+            raise ValueError("distillation and DGD need a teacher")
+        self.cfg = cfg
+        self.teacher = teacher
+        if teacher is not None:
+            teacher.eval()
+            for p in teacher.parameters():
+                p.requires_grad_(False)
+
+    @property
+    def needs_teacher(self) -> bool:
+        return self.cfg.kind != "none" or self.cfg.dgd > 0
+
+    def forward(self, student: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        cfg = self.cfg
+        use_dgd = cfg.dgd > 0
+        if use_dgd:
+            with record_qk(student) as s_qk:
+                out = student(x)
+            with torch.no_grad(), record_qk(self.teacher) as t_qk:
+                t_logits = self.teacher(x)
+        else:
+            out = student(x)
+            t_logits = None
+            if cfg.kind != "none":
+                with torch.no_grad():
+                    t_logits = self.teacher(x)
+        cls, dist = out if isinstance(out, (tuple, list)) else (out, out)
+        parts = {}
+        if cfg.kind == "none":
+            base = (
+                F.cross_entropy(cls, y)
+                if cls is dist
+                else 0.5 * (F.cross_entropy(cls, y) + F.cross_entropy(dist, y))
+            )
+            loss = base
+            parts["ce"] = float(base.detach())
+        else:
+            ce = F.cross_entropy(cls, y)
+            if cfg.kind == "hard":
+                kd = F.cross_entropy(dist, t_logits.argmax(dim=-1))
+            else:
+                T = cfg.tau
+                kd = (
+                    F.kl_div(
+                        F.log_softmax(dist / T, -1),
+                        F.log_softmax(t_logits / T, -1),
+                        reduction="batchmean",
+                        log_target=True,
+                    )
+                    * T
+                    * T
+                )
+            loss = (1 - cfg.alpha) * ce + cfg.alpha * kd
+            parts.update(ce=float(ce.detach()), kd=float(kd.detach()))
+        if use_dgd:
+            dgd = dgd_loss(s_qk, t_qk)
+            loss = loss + cfg.dgd * dgd
+            parts["dgd"] = float(dgd.detach())
+        logits = 0.5 * (cls + dist) if cls is not dist else cls
+        return loss, {"logits": logits.detach(), **parts}

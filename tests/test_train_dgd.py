@@ -1,0 +1,114 @@
+"""Distribution Guided Distillation and the distillation loss (qvit/distill.py)."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from qvit.distill import DistillationLoss, DistillConfig, dgd_loss, record_qk, similarity
+from qvit.models import create_model
+
+TINY = dict(depth=2, embed_dim=32, num_heads=2)
+SWIN = dict(
+    img_size=16,
+    patch_size=2,
+    window_size=4,
+    in_chans=1,
+    num_classes=10,
+    depths=(2, 2),
+    num_heads=(2, 4),
+    embed_dim=16,
+)
+
+
+def _qk(model, x):
+    with record_qk(model) as store:
+        model(x)
+    return list(store)
+
+
+def test_similarity_rows_are_unit_vectors():
+    g = similarity(torch.randn(2, 3, 5, 4))
+    assert g.shape == (2, 3, 5, 5)
+    torch.testing.assert_close(g.norm(dim=-1), torch.ones(2, 3, 5))
+
+
+def test_dgd_is_zero_for_identical_student_and_teacher_and_positive_otherwise():
+    torch.manual_seed(0)
+    x = torch.randn(3, 1, 28, 28)
+    teacher = create_model("deit_tiny_patch4_28", **TINY).eval()
+    same = copy.deepcopy(teacher)
+    t = _qk(teacher, x)
+    assert len(t) == 2 and t[0][0].shape == (3, 2, 50, 16)
+    assert float(dgd_loss(_qk(same, x), t).detach()) == pytest.approx(0.0, abs=1e-5)
+    student = create_model("qvit_deit_tiny_patch4_28", bits=2, **TINY)
+    student.load_state_dict(teacher.state_dict(), strict=False)
+    student.eval()
+    assert float(dgd_loss(_qk(student, x), t).detach()) > 0.1
+
+
+def test_dgd_gradient_reaches_irm_and_qkv():
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, 28, 28)
+    teacher = create_model("deit_tiny_patch4_28", **TINY).eval()
+    student = create_model("qvit_deit_tiny_patch4_28", bits=3, **TINY)
+    student(x)
+    loss = dgd_loss(_qk(student, x), _qk(teacher, x))
+    loss.backward()
+    attn = student.blocks[1].attn
+    for p in (
+        attn.norm_q.weight,
+        attn.norm_k.bias,
+        attn.qkv.weight,
+        attn.qkv.w_quant.step,
+        attn.qkv.a_quant.step,
+    ):
+        assert p.grad is not None and p.grad.abs().sum() > 0
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_dgd_on_swin_windows():
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, 16, 16)
+    teacher = create_model("swin_tiny_patch2_window7_28", **SWIN).eval()
+    student = create_model("qvit_swin_tiny_patch2_window7_28", bits=2, **SWIN)
+    student.load_state_dict(teacher.state_dict(), strict=False)
+    s, t = _qk(student, x), _qk(teacher, x)
+    assert len(s) == len(t) == 4 and s[0][0].shape == t[0][0].shape == (
+        8,
+        2,
+        16,
+        8,
+    )  # 2 images x 4 windows, head_dim 8
+    assert float(dgd_loss(s, t).detach()) > 0
+
+
+def test_hard_distillation_is_half_labels_half_teacher_argmax():
+    torch.manual_seed(0)
+    x, y = torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))
+    teacher = create_model("deit_tiny_patch4_28", **TINY)
+    student = create_model("qvit_deit_tiny_distilled_patch4_28", bits=4, **TINY)
+    student.train()
+    crit = DistillationLoss(DistillConfig("hard", alpha=0.5, dgd=0.0), teacher)
+    torch.manual_seed(1)
+    loss, parts = crit(student, x, y)
+    torch.manual_seed(1)
+    cls, dist = student(x)
+    with torch.no_grad():
+        t = teacher(x).argmax(-1)
+    torch.testing.assert_close(loss, 0.5 * F.cross_entropy(cls, y) + 0.5 * F.cross_entropy(dist, t))
+    assert "dgd" not in parts
+    crit_dgd = DistillationLoss(DistillConfig("hard", alpha=0.5, dgd=1.0), teacher)
+    loss_dgd, parts = crit_dgd(student, x, y)
+    assert parts["dgd"] > 0 and float(loss_dgd) > float(loss)
+
+
+def test_ablation_baseline_needs_no_teacher_and_dgd_needs_one():
+    student = create_model("qvit_deit_tiny_patch4_28", bits=2, **TINY)
+    loss, parts = DistillationLoss(DistillConfig("none", dgd=0.0))(
+        student, torch.randn(2, 1, 28, 28), torch.tensor([1, 2])
+    )
+    assert set(parts) == {"logits", "ce"}
+    with pytest.raises(ValueError):
+        DistillationLoss(DistillConfig("none", dgd=1.0))

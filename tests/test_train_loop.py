@@ -1,0 +1,215 @@
+"""The training loop, checkpoints, resume, eval and the `qvit train / eval / ops` command lines."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from qvit import checkpoint as ckpt
+from qvit import cli as qvit_cli
+from qvit import train
+from qvit.data import load_dataset, read_idx
+from qvit.models import create_model
+
+TINY = {"patch_size": 2, "depth": 2, "embed_dim": 32, "num_heads": 2}
+
+
+def tiny_cfg(out, **kw):
+    base = dict(
+        model="deit_tiny_patch4_28",
+        data="digits",
+        img_size=8,
+        model_args=dict(TINY),
+        out=str(out),
+        epochs=2,
+        batch_size=32,
+        lr=3e-3,
+        drop_path=0.0,
+        limit_train=128,
+        progress=False,
+        workers=0,
+        save_every=3,
+    )
+    base.update(kw)
+    return train.TrainConfig(**base)
+
+
+def test_fashion_mnist_idx_reader():
+    ds = load_dataset("fashion-mnist", "val")
+    assert len(ds) == 10000 and ds.images.shape == (10000, 1, 28, 28) and ds.images.dtype == torch.uint8
+    assert set(ds.labels.unique().tolist()) == set(range(10)) and ds.classes[9] == "Ankle boot"
+    assert read_idx("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz").shape == (10000,)
+
+
+def test_a_few_qat_steps_lower_the_loss_on_digits(tmp_path):
+    torch.manual_seed(0)
+    ds = load_dataset("digits", "train")
+    x, y = ds.batch(torch.arange(64), 8, train=False)  # the images QAT trains on
+    fp = tiny_cfg(tmp_path / "fp", epochs=1, limit_train=64)
+    train.run(fp)  # a full-precision checkpoint to start QAT from (and to teach)
+    init = str(tmp_path / "fp" / "last")
+    model = create_model(
+        "qvit_deit_tiny_patch4_28", bits=2, img_size=8, in_chans=1, num_classes=10, init_from=init, **TINY
+    )
+    with torch.no_grad():
+        model.train()
+        model(ds.batch(torch.arange(32), 8, train=False)[0])  # quantizer init as the run does
+        model.eval()
+        before = float(torch.nn.functional.cross_entropy(model(x), y))
+    # the ablation baseline (labels only) lowers the cross-entropy
+    train.run(
+        tiny_cfg(
+            tmp_path / "q",
+            bits=2,
+            init_from=init,
+            epochs=20,
+            limit_train=64,
+            aug_pad=0,
+            re_prob=0.0,
+            flip=False,
+            weight_decay=0.0,
+            eval_every=100,
+        )
+    )
+    q, config = ckpt.load_model(tmp_path / "q" / "last")
+    assert config["model"]["quant"]["w_bits"] == 2
+    q.eval()
+    with torch.no_grad():
+        after = float(torch.nn.functional.cross_entropy(q(x), y))
+    assert after < before - 0.2, (before, after)
+    # full Q-ViT objective (hard distillation + DGD) goes down epoch over epoch
+    train.run(
+        tiny_cfg(
+            tmp_path / "qd",
+            bits=2,
+            init_from=init,
+            teacher=init,
+            epochs=3,
+            limit_train=128,
+            aug_pad=0,
+            re_prob=0.0,
+            flip=False,
+        )
+    )
+    log = json.loads((tmp_path / "qd" / "log.json").read_text())
+    assert len(log) == 3 and all("dgd" in row and "kd" in row and "val_top1" in row for row in log)
+    assert log[-1]["train_loss"] < log[0]["train_loss"]
+    assert (tmp_path / "qd" / "log.csv").read_text().count("\n") == 4
+    assert ckpt.read_config(tmp_path / "qd" / "last")["distill"]["dgd"] == 1.0
+
+
+def test_resume_after_interruption_gives_the_same_state(tmp_path):
+    torch.manual_seed(0)
+    train.run(tiny_cfg(tmp_path / "a", bits=3))
+    r = train.run(tiny_cfg(tmp_path / "b", bits=3, max_steps=6))  # killed mid-epoch 2 (4 steps an epoch)
+    assert r["stopped"] and r["step"] == 6
+    assert json.loads((tmp_path / "b" / "last" / "train_state.json").read_text())["in_epoch"]
+    torch.manual_seed(123)  # a fresh process: other global RNG state, restored from the checkpoint
+    train.run(tiny_cfg(tmp_path / "b", bits=3))
+    for f in ("model.safetensors", "train_state.safetensors"):
+        a, b = load_file(str(tmp_path / "a" / "last" / f)), load_file(str(tmp_path / "b" / "last" / f))
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), (f, k)
+    la = json.loads((tmp_path / "a" / "log.json").read_text())
+    lb = json.loads((tmp_path / "b" / "log.json").read_text())
+    assert [r["train_loss"] for r in la] == [r["train_loss"] for r in lb]
+
+
+def test_checkpoint_is_safetensors_and_json_and_loads_back(tmp_path):
+    m = create_model("qvit_deit_tiny_patch4_28", bits=2, **TINY)
+    m(torch.randn(2, 1, 28, 28))
+    ckpt.save_checkpoint(tmp_path / "c", m, {"model": m.qvit_config.to_json()})
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["config.json", "model.safetensors"]
+    m2, _ = ckpt.load_model(tmp_path / "c")
+    x = torch.randn(3, 1, 28, 28)
+    m.eval(), m2.eval()
+    torch.testing.assert_close(m(x), m2(x), rtol=0, atol=0)
+
+
+def _cli(*args, timeout=300):
+    return subprocess.run(
+        [sys.executable, "-m", "qvit", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+
+
+def _main(monkeypatch, capsys, *args):
+    """`qvit ARGS` in this process (the verb registry peeks at sys.argv); (exit code, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["qvit", *args])
+    rc = qvit_cli.main(list(args))
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_train_and_eval_command_lines(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    args = [
+        "train",
+        "--model",
+        "deit_tiny_patch4_28",
+        "--data",
+        "digits",
+        "--img-size",
+        "8",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "64",
+        "--limit-train",
+        "64",
+        "--bits",
+        "2",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
+    for k, v in TINY.items():
+        args += ["--model-arg", f"{k}={v}"]
+    rc, _, err = _main(monkeypatch, capsys, *args)
+    assert rc == 0, err
+    r = _cli("eval", str(out / "best"), "--json", "--limit", "100")  # a fresh process reads it back
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["images"] == 100 and 0 <= res["top1"] <= res["top5"] <= 100 and res["w_bits"] == 2
+    rc, _, err = _main(monkeypatch, capsys, *args)  # the run exists: refuse without --resume
+    assert rc == 2 and "--resume" in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["eval", "/nonexistent/ckpt"],
+        ["train", "--model", "nope_model", "--out", "/tmp/qvit-never"],
+        ["train", "--bits", "9", "--out", "/tmp/qvit-never"],
+        ["train", "--data", "/nonexistent/folder", "--out", "/tmp/qvit-never"],
+        ["ops", "--model", "deit_tiny_patch16_224", "--bits", "0"],
+    ],
+)
+def test_user_errors_are_one_line(argv, monkeypatch, capsys):
+    rc, _, err = _main(monkeypatch, capsys, *argv)  # a traceback would raise here
+    assert rc == 2
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_ops_of_deit_small_follows_the_bops_convention(monkeypatch, capsys):
+    rc, out, err = _main(
+        monkeypatch, capsys, "ops", "--model", "deit_small_distilled_patch16_224", "--bits", "4", "--json"
+    )
+    assert rc == 0, err
+    d = json.loads(out)
+    # DeiT-S distilled, 198 tokens: blocks 12 x (qkv + proj + fc1 + fc2 + 2 attention matmuls)
+    n, c = 198, 384
+    block = n * c * 3 * c + n * c * c + 2 * n * c * 4 * c + 2 * n * n * c
+    embed, heads = 196 * 768 * c, 2 * c * 1000
+    assert d["macs_fp"] == 12 * block + embed + heads
+    assert d["bops"] == 16 * 12 * block and d["flops"] == embed + heads
+    assert d["speedup"] == pytest.approx(d["macs_fp"] / (d["bops"] / 64 + d["flops"]))
+    assert 3.8 < d["speedup"] < 3.9
