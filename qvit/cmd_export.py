@@ -26,11 +26,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--no-irm", action="store_true", help="with --random: without the IRM")
     p.add_argument("--seed", type=int, default=0, help="with --random: seed of weights and quantizer init")
+    p.add_argument(
+        "--check",
+        type=int,
+        metavar="N",
+        default=0,
+        help="then run PyTorch and the integer reference on N images of the checkpoint's test set "
+        "(random images with --random) and print how well they agree",
+    )
 
 
 def run(args) -> int:
-    if not args.out and not args.onnx:
-        raise UserError("nothing to write: give --out FILE (integer model) and/or --onnx FILE")
+    if not args.out and not args.onnx and args.check <= 0:
+        raise UserError("nothing to do: give --out FILE (integer model), --onnx FILE and/or --check N")
     for path in (args.out, args.onnx):
         if path and os.path.isdir(path):
             raise UserError(f"{path} is a directory; give a file name")
@@ -50,10 +58,14 @@ def run(args) -> int:
 
     from qvit import export
 
+    config = {}
     if args.random:
         im, model = export.export_random(args.arch, args.bits, seed=args.seed, irm=not args.no_irm)
     else:
-        im = export.export_checkpoint(args.checkpoint)
+        from qvit.checkpoint import load_model
+
+        model, config = load_model(args.checkpoint)
+        im = export.export_checkpoint(args.checkpoint, model=model)
     if args.out:
         im.save(args.out)
         size = os.path.getsize(args.out)
@@ -70,5 +82,18 @@ def run(args) -> int:
         print(
             f"wrote {args.onnx}: QDQ ONNX (opset {om.opset_import[0].version}) of {im.config['arch']}, "
             f"{os.path.getsize(args.onnx) / 1e6:.2f} MB"
+        )
+    if args.check > 0:
+        x, y = export.check_images(config, model, args.check)
+        r = export.check_agreement(model, im, x, y)
+        acc = ""
+        if y is not None:
+            acc = (
+                f", top-1 PyTorch {100 * r['torch_top1']:.2f} % / reference {100 * r['reference_top1']:.2f} %"
+            )
+        print(
+            f"check on {r['images']} images: top-1 agreement {100 * r['top1_agreement']:.2f} %, "
+            f"max |logit diff| {r['max_abs_logit_diff']:.3g} "
+            f"({100 * r['max_rel_logit_diff']:.3g} % of the largest |logit|){acc}"
         )
     return 0

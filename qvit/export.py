@@ -279,3 +279,57 @@ def export_random(
     with torch.no_grad():
         model(x)
     return export_model(model), model
+
+
+def check_images(config: dict, model: nn.Module, n: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """n normalised evaluation images (and labels) for `check_agreement`: the first n of the
+    checkpoint's data set (its validation/test split), or random images when it names none."""
+    spec = (config.get("train") or {}).get("data")
+    pe = model.patch_embed
+    if spec:
+        from torch.utils.data import DataLoader, Subset
+
+        from qvit.data import ArraySet, load_dataset
+
+        ds = load_dataset(spec, "val")
+        n = min(n, len(ds))
+        if isinstance(ds, ArraySet):
+            x, y = ds.batch(torch.arange(n), int(pe.img_size[0]), train=False)
+        else:
+            data = config.get("data") or {}
+            tds = ds.torch_dataset(
+                int(pe.img_size[0]),
+                train=False,
+                crop_pct=data.get("crop_pct", 0.875),
+                interpolation=data.get("interpolation", "bicubic"),
+            )
+            x, y = next(iter(DataLoader(Subset(tds, range(n)), batch_size=n)))
+        return x.numpy().astype(np.float32), y.numpy()
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(n, pe.proj.in_channels, *pe.img_size, generator=g).numpy(), None
+
+
+def check_agreement(model: nn.Module, im: IntModel, images: np.ndarray, labels=None, batch: int = 50) -> dict:
+    """Run the fake-quant PyTorch model and the integer reference on the same images: top-1
+    agreement, largest logit difference (absolute, and relative to the largest logit), and each
+    one's accuracy when labels are given."""
+    from qvit_edge import reference
+
+    model = model.eval()
+    tl, rl = [], []
+    for i in range(0, len(images), batch):
+        x = images[i : i + batch]
+        with torch.no_grad():
+            tl.append(model(torch.from_numpy(x)).numpy())
+        rl.append(reference.run(im, x))
+    t, r = np.concatenate(tl), np.concatenate(rl)
+    out = {
+        "images": int(len(images)),
+        "top1_agreement": float((t.argmax(1) == r.argmax(1)).mean()),
+        "max_abs_logit_diff": float(np.abs(t - r).max()),
+        "max_rel_logit_diff": float(np.abs(t - r).max() / max(np.abs(t).max(), 1e-12)),
+    }
+    if labels is not None:
+        out["torch_top1"] = float((t.argmax(1) == labels).mean())
+        out["reference_top1"] = float((r.argmax(1) == labels).mean())
+    return out

@@ -199,13 +199,14 @@ def test_checkpoint_export_keeps_classes_and_normalisation(tmp_path):
     save_checkpoint(tmp_path / "ck", model, {"model": model.qvit_config.to_json(), "data": data})
     out = tmp_path / "m.qvit.safetensors"
     r = subprocess.run(
-        [sys.executable, "-m", "qvit", "export", str(tmp_path / "ck"), "--out", str(out)],
+        [sys.executable, "-m", "qvit", "export", str(tmp_path / "ck"), "--out", str(out), "--check", "6"],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert r.returncode == 0, r.stderr
     assert "wrote" in r.stdout
+    assert "check on 6 images: top-1 agreement 100.00 %" in r.stdout, r.stdout
     im = IntModel.load(str(out))
     assert im.config["classes"] == classes
     assert im.config["input"]["mean"] == [0.286] and im.config["input"]["std"] == [0.353]
@@ -228,7 +229,7 @@ def test_checkpoint_export_keeps_classes_and_normalisation(tmp_path):
         ),
         (["--random", "--arch", "deit_tiny_patch4_28", "--bits", "9", "--out", "X"], "--bits must be 1..8"),
         (["CKPT_MISSING", "--out", "X"], "no checkpoint at"),
-        (["CKPT_MISSING"], "nothing to write"),
+        (["CKPT_MISSING"], "nothing to do"),
         (
             ["--random", "--arch", "deit_tiny_patch4_28", "--bits", "2", "--out", "/no/such/dir/m.s"],
             "no such directory",
@@ -275,3 +276,18 @@ def test_cli_random_export_writes_a_valid_model(tmp_path):
     logits = ref.run(im, np.zeros((1, *im.input_shape), np.float32))
     assert logits.shape == (1, 10) and np.isfinite(logits).all()
     assert json.loads(json.dumps(im.config)) == im.config
+
+
+def test_check_uses_the_checkpoints_test_images_and_reports_agreement():
+    import os
+
+    if not os.path.exists("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz"):
+        pytest.skip("Debian's dataset-fashion-mnist is not installed")
+    torch.manual_seed(0)
+    model = _lively(create_model("deit_tiny_patch4_28", bits=2, depth=1, embed_dim=32, num_heads=2), seed=4)
+    x, y = export.check_images({"train": {"data": "fashion-mnist"}}, model, 20)
+    assert x.shape == (20, 1, 28, 28) and x.dtype == np.float32 and y.shape == (20,)
+    assert abs(float(x.mean())) < 3 and set(y.tolist()) <= set(range(10))
+    r = export.check_agreement(model, export.export_model(model), x, y)
+    assert r["images"] == 20 and r["top1_agreement"] >= 0.9
+    assert 0 <= r["torch_top1"] <= 1 and 0 <= r["reference_top1"] <= 1
