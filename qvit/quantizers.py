@@ -108,10 +108,10 @@ class ActQuant(nn.Module):
             xs = x.detach().float().transpose(0, self.channel_dim).reshape(self.channels, -1)
         signed = xs.min(dim=1).values < -1e-5
         half = 1 << (self.bits - 1)
-        qp = torch.where(signed, torch.tensor(float(max(half - 1, 1))), torch.tensor(float(self.qmax)))
+        qp = torch.where(signed, float(max(half - 1, 1)), float(self.qmax))
         step = 2 * xs.abs().mean(dim=1) / qp.sqrt()
         step = step.clamp_min(1e-8)
-        zp = torch.where(signed, torch.tensor(float(half)), torch.tensor(0.0))
+        zp = torch.where(signed, float(half), 0.0)
         self.step.copy_(step.reshape(self.step.shape))
         self.offset.copy_(zp.reshape(self.offset.shape))
         self.initialized.fill_(1)
