@@ -86,27 +86,19 @@ def bitserial_linear(m: int, n: int, k: int, a_bits: int, w_bits: int, epilogue:
     j = te.reduce_axis((0, w_bits), name="j")
     w = te.reduce_axis((0, kw), name="w")
 
-    def coef(i, j):
-        c = tirx.const(1, "int32") << (i + j)
-        if w_bits == 1:
-            return c * 2  # {-1,+1} stored as bit (w+1)/2: a*w = 2 a*bit - a
-        return tirx.if_then_else(j == w_bits - 1, -c, c)
+    def term(i, j, a, b):
+        pc = tirx.popcount(a & b).astype("int32")
+        if w_bits == 1:  # {-1,+1} stored as bit (w+1)/2: a*w = 2 a*bit - a (popcount(a) is loop-invariant)
+            return ((pc << 1) - tirx.popcount(a).astype("int32")) << i
+        c = pc << (i + j)
+        return tirx.if_then_else(j == w_bits - 1, -c, c)  # two's complement sign plane
 
-    acc = te.compute((m, npad), lambda r, c: te.sum(
-        tirx.popcount(ap[i, r, w] & wp[c // NV, j, w, c % NV]).astype("int32") * coef(i, j),
-        axis=[i, j, w]), name="acc")
+    acc = te.compute((m, npad), lambda r, c: te.sum(term(i, j, ap[i, r, w], wp[c // NV, j, w, c % NV]),
+                                                    axis=[i, j, w]), name="acc")
     ins = [ap, wp, scale, corr, bias]
-    if w_bits == 1:  # subtract sum_k a[m, k]
-        ii = te.reduce_axis((0, a_bits), name="ii")
-        ww = te.reduce_axis((0, kw), name="ww")
-        rows = te.compute((m,), lambda r: te.sum(
-            tirx.popcount(ap[ii, r, ww]).astype("int32") << ii, axis=[ii, ww]), name="rowsum")
 
-        def total(r, c):
-            return acc[r, c] - rows[r] - corr[c]
-    else:
-        def total(r, c):
-            return acc[r, c] - corr[c]
+    def total(r, c):
+        return acc[r, c] - corr[c]
 
     def lin(r, c):
         return scale[c] * total(r, c).astype("float32") + bias[c]

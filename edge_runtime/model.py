@@ -35,12 +35,12 @@ typedef struct { void *data; DLDevice device; int32_t ndim; DLDataType dtype; in
                  int64_t *strides; uint64_t byte_offset; } DLTensor;
 typedef struct { int32_t type_index; uint32_t zero_padding; void *v_ptr; } qvit_any;
 typedef struct { int32_t kernel; int32_t nargs; const void *args; } qvit_tvm_step;
-int32_t qvit_model_abi;
-char qvit_model_meta[];
-unsigned char qvit_model_blob[];
-uint64_t qvit_model_blob_size;
-void *qvit_model_kernels[];
-int32_t qvit_model_num_kernels;
+extern int32_t qvit_model_abi;
+extern char qvit_model_meta[];
+extern unsigned char qvit_model_blob[];
+extern uint64_t qvit_model_blob_size;
+extern void *qvit_model_kernels[];
+extern int32_t qvit_model_num_kernels;
 void qvit_model_bind(void **table);
 """
 _ffi = FFI()

@@ -1,0 +1,151 @@
+"""The TVM compile stage, kernel by kernel: the bit-serial kernels give exactly the integer
+accumulators of qvit_edge.quant for every bit width, weight packing round-trips, and the CLI fails
+with one clear line. (Whole models: tests/test_model_so.py.)"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+tvm = pytest.importorskip("tvm")
+
+from qvit_compile import kernels as K  # noqa: E402
+from qvit_compile import packing, schedules, targets  # noqa: E402
+from qvit_edge import quant  # noqa: E402
+
+HOST = targets.get("x86_64", "x86-64-v3")
+DEV = tvm.cpu()
+
+
+def _t(a):
+    return tvm.runtime.tensor(np.ascontiguousarray(a), DEV)
+
+
+@pytest.fixture(scope="module")
+def linear_kernels():
+    """One build with pack + bit-serial GEMM for every (a_bits, w_bits) in 1..4 (shapes with
+    ragged M, N and K so padding paths run)."""
+    m, n, k = 7, 21, 77
+    funcs = {}
+    for ab in range(1, 5):
+        name = f"pack{ab}"
+        ins, outs = K.pack_act(m, k, ab)
+        funcs[name] = schedules.generic(schedules.prim_func(name, ins, outs), name)
+        for wb in range(1, 5):
+            name = f"gemm{ab}{wb}"
+            ins, outs = K.bitserial_linear(m, n, k, ab, wb)
+            func = schedules.prim_func(name, ins, outs)
+            funcs[name] = schedules.bitserial_linear(func, name, m, n, "x86_64")
+    ex = tvm.compile(tvm.IRModule(funcs), target=HOST.tvm())
+    return ex.mod, (m, n, k)
+
+
+@pytest.mark.parametrize("ab", [1, 2, 3, 4])
+@pytest.mark.parametrize("wb", [1, 2, 3, 4])
+def test_bitserial_linear_is_exact(linear_kernels, ab, wb):
+    mod, (m, n, k) = linear_kernels
+    rng = np.random.default_rng(ab * 10 + wb)
+    step, zp = np.float32(0.37), int(rng.integers(0, 1 << ab))
+    x = rng.normal(0, 1.5, (m, k)).astype(np.float32)
+    w = rng.choice(quant.weight_levels(wb), size=(n, k)).astype(np.int8)
+    codes = quant.quantize_act(x, step, zp, ab)
+    planes = _t(np.zeros((ab, m, K.words(k)), np.uint64))
+    mod[f"pack{ab}"](_t(x), _t(np.array([step], np.float32)), _t(np.array([zp], np.int32)), planes)
+    np.testing.assert_array_equal(planes.numpy(), packing.bit_planes(codes, ab))
+    y = _t(np.zeros((m, n), np.float32))
+    ones, zeros = np.ones(n, np.float32), np.zeros(n, np.float32)
+    mod[f"gemm{ab}{wb}"](planes, _t(packing.weight_panel(w, wb)), _t(ones),
+                         _t(packing.zero_point_correction(w, zp)), _t(zeros), y)
+    # scale 1, bias 0: the float output is the int32 accumulator itself (|acc| < 2^24)
+    np.testing.assert_array_equal(y.numpy(), quant.int_linear(codes, zp, w).astype(np.float32))
+
+
+def test_attention_kernels_are_exact():
+    """Q K^T and P V of one head group, bit-serial, against quant.int_matmul_act."""
+    bp, t, h, d, bits = 2, 9, 2, 5, 3
+    funcs = {}
+    for name, (ins, outs) in {"prep": K.attn_prep(bp, t, h, d, bits, False, 1e-6),
+                              "scores": K.attn_scores(bp, t, h, d, bits, 0.5, False, 0),
+                              "pv": K.attn_pv(bp, t, h, d, bits)}.items():
+        funcs[name] = schedules.generic(schedules.prim_func(name, ins, outs), name)
+    mod = tvm.compile(tvm.IRModule(funcs), target=HOST.tvm()).mod
+    rng = np.random.default_rng(3)
+    qkv = rng.normal(0, 1, (bp, t, 3 * h * d)).astype(np.float32)
+    st = {s: rng.uniform(0.2, 0.6, h).astype(np.float32) for s in "qkvp"}
+    st["p"] = np.full(h, 1 / 7, np.float32)
+    zp = {s: rng.integers(0, 1 << bits, h).astype(np.int32) for s in "qkv"}
+    zp["p"] = np.zeros(h, np.int32)
+    shapes = [(bp, h, bits, t, 1), (bp, h, bits, t, 1), (bp, h, bits, d, 1),
+              (bp, h, t), (bp, h, t), (bp, h, d)]
+    outs = [_t(np.zeros(s, np.uint64 if len(s) == 5 else np.int32)) for s in shapes]
+    mod["prep"](_t(qkv), _t(st["q"]), _t(zp["q"]), _t(st["k"]), _t(zp["k"]), _t(st["v"]), _t(zp["v"]), *outs)
+    qp, kp, vp, qs, ks, vs = outs
+    q, k, v = qkv.reshape(bp, t, 3, h, d).transpose(2, 0, 3, 1, 4)
+    qc = quant.quantize_act(q, st["q"][:, None, None], zp["q"][:, None, None], bits)
+    kc = quant.quantize_act(k, st["k"][:, None, None], zp["k"][:, None, None], bits)
+    vc = quant.quantize_act(v, st["v"][:, None, None], zp["v"][:, None, None], bits)
+    for planes, codes in ((qp, qc), (kp, kc), (vp, np.swapaxes(vc, -1, -2))):
+        got = planes.numpy()
+        want = np.stack([packing.bit_planes(c, bits) for c in codes.reshape(-1, *codes.shape[2:])])
+        np.testing.assert_array_equal(got.reshape(want.shape[0], bits, *got.shape[3:]), want)
+    pp = _t(np.zeros((bp, h, bits, t, 1), np.uint64))
+    ps = _t(np.zeros((bp, h, t), np.int32))
+    mod["scores"](qp, kp, qs, ks, _t(st["q"]), _t(zp["q"]), _t(st["k"]), _t(zp["k"]),
+                  _t(st["p"]), _t(zp["p"]), pp, ps)
+    s_acc = quant.int_matmul_act(qc, zp["q"], kc, zp["k"])
+    s = s_acc.astype(np.float32) * (np.float32(0.5) * st["q"] * st["k"]).astype(np.float32)[:, None, None]
+    e = np.exp(s - s.max(-1, keepdims=True))
+    pc = quant.quantize_act(e / e.sum(-1, keepdims=True), st["p"][:, None, None], 0, bits)
+    got_p = np.stack([[[[int(pp.numpy()[b, hh, i, r, 0]) >> c & 1 for c in range(t)] for r in range(t)]
+                       for i in range(bits)] for b in range(bp) for hh in range(h)])
+    want_p = np.stack([[(pc[b, hh] >> i) & 1 for i in range(bits)] for b in range(bp) for hh in range(h)])
+    assert (got_p != want_p).mean() < 0.01  # exp() may differ in the last ulp at a rounding boundary
+    out = _t(np.zeros((bp, t, h * d), np.float32))
+    pc_got = (got_p * (1 << np.arange(bits))[None, :, None, None]).sum(1).reshape(bp, h, t, t)
+    mod["pv"](pp, vp, ps, vs, _t(st["p"]), _t(zp["p"]), _t(st["v"]), _t(zp["v"]), out)
+    o_acc = quant.int_matmul_act(pc_got, zp["p"], np.swapaxes(vc, -1, -2), zp["v"])
+    want_o = o_acc.astype(np.float32) * (st["p"] * st["v"]).astype(np.float32)[:, None, None]
+    np.testing.assert_allclose(out.numpy(), want_o.transpose(0, 2, 1, 3).reshape(bp, t, h * d), rtol=1e-6)
+
+
+def test_weight_panel_layout():
+    w = np.array([[-2, 1, 0], [1, -1, -2]], np.int8)
+    p = packing.weight_panel(w, 2)  # [1, 2, 1, NV]
+    assert p.shape == (1, 2, 1, K.NV)
+    # two's complement bits: -2 = 0b10, 1 = 0b01, 0 = 0b00, -1 = 0b11
+    assert int(p[0, 0, 0, 0]) == 0b010 and int(p[0, 1, 0, 0]) == 0b001
+    assert int(p[0, 0, 0, 1]) == 0b011 and int(p[0, 1, 0, 1]) == 0b110
+    assert not p[0, :, 0, 2:].any()
+
+
+def _cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "qvit_compile", *args], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def test_cli_unknown_target(tmp_path):
+    r = _cli("--target", "riscv", "--model", "x", "--out", str(tmp_path / "m.so"))
+    assert r.returncode == 2
+    want = "qvit_compile: error: unknown target 'riscv' (known: x86_64, aarch64)"
+    assert r.stderr.strip().splitlines() == [want]
+
+
+def test_cli_bad_model_file(tmp_path):
+    bad = tmp_path / "bad.qvit.safetensors"
+    bad.write_bytes(b"this is not a safetensors file at all")
+    r = _cli("--target", "x86_64", "--model", str(bad), "--out", str(tmp_path / "m.so"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "not a safetensors file" in r.stderr
+    r = _cli("--target", "x86_64", "--model", str(tmp_path / "missing"), "--out", str(tmp_path / "m.so"))
+    assert r.returncode == 2 and "no such file" in r.stderr
+
+
+def test_cli_missing_cross_compiler(tmp_path):
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable))  # no aarch64-linux-gnu-gcc on PATH
+    r = _cli("--target", "aarch64", "--model", "x", "--out", str(tmp_path / "m.so"), env=env)
+    assert r.returncode == 2
+    assert "'aarch64-linux-gnu-gcc' for target aarch64 not found" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
