@@ -166,7 +166,6 @@ class FolderSet(DataSet):
         self, img_size: int, train: bool, crop_pct: float = 0.875, interpolation: str = "bicubic"
     ):
         import timm.data
-        from torchvision.datasets import ImageFolder
 
         tf = timm.data.create_transform(
             input_size=(self.channels, img_size, img_size),
@@ -180,10 +179,22 @@ class FolderSet(DataSet):
             crop_pct=crop_pct,
             color_jitter=0.4 if train else None,
         )
-        ds = ImageFolder(self.root, transform=tf)
-        if ds.classes != self.classes:
-            raise UserError(f"{self.root}: class folders differ from the training split's")
-        return ds
+        return _ImageList(self.samples, tf)
+
+
+class _ImageList(torch.utils.data.Dataset):
+    def __init__(self, samples: list, transform):
+        self.samples, self.transform = samples, transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        path, label = self.samples[i]
+        with Image.open(path) as im:
+            return self.transform(im.convert("RGB")), label
 
 
 def _fashion(split: str) -> ArraySet:
@@ -227,14 +238,26 @@ def _digits(split: str) -> ArraySet:
 
 
 def _folder(root: str, split: str) -> FolderSet:
+    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+
     base = Path(root)
     names = ["train"] if split == "train" else ["val", "validation", "test"]
     sub = next((base / n for n in names if (base / n).is_dir()), None)
     if sub is None:
         raise UserError(f"{root}: no {' or '.join(n + '/' for n in names)} folder of class folders")
-    classes = sorted(e.name for e in os.scandir(sub) if e.is_dir())
+    # class indices always come from train/ (a class missing from val/ must not shift the others)
+    cls_dir = base / "train" if (base / "train").is_dir() else sub
+    classes = sorted(e.name for e in os.scandir(cls_dir) if e.is_dir())
     if not classes:
-        raise UserError(f"{sub}: no class folders")
+        raise UserError(f"{cls_dir}: no class folders")
+    try:
+        samples = make_dataset(
+            str(sub), {c: i for i, c in enumerate(classes)}, IMG_EXTENSIONS, allow_empty=True
+        )
+    except (FileNotFoundError, OSError) as e:
+        raise UserError(f"{sub}: {e}") from None
+    if not samples:
+        raise UserError(f"{sub}: no images in the class folders")
     return FolderSet(
         f"folder:{base.name}",
         classes,
@@ -243,6 +266,7 @@ def _folder(root: str, split: str) -> FolderSet:
         3,
         (224, 224),
         root=str(sub),
+        samples=samples,
     )
 
 

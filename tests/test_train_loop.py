@@ -213,3 +213,32 @@ def test_ops_of_deit_small_follows_the_bops_convention(monkeypatch, capsys):
     assert d["bops"] == 16 * 12 * block and d["flops"] == embed + heads
     assert d["speedup"] == pytest.approx(d["macs_fp"] / (d["bops"] / 64 + d["flops"]))
     assert 3.8 < d["speedup"] < 3.9
+
+
+def test_imagenet_style_folder_trains_and_evaluates(tmp_path):
+    from PIL import Image
+
+    rng = torch.Generator().manual_seed(0)
+    for split, n in (("train", 6), ("val", 2)):
+        for c in ("cat", "dog"):
+            (tmp_path / "data" / split / c).mkdir(parents=True)
+            for i in range(n):
+                px = (torch.rand(40, 36, 3, generator=rng) * 255).to(torch.uint8).numpy()
+                Image.fromarray(px).save(tmp_path / "data" / split / c / f"{i}.png")
+    cfg = train.TrainConfig(
+        model="deit_tiny_patch4_32",
+        data=str(tmp_path / "data"),
+        out=str(tmp_path / "run"),
+        model_args={"depth": 1, "embed_dim": 16, "num_heads": 2},
+        bits=3,
+        epochs=1,
+        batch_size=4,
+        workers=0,
+        progress=False,
+        drop_path=0.0,
+    )
+    r = train.run(cfg)
+    assert r["step"] == 3 and r["history"][0]["val_top1"] is not None
+    config = ckpt.read_config(tmp_path / "run" / "best")
+    assert config["classes"] == ["cat", "dog"] and config["data"]["mean"] == [0.485, 0.456, 0.406]
+    assert config["model"]["timm_kwargs"]["num_classes"] == 2
