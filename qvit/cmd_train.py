@@ -179,7 +179,7 @@ def run(args) -> int:
     except ValueError as e:
         raise UserError(str(e)) from None
     try:
-        train.run(cfg)
+        result = train.run(cfg)
     except (TypeError, ValueError) as e:  # e.g. a --model-arg timm does not take
         raise UserError(f"{type(e).__name__}: {e}") from None
-    return 0
+    return 130 if result.get("signal") else 0  # interrupted (saved; --resume continues)

@@ -518,7 +518,13 @@ def run(cfg: TrainConfig) -> dict:
             if stopped:
                 if rank == 0:
                     print(f"stopped at epoch {epoch}, step {step}; continue with --resume")
-                return {"epoch": epoch, "step": step, "stopped": True, "history": history}
+                return {
+                    "epoch": epoch,
+                    "step": step,
+                    "stopped": True,
+                    "signal": flag.stop,
+                    "history": history,
+                }
             epoch += 1
             sync_ok = params_in_sync(model) and sync_ok
             row = {

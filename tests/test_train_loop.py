@@ -242,3 +242,26 @@ def test_imagenet_style_folder_trains_and_evaluates(tmp_path):
     config = ckpt.read_config(tmp_path / "run" / "best")
     assert config["classes"] == ["cat", "dog"] and config["data"]["mean"] == [0.485, 0.456, 0.406]
     assert config["model"]["timm_kwargs"]["num_classes"] == 2
+
+
+def test_sigterm_saves_the_current_step_and_stops(tmp_path, monkeypatch):
+    import signal
+
+    from qvit.distill import DistillationLoss
+
+    calls = {"n": 0}
+    forward = DistillationLoss.forward
+
+    def forward_then_term(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:  # a kill arriving during step 3
+            os.kill(os.getpid(), signal.SIGTERM)
+        return forward(self, *a, **k)
+
+    monkeypatch.setattr(DistillationLoss, "forward", forward_then_term)
+    before = signal.getsignal(signal.SIGTERM)
+    r = train.run(tiny_cfg(tmp_path / "t", bits=2))
+    assert r["stopped"] and r["signal"] and r["step"] == 3
+    state = json.loads((tmp_path / "t" / "last" / "train_state.json").read_text())
+    assert state["step"] == 3 and state["in_epoch"]
+    assert signal.getsignal(signal.SIGTERM) == before  # the previous handler is back
