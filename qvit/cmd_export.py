@@ -75,6 +75,7 @@ def run(args) -> int:
             f"{len(im.graph)} ops, "
             f"{size / 1e6:.2f} MB, sha256 {im.digest()[:16]}"
         )
+    om = None
     if args.onnx:
         from qvit import export_onnx
 
@@ -85,15 +86,16 @@ def run(args) -> int:
         )
     if args.check > 0:
         x, y = export.check_images(config, model, args.check)
-        r = export.check_agreement(model, im, x, y)
-        acc = ""
-        if y is not None:
-            acc = (
-                f", top-1 PyTorch {100 * r['torch_top1']:.2f} % / reference {100 * r['reference_top1']:.2f} %"
-            )
-        print(
-            f"check on {r['images']} images: top-1 agreement {100 * r['top1_agreement']:.2f} %, "
-            f"max |logit diff| {r['max_abs_logit_diff']:.3g} "
-            f"({100 * r['max_rel_logit_diff']:.3g} % of the largest |logit|){acc}"
-        )
+        r = export.check_agreement(model, im, x, y, onnx_model=om)
+        acc = f" (PyTorch top-1 {100 * r['torch_top1']:.2f} %)" if y is not None else ""
+        print(f"check on {r['images']} images{acc}, against PyTorch:")
+        for name in ("reference", "onnxruntime"):
+            if name in r:
+                c = r[name]
+                top1 = f", top-1 {100 * c['top1']:.2f} %" if y is not None else ""
+                print(
+                    f"  {name}: top-1 agreement {100 * c['top1_agreement']:.2f} %, "
+                    f"max |logit diff| {c['max_abs_logit_diff']:.3g} "
+                    f"({100 * c['max_rel_logit_diff']:.3g} % of the largest |logit|){top1}"
+                )
     return 0

@@ -309,27 +309,42 @@ def check_images(config: dict, model: nn.Module, n: int) -> tuple[np.ndarray, np
     return torch.randn(n, pe.proj.in_channels, *pe.img_size, generator=g).numpy(), None
 
 
-def check_agreement(model: nn.Module, im: IntModel, images: np.ndarray, labels=None, batch: int = 50) -> dict:
-    """Run the fake-quant PyTorch model and the integer reference on the same images: top-1
-    agreement, largest logit difference (absolute, and relative to the largest logit), and each
-    one's accuracy when labels are given."""
+def check_agreement(
+    model: nn.Module, im: IntModel, images: np.ndarray, labels=None, onnx_model=None, batch: int = 50
+) -> dict:
+    """Run the fake-quant PyTorch model, the integer reference and (given an ONNX model) ONNX
+    Runtime on the same images. Per runner: top-1 agreement with PyTorch, largest logit
+    difference (absolute, and relative to the largest |logit|), top-1 accuracy when labels are given."""
     from qvit_edge import reference
 
     model = model.eval()
-    tl, rl = [], []
+    runners = {"reference": lambda x: reference.run(im, x)}
+    if onnx_model is not None:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = 1
+        sess = ort.InferenceSession(onnx_model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        runners["onnxruntime"] = lambda x: sess.run(None, {"image": x})[0]
+    outs = {k: [] for k in ["torch", *runners]}
     for i in range(0, len(images), batch):
-        x = images[i : i + batch]
+        x = np.ascontiguousarray(images[i : i + batch], np.float32)
         with torch.no_grad():
-            tl.append(model(torch.from_numpy(x)).numpy())
-        rl.append(reference.run(im, x))
-    t, r = np.concatenate(tl), np.concatenate(rl)
-    out = {
-        "images": int(len(images)),
-        "top1_agreement": float((t.argmax(1) == r.argmax(1)).mean()),
-        "max_abs_logit_diff": float(np.abs(t - r).max()),
-        "max_rel_logit_diff": float(np.abs(t - r).max() / max(np.abs(t).max(), 1e-12)),
-    }
+            outs["torch"].append(model(torch.from_numpy(x)).numpy())
+        for k, f in runners.items():
+            outs[k].append(f(x))
+    t = np.concatenate(outs["torch"])
+    result = {"images": int(len(images))}
     if labels is not None:
-        out["torch_top1"] = float((t.argmax(1) == labels).mean())
-        out["reference_top1"] = float((r.argmax(1) == labels).mean())
-    return out
+        result["torch_top1"] = float((t.argmax(1) == labels).mean())
+    for k in runners:
+        r = np.concatenate(outs[k])
+        d = np.abs(t - r).max()
+        result[k] = {
+            "top1_agreement": float((t.argmax(1) == r.argmax(1)).mean()),
+            "max_abs_logit_diff": float(d),
+            "max_rel_logit_diff": float(d / max(np.abs(t).max(), 1e-12)),
+        }
+        if labels is not None:
+            result[k]["top1"] = float((r.argmax(1) == labels).mean())
+    return result

@@ -206,7 +206,8 @@ def test_checkpoint_export_keeps_classes_and_normalisation(tmp_path):
     )
     assert r.returncode == 0, r.stderr
     assert "wrote" in r.stdout
-    assert "check on 6 images: top-1 agreement 100.00 %" in r.stdout, r.stdout
+    assert "check on 6 images, against PyTorch:" in r.stdout, r.stdout
+    assert "reference: top-1 agreement 100.00 %" in r.stdout, r.stdout
     im = IntModel.load(str(out))
     assert im.config["classes"] == classes
     assert im.config["input"]["mean"] == [0.286] and im.config["input"]["std"] == [0.353]
@@ -289,5 +290,6 @@ def test_check_uses_the_checkpoints_test_images_and_reports_agreement():
     assert x.shape == (20, 1, 28, 28) and x.dtype == np.float32 and y.shape == (20,)
     assert abs(float(x.mean())) < 3 and set(y.tolist()) <= set(range(10))
     r = export.check_agreement(model, export.export_model(model), x, y)
-    assert r["images"] == 20 and r["top1_agreement"] >= 0.9
-    assert 0 <= r["torch_top1"] <= 1 and 0 <= r["reference_top1"] <= 1
+    assert r["images"] == 20 and r["reference"]["top1_agreement"] >= 0.9
+    assert 0 <= r["torch_top1"] <= 1 and 0 <= r["reference"]["top1"] <= 1
+    assert "onnxruntime" not in r

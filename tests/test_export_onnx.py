@@ -75,10 +75,23 @@ def test_cli_writes_onnx(tmp_path, monkeypatch, capsys):
     from qvit.cli import main
 
     out = tmp_path / "m.onnx"
-    argv = ["export", "--random", "--arch", "deit_tiny_patch4_28", "--bits", "2", "--onnx", str(out)]
+    argv = [
+        "export",
+        "--random",
+        "--arch",
+        "deit_tiny_patch4_28",
+        "--bits",
+        "2",
+        "--onnx",
+        str(out),
+        "--check",
+        "4",
+    ]
     monkeypatch.setattr(sys, "argv", ["qvit", *argv])
     assert main(argv) == 0
-    assert "QDQ ONNX (opset 25)" in capsys.readouterr().out
+    stdout = capsys.readouterr().out
+    assert "QDQ ONNX (opset 25)" in stdout
+    assert "onnxruntime: top-1 agreement 100.00 %" in stdout, stdout
     om = onnx.load(str(out))
     o = _session(om).run(None, {"image": np.zeros((2, 1, 28, 28), np.float32)})[0]
     assert o.shape == (2, 10) and np.isfinite(o).all()
