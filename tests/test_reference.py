@@ -203,3 +203,12 @@ def test_fast_integer_sums_equal_quant_bit_for_bit(a_bits, w_bits, z):
     a4 = rng.integers(0, 2**a_bits, size=(2, 3, 7, 300)).astype(np.int32)
     za, zb = rng.integers(0, 2**a_bits, 3), rng.integers(0, 2**a_bits, 3)
     assert np.array_equal(ref.int_matmul_act(a4, za, b, zb, a_bits), quant.int_matmul_act(a4, za, b, zb))
+
+
+@pytest.mark.parametrize("which", ["deit", "swin"])
+def test_each_image_gets_the_same_logits_bit_for_bit_in_any_batch(which, deit, swin):
+    model = deit if which == "deit" else swin
+    x = _images(5, seed=4)
+    whole = ref.run(model, x)
+    for i in range(5):
+        assert np.array_equal(ref.run(model, x[i : i + 1])[0], whole[i])
