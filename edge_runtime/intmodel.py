@@ -794,9 +794,20 @@ def lay_out_swin(b: GraphBuilder, src, s: dict) -> None:
 
 
 class _RandomSource:
-    def __init__(self, rng: np.random.Generator, bits: int, embed_bits: int, head_bits: int, irm: bool):
+    """Random integer forms for the layouts. `rel_pos_bias`: attention name -> [H, T, T] (Swin)."""
+
+    def __init__(
+        self,
+        rng: np.random.Generator,
+        bits: int,
+        embed_bits: int,
+        head_bits: int,
+        irm: bool,
+        rel_pos_bias: dict | None = None,
+    ):
         self.rng, self.bits, self.irm = rng, bits, irm
         self.role_bits = {"embed": embed_bits, "block": bits, "head": head_bits}
+        self.rel_pos_bias = dict(rel_pos_bias or {})
 
     def linear(self, name, n, k, bias, role):
         wb = self.role_bits[role]
@@ -837,7 +848,7 @@ class _RandomSource:
             "heads": heads,
             "head_dim": d,
             "scale": d**-0.5,
-            "rel_pos_bias": self._rpb.pop(name, None),
+            "rel_pos_bias": self.rel_pos_bias.pop(name, None),
         }
 
     def layernorm(self, name, dim):
@@ -849,8 +860,6 @@ class _RandomSource:
 
     def tensor(self, name, shape):
         return (self.rng.normal(size=shape) * 0.3).astype(np.float32)
-
-    _rpb: dict
 
 
 def _act_range(x: np.ndarray, bits: int, unsigned: bool = False) -> tuple[np.float32, np.int32]:
@@ -936,7 +945,6 @@ def random_deit(
     """A tiny DeiT integer model with random codes and steps calibrated on random images."""
     rng = np.random.default_rng(seed)
     src = _RandomSource(rng, bits, embed_bits, head_bits, irm)
-    src._rpb = {}
     b = GraphBuilder()
     spec = {
         "in_chans": in_chans,
@@ -989,8 +997,7 @@ def random_swin(
     resolved per stage as timm does (window = grid and no shift once the grid fits in one window);
     a grid that is not a whole number of windows is zero-padded (timm's behaviour)."""
     rng = np.random.default_rng(seed)
-    src = _RandomSource(rng, bits, embed_bits, head_bits, irm)
-    src._rpb = {}
+    rel_pos_bias = {}
     grid = (pair(img_size)[0] // patch, pair(img_size)[1] // patch)
     stages, dim = [], embed_dim
     for i, (depth, h) in enumerate(zip(depths, heads)):
@@ -1003,8 +1010,11 @@ def random_swin(
             sh = [0 if g <= window or j % 2 == 0 else window // 2 for g in grid]
             blocks.append({"window": _compact(ws), "shift": _compact(sh)})
             t = ws[0] * ws[1]
-            src._rpb[f"layers.{i}.blocks.{j}.attn"] = (rng.normal(size=(h, t, t)) * 0.5).astype(np.float32)
+            rel_pos_bias[f"layers.{i}.blocks.{j}.attn"] = (rng.normal(size=(h, t, t)) * 0.5).astype(
+                np.float32
+            )
         stages.append({"dim": dim, "heads": h, "downsample": i > 0, "blocks": blocks})
+    src = _RandomSource(rng, bits, embed_bits, head_bits, irm, rel_pos_bias)
     spec = {
         "in_chans": in_chans,
         "img_size": pair(img_size),
