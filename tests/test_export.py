@@ -124,14 +124,19 @@ def test_every_quantized_layer_has_equal_integer_accumulators_and_close_output(p
         o_torch = seen[f"{op['param']}.proj"][0].numpy()
         out, ints = ref.run_op(im, op, {op["in"]: qkv})
         h = op["heads"]
+        torch_codes = {}
         for a in "qkvp":
             xhat = seen[f"{op['param']}.{a}_act"][1].numpy()
             step, zp = prm[f"{a}_step"].reshape(h, 1, 1), prm[f"{a}_zp"].reshape(h, 1, 1)
-            codes = np.rint(xhat / step) + zp
-            agree = (codes == ints[a]).mean()
+            torch_codes[a] = np.rint(xhat / step).astype(np.int64) + zp
+            agree = (torch_codes[a] == ints[a]).mean()
             # q and k pass the IRM LayerNorm (torch vs numpy float order): a code on a rounding
             # boundary may flip; v and (almost always) p agree exactly
             assert agree >= (1.0 if a == "v" else 0.999), (name, op["param"], a, agree)
+        # q k^T of PyTorch's own codes, summed in int64 here, equals the reference's accumulator
+        zq, zk = prm["q_zp"].reshape(h, 1, 1), prm["k_zp"].reshape(h, 1, 1)
+        s_acc_torch = (torch_codes["q"] - zq) @ np.swapaxes(torch_codes["k"] - zk, -1, -2)
+        assert (ints["s_acc"] == s_acc_torch).mean() >= 0.999, (name, op["param"])
         o_scale = (prm["p_step"] * prm["v_step"]).reshape(1, h, 1, 1).astype(np.float64)
         b, t = o_torch.shape[:2]
         o_acc_torch = np.rint(o_torch.reshape(b, t, h, -1).transpose(0, 2, 1, 3) / o_scale)
