@@ -10,7 +10,7 @@ MODEL ?=
 OUT ?= build/$(TARGET)/model.so
 THREADS ?= 1
 
-.PHONY: install system-deps test demo compile bench bench-kernels lint clean
+.PHONY: install system-deps test demo compile bench bench-kernels pi-bench lint clean
 
 install: system-deps $(STAMP)
 
@@ -38,6 +38,11 @@ bench: install
 
 bench-kernels: install
 	$(VPY) -m qvit_edge.bench_kernels
+
+# Benchmark a model.so on a Raspberry Pi (64-bit OS) over ssh (README: Raspberry Pi).
+PI ?=
+pi-bench: install
+	@bash scripts/pi-bench.sh "$(PI)" "$(or $(MODEL),build/aarch64/model.so)" --threads $(THREADS)
 
 lint: install
 	$(VENV)/bin/ruff check qvit compile edge_runtime tests

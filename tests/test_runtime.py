@@ -335,3 +335,36 @@ def test_aarch64_bench_and_info_under_qemu(models, aarch64_python):
     if "x86_64" in models:  # and the other way round: the x86_64 build is refused on the board
         _one_line_error(_edge("run", models["x86_64"], __file__, python=aarch64_python),
                         "built for x86_64, this machine is aarch64")
+
+
+# ------------------------------------------------------------------------------------------ pi-bench
+
+
+def _pi_bench(pi, model, *flags, env=None):
+    return subprocess.run(["bash", os.path.join(ROOT, "scripts", "pi-bench.sh"), pi, model, *flags],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})})
+
+
+def test_pi_bench_refuses_a_model_for_another_cpu(models):
+    if "x86_64" not in models:
+        pytest.skip("no x86_64 build")
+    r = _pi_bench("pi@nowhere.invalid", models["x86_64"])
+    _one_line_error(r, "built for x86_64", "TARGET=aarch64")
+
+
+@pytest.mark.qemu
+def test_pi_bench_bundle_runs_on_an_aarch64_python(models, aarch64_python, tmp_path):
+    """The same bundle and board script as over ssh, run in a folder with the qemu aarch64 Python
+    as the board's python3: it must import the bundled runtime and print the bench JSON."""
+    if "aarch64" not in models:
+        pytest.skip("no aarch64 build")
+    board = tmp_path / "board"
+    r = _pi_bench(f"local:{board}", models["aarch64"], "--runs", "3", "--warmup", "1",
+                  env={"PI_PYTHON": aarch64_python})
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["schema"] == "qvit-edge.bench/1" and d["machine"] == "aarch64" and d["runs"] == 3
+    assert (board / "model.so").exists() and (board / "qvit_edge" / "cmd_bench.py").exists()
+    saved = r.stderr.strip().splitlines()[-1].split("saved ")[-1]
+    assert json.load(open(os.path.join(ROOT, saved))) == d
+    os.remove(os.path.join(ROOT, saved))

@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Benchmark a model.so on a Raspberry Pi (64-bit OS) over ssh: `make pi-bench PI=user@host MODEL=...`
+#
+#   scripts/pi-bench.sh user@host build/aarch64/model.so [qvit-edge bench flags, e.g. --threads 4]
+#
+# 1. checks the model here (qvit-edge info: built for aarch64, format, weights checksum),
+# 2. bundles the runtime (edge_runtime/ as qvit_edge, the native sources, and the native
+#    library cross-compiled by scripts/aarch64-python.sh for a Python 3.11 board), the model
+#    and a small setup script,
+# 3. copies the bundle with one `ssh host tar -x` into ~/qvit-edge-bench on the board, where
+#    the setup script uses the system's numpy/cffi/Pillow when present, else makes a venv and
+#    pip-installs them; it builds the native library on the board only if the shipped one
+#    does not fit its Python (needs gcc and python3-dev then),
+# 4. runs `qvit-edge bench --json` there, prints the JSON and keeps a copy under build/pi-bench/.
+#
+# PI=local:DIR runs steps 3-4 in DIR on this machine instead of over ssh, with $PI_PYTHON as
+# the board's python3 (the tests use the qemu aarch64 Python of scripts/aarch64-python.sh).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+HOST_PY="${HOST_PYTHON:-$ROOT/.venv/bin/python}"
+[ -x "$HOST_PY" ] || HOST_PY="$(command -v python3)"
+die() { echo "pi-bench: error: $*" >&2; exit 2; }
+log() { echo "pi-bench: $*" >&2; }
+
+[ $# -ge 2 ] || die "usage: scripts/pi-bench.sh user@host model.so [bench flags]  (make pi-bench PI=user@host MODEL=...)"
+PI="$1"; MODEL="$2"; shift 2
+[ -n "$PI" ] || die "PI is empty: make pi-bench PI=user@host MODEL=build/aarch64/model.so"
+
+# 1. the model: refuse here what the board would refuse (one line from qvit-edge info).
+info="$("$HOST_PY" -m qvit_edge info "$MODEL" --json)" || exit 2
+machine="$(printf '%s' "$info" | "$HOST_PY" -c 'import json, sys; print(json.load(sys.stdin)["machine"])')"
+[ "$machine" = aarch64 ] || die "$MODEL is built for $machine; a Pi needs: make compile TARGET=aarch64 MODEL=..."
+
+# 2. the bundle.
+STAGE="$(mktemp -d)"
+trap 'rm -rf "$STAGE"' EXIT
+mkdir -p "$STAGE/qvit_edge" "$STAGE/native"
+cp "$ROOT"/edge_runtime/*.py "$STAGE/qvit_edge/"
+(cd "$ROOT/native" && find . \( -name '*.c' -o -name '*.h' -o -name 'build_ffi.py' \) -not -path './tests/*' -print0 \
+  | tar --null -T - -cf -) | tar -C "$STAGE/native" -xf -
+if a64="$(bash "$ROOT/scripts/aarch64-python.sh" 2>/dev/null)"; then
+  cp "$(dirname "$a64")"/../pkgs/qvit_edge/_native.cpython-*-aarch64-linux-gnu.so "$STAGE/qvit_edge/" 2>/dev/null || true
+else
+  log "no cross-built native library (scripts/aarch64-python.sh failed): the board will build it"
+fi
+cp "$MODEL" "$STAGE/model.so"
+cat >"$STAGE/run.sh" <<'EOF'
+#!/bin/sh
+# On the board: set up the runtime's dependencies once, then run the benchmark.
+set -eu
+cd "$(dirname "$0")"
+PY="${PI_PYTHON:-python3}"
+say() { echo "pi-bench (board): $*" >&2; }
+command -v "$PY" >/dev/null 2>&1 || { say "error: no $PY on the board (sudo apt install python3)"; exit 2; }
+"$PY" - <<'PYEOF' || exit 2
+import platform, sys
+if sys.version_info < (3, 9):
+    sys.exit("pi-bench (board): error: needs Python 3.9 or newer, this is %d.%d" % sys.version_info[:2])
+if platform.machine() != "aarch64":
+    sys.exit("pi-bench (board): error: not a 64-bit ARM OS (%s): install Raspberry Pi OS (64-bit)" % platform.machine())
+PYEOF
+if ! "$PY" -c 'import numpy, cffi, PIL' 2>/dev/null; then
+  if [ ! -x venv/bin/python ]; then
+    say "installing numpy, cffi, Pillow into $(pwd)/venv"
+    "$PY" -m venv --system-site-packages venv >&2 || { say "error: python3 -m venv failed (sudo apt install python3-venv)"; exit 2; }
+    venv/bin/python -m pip install -q numpy cffi pillow >&2
+  fi
+  PY=venv/bin/python
+fi
+if ! PYTHONPATH=. "$PY" -c 'import qvit_edge._native' 2>/dev/null; then
+  say "building the native library for this Python (gcc + python3-dev)"
+  rm -f qvit_edge/_native.*.so
+  PYTHONPATH=. "$PY" -c 'import sys; sys.path.insert(0, "native"); import build_ffi; build_ffi.ffibuilder.compile(tmpdir=".")' >&2 \
+    || { say "error: building the native library failed (sudo apt install gcc python3-dev)"; exit 2; }
+fi
+PYTHONPATH=. exec "$PY" -m qvit_edge bench model.so --json "$@"
+EOF
+
+# 3-4. copy, run, keep the result.
+OUT="$ROOT/build/pi-bench"
+mkdir -p "$OUT"
+tag="$(date -u +%Y%m%dT%H%M%SZ)"
+case "$PI" in
+  local:*)
+    dir="${PI#local:}"
+    mkdir -p "$dir"
+    tar -C "$STAGE" -cf - . | tar -C "$dir" -xf -
+    result="$(sh "$dir/run.sh" "$@")"
+    name="local"
+    ;;
+  *)
+    command -v ssh >/dev/null || die "ssh not found"
+    log "copying the runtime and $(basename "$MODEL") to $PI:~/qvit-edge-bench"
+    args=""
+    for a in "$@"; do args="$args '$(printf '%s' "$a" | sed "s/'/'\\\\''/g")'"; done
+    result="$(tar -C "$STAGE" -czf - . | ssh -o BatchMode=yes "$PI" \
+      "mkdir -p ~/qvit-edge-bench && tar -C ~/qvit-edge-bench -xzf - && sh ~/qvit-edge-bench/run.sh $args")" \
+      || die "the benchmark on $PI failed (see above)"
+    name="$(printf '%s' "$PI" | tr -c 'A-Za-z0-9._-' _)"
+    ;;
+esac
+printf '%s\n' "$result" >"$OUT/$name-$tag.json"
+printf '%s\n' "$result"
+log "saved build/pi-bench/$name-$tag.json"
