@@ -151,6 +151,8 @@ def load_teacher(cfg: TrainConfig, mcfg: ModelConfig) -> nn.Module:
     else:
         fp = ModelConfig(mcfg.arch, mcfg.family, QConfig(), {**mcfg.timm_kwargs, "drop_path_rate": 0.0})
         teacher = build(fp, init_from=cfg.teacher)
+    if teacher.qvit_config.quant.quantized:
+        print(f"warning: the teacher {cfg.teacher} is quantized; Q-ViT distils from full precision")
     return teacher
 
 
@@ -363,7 +365,7 @@ class _StopFlag:
 
 
 def checkpoint_config(
-    cfg: TrainConfig, mcfg: ModelConfig, ds: DataSet, img_size: int, progress: dict
+    cfg: TrainConfig, mcfg: ModelConfig, dcfg: DistillConfig, ds: DataSet, img_size: int, progress: dict
 ) -> dict:
     data = ds.describe()
     data.update(
@@ -377,7 +379,7 @@ def checkpoint_config(
         "model": mcfg.to_json(),
         "data": data,
         "classes": ds.classes,
-        "distill": DistillConfig(cfg.distill, cfg.alpha, cfg.tau, cfg.dgd).to_json(),
+        "distill": dcfg.to_json(),
         "train": asdict(cfg),
         "progress": progress,
     }
@@ -401,6 +403,11 @@ def run(cfg: TrainConfig) -> dict:
                 f"use another --out"
             )
         mcfg = ModelConfig.from_json(saved["model"])
+        if cfg.teacher is None and saved["train"].get("teacher"):  # keep distilling as the run did
+            for k in ("teacher", "distill", "alpha", "tau", "dgd"):
+                setattr(cfg, k, saved["train"][k])
+            if rank == 0:
+                print(f"resuming with the run's teacher {cfg.teacher}")
     else:
         mcfg = model_config(cfg, train_ds)
     torch.manual_seed(cfg.seed)
@@ -469,7 +476,7 @@ def run(cfg: TrainConfig) -> dict:
         )
         progress = {"epoch": progress_epoch, "step": step, "best_top1": best}
         ckpt.save_checkpoint(
-            last_dir, model, checkpoint_config(cfg, mcfg, train_ds, img_size, progress), tensors, meta
+            last_dir, model, checkpoint_config(cfg, mcfg, dcfg, train_ds, img_size, progress), tensors, meta
         )
 
     sync_ok = True
@@ -545,7 +552,12 @@ def run(cfg: TrainConfig) -> dict:
                         out / "best",
                         model,
                         checkpoint_config(
-                            cfg, mcfg, train_ds, img_size, {"epoch": epoch, "step": step, "best_top1": best}
+                            cfg,
+                            mcfg,
+                            dcfg,
+                            train_ds,
+                            img_size,
+                            {"epoch": epoch, "step": step, "best_top1": best},
                         ),
                     )
             history.append(row)

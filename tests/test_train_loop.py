@@ -77,6 +77,7 @@ def test_a_few_qat_steps_lower_the_loss_on_digits(tmp_path):
     )
     q, config = ckpt.load_model(tmp_path / "q" / "last")
     assert config["model"]["quant"]["w_bits"] == 2
+    assert config["distill"]["kind"] == "none" and config["distill"]["dgd"] == 0.0  # what the run did
     q.eval()
     with torch.no_grad():
         after = float(torch.nn.functional.cross_entropy(q(x), y))
