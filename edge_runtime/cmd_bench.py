@@ -85,7 +85,7 @@ def bench(path: str, threads: int = 1, warmup: int = 5, runs: int = 50, profile:
     step_sum = sum(per_image.values())
     return {
         "schema": SCHEMA, "model": path, "arch": meta.get("arch"), "bits": meta.get("bits"),
-        "target": meta.get("target"), "machine": host_machine(), "cpu": _cpu_name(),
+        "target": meta.get("target"), "machine": host_machine(), "cpu": _cpu_name(), "core": arm_core(),
         "threads": threads, "batch": 1, "warmup": warmup, "runs": runs,
         "load_ms": load_ms,
         "latency_ms": latency_stats(times),
@@ -97,17 +97,42 @@ def bench(path: str, threads: int = 1, warmup: int = 5, runs: int = 50, profile:
     }
 
 
-def _cpu_name() -> str:
-    """The CPU model, as /proc/cpuinfo names it (the Pi's reports only its part number)."""
+# ARM's part numbers (/proc/cpuinfo "CPU part") of the cores of Raspberry Pi-class boards.
+ARM_CORES = {"0xd03": "Cortex-A53", "0xd04": "Cortex-A35", "0xd05": "Cortex-A55", "0xd07": "Cortex-A57",
+             "0xd08": "Cortex-A72", "0xd09": "Cortex-A73", "0xd0a": "Cortex-A75", "0xd0b": "Cortex-A76",
+             "0xd0c": "Neoverse-N1", "0xd40": "Neoverse-V1", "0xd41": "Cortex-A78", "0xd4b": "Cortex-A78C"}
+
+
+def cpu_info() -> dict:
+    """/proc/cpuinfo's first block and the board's 'Model' line (empty where there is none)."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                key, _, val = line.partition(":")
-                if key.strip() in ("model name", "Model", "Hardware"):
-                    return val.strip()
+                key, sep, val = line.partition(":")
+                if sep and key.strip() not in fields:
+                    fields[key.strip()] = val.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return fields
+
+
+def arm_core() -> str | None:
+    """The ARM core this runs on ("Cortex-A72" on a Pi 4), None elsewhere (and under qemu-user,
+    which shows the host's /proc/cpuinfo)."""
+    info = cpu_info()
+    if "CPU implementer" not in info:
+        return None
+    return ARM_CORES.get(info.get("CPU part", "").lower(), f"ARM part {info.get('CPU part', '?')}")
+
+
+def _cpu_name() -> str:
+    """The board or CPU: "Raspberry Pi 4 Model B Rev 1.4 (Cortex-A72)", "AMD EPYC", ..."""
+    info = cpu_info()
+    core = arm_core()
+    name = info.get("Model") or info.get("model name") or info.get("Hardware") or platform.processor() \
+        or platform.machine()
+    return f"{name} ({core})" if core and core not in name else name
 
 
 def run(args) -> int:
