@@ -10,7 +10,7 @@ MODEL ?=
 OUT ?= build/$(TARGET)/model.so
 THREADS ?= 1
 
-.PHONY: install system-deps test demo compile bench bench-kernels pi-bench lint clean
+.PHONY: install system-deps test demo compile bench bench-kernels pi-bench lint clean sanitize
 
 install: system-deps $(STAMP)
 
@@ -43,6 +43,10 @@ bench-kernels: install
 PI ?=
 pi-bench: install
 	@bash scripts/pi-bench.sh "$(PI)" "$(or $(MODEL),build/aarch64/model.so)" --threads $(THREADS)
+
+# Native kernel tests under ASan + UBSan (also part of make test: tests/test_kernels_native.py).
+sanitize: install
+	$(VPY) native/tests/run_native_tests.py sanitize 2
 
 lint: install
 	$(VENV)/bin/ruff check qvit compile edge_runtime tests

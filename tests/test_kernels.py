@@ -1,0 +1,172 @@
+"""qvit_edge.kernels (native/) against the numpy int64 reference in quant.py, on every path."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from qvit_edge import kernels as K
+from qvit_edge import quant, reference
+
+PATHS = K.paths()
+BITS = [1, 2, 3, 4, 8]
+SHAPES = [(1, 1, 1), (1, 7, 100), (9, 1, 64), (13, 21, 127), (4, 40, 385), (197, 24, 96)]
+
+
+@pytest.fixture(autouse=True)
+def _restore_path_and_threads():
+    path, threads = K.get_path(), K.get_threads()
+    yield
+    K.set_path(path)
+    K.set_threads(threads)
+
+
+def rand_act(rng, bits, shape):
+    return rng.integers(0, 1 << bits, shape).astype(np.int32)
+
+
+def rand_weight(rng, bits, shape):
+    return rng.choice(quant.weight_levels(bits), shape).astype(np.int32)
+
+
+def test_scalar_and_a_simd_path_exist():
+    assert PATHS[0] == "scalar"
+    assert K.get_path() in PATHS
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("engine", K.ENGINES)
+def test_int_linear_matches_quant_reference(path, engine):
+    rng = np.random.default_rng(hash((path, engine)) % 2**32)
+    K.set_path(path)
+    for a_bits in BITS:
+        for w_bits in BITS:
+            for m, n, k in SHAPES:
+                a, w = rand_act(rng, a_bits, (m, k)), rand_weight(rng, w_bits, (n, k))
+                za = int(rng.integers(0, 1 << a_bits))
+                got = K.int_linear(a, za, w, a_bits, w_bits, engine=engine)
+                np.testing.assert_array_equal(got, quant.int_linear(a, za, w),
+                                              err_msg=f"{path} {engine} W{w_bits}A{a_bits} {m}x{n}x{k}")
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("engine", K.ENGINES)
+def test_int_matmul_act_matches_quant_reference(path, engine):
+    """Q K^T and A V: two activation operands, each with its own zero point."""
+    rng = np.random.default_rng(7)
+    K.set_path(path)
+    for bits in BITS:
+        for m, n, k in [(1, 1, 3), (197, 197, 64), (197, 64, 197), (5, 9, 130)]:
+            a, b = rand_act(rng, bits, (m, k)), rand_act(rng, bits, (n, k))
+            za, zb = (int(z) for z in rng.integers(0, 1 << bits, 2))
+            got = K.int_matmul_act(a, za, b, zb, bits, engine=engine)
+            np.testing.assert_array_equal(got, quant.int_matmul_act(a, za, b, zb), err_msg=f"{path} {engine} {bits}")
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("bits", [4, 8])
+def test_worst_case_codes_at_deit_b_k_do_not_overflow(path, bits):
+    """K = 3072 with every product at its extreme: the largest |acc| a DeiT-B layer can produce."""
+    K.set_path(path)
+    k = 3072
+    a = np.full((2, k), (1 << bits) - 1)
+    w = np.full((3, k), quant.weight_range(bits)[0])
+    want = quant.int_linear(a, 0, w)
+    assert abs(int(want[0, 0])) == quant.max_abs_acc(k, bits, bits)
+    for engine in K.ENGINES:
+        np.testing.assert_array_equal(K.int_linear(a, 0, w, bits, bits, engine=engine), want)
+    b = np.full((3, k), (1 << bits) - 1)
+    for engine in K.ENGINES:  # unsigned x unsigned, zero points at the far end
+        np.testing.assert_array_equal(K.int_matmul_act(a, 0, b, 0, bits, engine=engine),
+                                      quant.int_matmul_act(a, 0, b, 0))
+        np.testing.assert_array_equal(K.int_matmul_act(a * 0, (1 << bits) - 1, b, 0, bits, engine=engine),
+                                      quant.int_matmul_act(a * 0, (1 << bits) - 1, b, 0))
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("engine", K.ENGINES)
+def test_fused_epilogue_is_bit_exact(path, engine):
+    """One call = the integer reference's linear epilogue, then quant.quantize_act of the result."""
+    rng = np.random.default_rng(3)
+    K.set_path(path)
+    m, n, k, a_bits, w_bits = 37, 45, 200, 2, 3
+    a, w = rand_act(rng, a_bits, (m, k)), rand_weight(rng, w_bits, (n, k))
+    za, a_step = 1, np.float32(0.0371)
+    w_step = rng.uniform(0.001, 0.05, n).astype(np.float32)
+    bias = rng.normal(0, 1, n).astype(np.float32)
+    pw = K.pack_weight(w, w_bits, engine=engine)
+    acc = quant.int_linear(a, za, w)
+    want = reference.linear_epilogue(acc, a_step, w_step, bias)
+    scale = np.float32(a_step) * w_step
+    got = K.linear(a, a_bits, za, pw, scale=scale, bias=bias)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(K.linear(a, a_bits, za, pw), acc)
+    step, zp, bits = 0.173, 5, 4
+    codes = K.linear(a, a_bits, za, pw, scale=scale, bias=bias, requant=(step, zp, bits))
+    assert codes.dtype == np.uint8
+    np.testing.assert_array_equal(codes, quant.quantize_act(want, step, zp, bits))
+    # a scalar scale, no bias
+    np.testing.assert_array_equal(K.linear(a, a_bits, za, pw, scale=np.float32(0.5)),
+                                  acc.astype(np.float32) * np.float32(0.5))
+
+
+def test_requant_ties_round_half_to_even():
+    a = np.array([[1], [2], [3], [5]])  # acc = a * 1 -> y / 2 = 0.5, 1, 1.5, 2.5
+    pw = K.pack_weight(np.array([[1]]), 2)
+    codes = K.linear(a, 3, 0, pw, scale=np.float32(1), requant=(2.0, 0, 3))
+    np.testing.assert_array_equal(codes[:, 0], [0, 1, 2, 2])
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_threads_give_identical_results(threads):
+    rng = np.random.default_rng(5)
+    a, w = rand_act(rng, 2, (197, 384)), rand_weight(rng, 2, (200, 384))
+    want = quant.int_linear(a, 2, w)
+    K.set_threads(threads)
+    assert K.get_threads() == threads
+    for engine in K.ENGINES:
+        np.testing.assert_array_equal(K.int_linear(a, 2, w, 2, 2, engine=engine), want)
+
+
+def test_forcing_a_path():
+    with K.forced_path("scalar"):
+        assert K.get_path() == "scalar"
+    with pytest.raises(ValueError, match="unknown kernel path"):
+        K.set_path("sse9")
+    missing = [p for p in K.PATH_NAMES if p not in PATHS]
+    if missing:
+        with pytest.raises(ValueError, match="not supported"):
+            K.set_path(missing[0])
+
+
+def test_forced_path_from_environment():
+    import subprocess
+    import sys
+    code = "from qvit_edge import kernels as K; print(K.get_path())"
+    out = subprocess.run([sys.executable, "-c", code], env={"QVIT_NATIVE_PATH": "scalar", "PATH": ""},
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "scalar"
+
+
+def test_bad_arguments_raise_value_error():
+    pw = K.pack_weight(np.ones((3, 10), int), 2)
+    with pytest.raises(ValueError, match="do not fit"):
+        K.linear(np.full((2, 10), 4), 2, 0, pw)
+    with pytest.raises(ValueError, match="K mismatch"):
+        K.linear(np.zeros((2, 11), int), 2, 0, pw)
+    with pytest.raises(ValueError, match="-1 or \\+1"):
+        K.pack_weight(np.zeros((2, 4), int), 1)
+    with pytest.raises(ValueError, match="bits"):
+        K.pack_weight(np.zeros((2, 4), int), 9)
+
+
+def test_float_ops_match_reference():
+    rng = np.random.default_rng(11)
+    x = rng.normal(0, 3, (5, 197, 64)).astype(np.float32)
+    w, b = rng.normal(1, 0.1, 64).astype(np.float32), rng.normal(0, 0.1, 64).astype(np.float32)
+    np.testing.assert_allclose(K.layernorm(x, w, b, 1e-6), reference.layernorm(x, w, b, 1e-6), atol=2e-5, rtol=1e-5)
+    np.testing.assert_allclose(K.softmax(x), reference.softmax(x), atol=1e-7, rtol=1e-5)
+    np.testing.assert_allclose(K.gelu(x), reference.gelu(x), atol=1e-6, rtol=1e-5)
+    np.testing.assert_allclose(K.gelu(x, clip=2.0), reference.gelu(x, clip=2.0), atol=1e-6, rtol=1e-5)
+    xs = np.concatenate([x.reshape(-1), np.array([0.125, 0.375, -0.125], np.float32)])
+    np.testing.assert_array_equal(K.quantize(xs, 0.25, 3, 4), quant.quantize_act(xs, 0.25, 3, 4))

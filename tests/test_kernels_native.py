@@ -1,0 +1,35 @@
+"""The plain C test of the native kernels (native/tests/test_native.c): on this machine under
+ASan + UBSan (every x86 path), and cross-compiled for aarch64 under qemu (the NEON paths)."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUNNER = os.path.join(ROOT, "native", "tests", "run_native_tests.py")
+
+
+def run(mode: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, RUNNER, mode, "2"], capture_output=True, text=True, timeout=600)
+
+
+def test_native_kernels_under_asan_and_ubsan():
+    if shutil.which(os.environ.get("CC", "cc")) is None:
+        pytest.skip("no C compiler on this machine")
+    r = run("sanitize")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "0 failures" in r.stdout
+
+
+@pytest.mark.qemu
+def test_native_kernels_aarch64_under_qemu():
+    for tool in ("aarch64-linux-gnu-gcc", "qemu-aarch64"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} not installed (make system-deps installs it)")
+    r = run("aarch64")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "path neon " in r.stdout and "0 failures" in r.stdout
