@@ -67,7 +67,8 @@ def set_path(name: str) -> None:
     if idx is None:
         raise ValueError(f"unknown kernel path {name!r}; known: auto, {', '.join(PATH_NAMES)}")
     if lib.qv_set_path(idx) != 0:
-        raise ValueError(f"kernel path {name!r} is not supported on this CPU (supported: {', '.join(paths())})")
+        supported = ", ".join(paths())
+        raise ValueError(f"kernel path {name!r} is not supported on this CPU (supported: {supported})")
 
 
 @contextlib.contextmanager
@@ -160,15 +161,17 @@ def pack_b(codes, bits: int, signed: bool, engine: str = "bitserial", check: boo
     return Packed(engine, int(bits), bool(signed), n, k, data, colsum)
 
 
-def pack_weight(w_codes, bits: int, engine: str = "auto", a_bits: int | None = None, check: bool = True) -> Packed:
-    """Pack signed weight codes [N, K] once, ahead of time. engine "auto": engine_for(a_bits or bits, bits)."""
+def pack_weight(w_codes, bits: int, engine: str = "auto", a_bits: int | None = None,
+                check: bool = True) -> Packed:
+    """Pack signed weight codes [N, K] once, ahead of time.
+    engine "auto": engine_for(a_bits or bits, bits)."""
     if engine == "auto":
         engine = engine_for(a_bits or bits, bits)
     return pack_b(w_codes, bits, True, engine, check)
 
 
 def pack_a(codes, bits: int, engine: str, check: bool = True):
-    """Pack M rows of activation codes as the A operand: (data, rowsum). Done per call by gemm()."""
+    """Pack M rows of activation codes as the A operand: (data, rowsum) (gemm() packs in C itself)."""
     _check_bits(bits)
     c = _codes(codes, bits, False, check, "A operand")
     m, k = c.shape
@@ -177,10 +180,12 @@ def pack_a(codes, bits: int, engine: str, check: bool = True):
     rowsum = np.empty(m, np.int32)
     if engine == "bitserial":
         data = np.empty(lib.qv_bs_a_words(m, k, bits), np.uint64)
-        rc = lib.qv_bs_pack_a(_ptr("uint8_t *", c), m, k, k, bits, _ptr("uint64_t *", data), _ptr("int32_t *", rowsum))
+        rc = lib.qv_bs_pack_a(_ptr("uint8_t *", c), m, k, k, bits, _ptr("uint64_t *", data),
+                              _ptr("int32_t *", rowsum))
     else:
         data = np.empty(lib.qv_i8_a_bytes(m, k), np.uint8)
-        rc = lib.qv_i8_pack_a(_ptr("uint8_t *", c), m, k, k, _ptr("uint8_t *", data), _ptr("int32_t *", rowsum))
+        rc = lib.qv_i8_pack_a(_ptr("uint8_t *", c), m, k, k, _ptr("uint8_t *", data),
+                              _ptr("int32_t *", rowsum))
     if rc != 0:
         raise ValueError(f"native pack failed for shape {c.shape}")
     return data, rowsum
@@ -189,15 +194,17 @@ def pack_a(codes, bits: int, engine: str, check: bool = True):
 # ---- GEMMs ---------------------------------------------------------------------------------------
 def gemm(a_codes, a_bits: int, za: int, b: Packed, zb: int = 0, scale=None, bias=None, requant=None,
          out: str | None = None, check: bool = True) -> np.ndarray:
-    """sum_k (a[m, k] - za) * (b[n, k] - zb) with the fused epilogue.
+    """sum_k (a[m, k] - za) * (b[n, k] - zb) with the fused epilogue, in one native call that
+    also packs the activations.
 
     out: "int32" -> the exact accumulators [M, N] (default when no scale is given);
          "float32" -> y = float32(acc) * scale[n] + bias[n] (default with a scale);
          "codes" -> uint8 quant.quantize_act(y, *requant) (default with requant=(step, zp, bits)).
     scale: float32 scalar or [N] (a linear layer: float32(s_a) * s_w); bias: [N] or None.
     """
-    a_data, rowsum = pack_a(a_codes, a_bits, b.engine, check)
-    m, k = np.shape(a_codes)
+    _check_bits(a_bits)
+    a = _codes(a_codes, a_bits, False, check, "A operand")
+    m, k = a.shape
     if k != b.k:
         raise ValueError(f"K mismatch: A has {k}, B has {b.k}")
     if b.signed and zb != 0:
@@ -208,7 +215,7 @@ def gemm(a_codes, a_bits: int, za: int, b: Packed, zb: int = 0, scale=None, bias
         raise ValueError(f"out must be int32, float32 or codes, got {out!r}")
     n = b.n
     ep = ffi.new("qv_epilogue *")
-    keep = []
+    keep = []  # arrays the epilogue points into stay alive until the call returns
     if scale is not None:
         s = np.asarray(scale, np.float32)
         if s.ndim == 0:
@@ -242,14 +249,13 @@ def gemm(a_codes, a_bits: int, za: int, b: Packed, zb: int = 0, scale=None, bias
         res = np.empty((m, n), np.int32)
         ep.out_i = _ptr("int32_t *", res)
     ep.ldo = n
+    ap = _ptr("uint8_t *", a)
     if b.engine == "bitserial":
-        rc = lib.qv_bs_gemm(_ptr("uint64_t *", a_data), _ptr("int32_t *", rowsum), a_bits, int(za),
-                            _ptr("uint64_t *", b.data), _ptr("int32_t *", b.colsum), b.bits, int(b.signed), int(zb),
-                            m, n, k, ep)
+        rc = lib.qv_bs_linear(ap, m, k, k, a_bits, int(za), _ptr("uint64_t *", b.data),
+                              _ptr("int32_t *", b.colsum), b.bits, int(b.signed), int(zb), n, ep)
     else:
-        rc = lib.qv_i8_gemm(_ptr("uint8_t *", a_data), _ptr("int32_t *", rowsum), a_bits, int(za),
-                            _ptr("int8_t *", b.data), _ptr("int32_t *", b.colsum), int(b.signed), int(zb),
-                            m, n, k, ep)
+        rc = lib.qv_i8_linear(ap, m, k, k, a_bits, int(za), _ptr("int8_t *", b.data),
+                              _ptr("int32_t *", b.colsum), int(b.signed), int(zb), n, ep)
     if rc != 0:
         raise ValueError("native gemm rejected its arguments")
     return res
@@ -268,13 +274,49 @@ def int_linear(a, z_a: int, w, a_bits: int, w_bits: int, engine: str = "auto") -
     return gemm(a, a_bits, z_a, pack_b(w, w_bits, True, engine), out="int32")
 
 
-def int_matmul_act(a, z_a: int, b, z_b: int, bits: int, b_bits: int | None = None, engine: str = "auto") -> np.ndarray:
-    """Same result as quant.int_matmul_act for 2-D operands: sum_k (a[m,k] - z_a) (b[n,k] - z_b).
-    Both operands are packed per call (Q K^T: b = K codes; A V: b = V^T codes)."""
+def matmul_act(a, z_a, b, z_b, bits: int, b_bits: int | None = None, engine: str = "auto", scale=None,
+               check: bool = True) -> np.ndarray:
+    """Attention matmul over leading batch axes, both operands packed per call in one native call:
+    out[..., m, n] = sum_k (a[..., m, k] - z_a) * (b[..., n, k] - z_b)   (Q K^T: b = K; A V: b = V^T).
+    z_a, z_b (and scale): scalars or one per batch entry (e.g. per head), broadcast over the
+    leading axes as in quant.int_matmul_act. Returns int32, or float32 acc * scale with a scale."""
     b_bits = bits if b_bits is None else b_bits
+    _check_bits(bits)
+    _check_bits(b_bits)
     if engine == "auto":
         engine = engine_for(bits, b_bits)
-    return gemm(a, bits, z_a, pack_b(b, b_bits, False, engine), zb=z_b, out="int32")
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    a, b = np.asarray(a), np.asarray(b)
+    if a.ndim < 2 or b.ndim != a.ndim or a.shape[:-2] != b.shape[:-2] or a.shape[-1] != b.shape[-1]:
+        raise ValueError(f"matmul_act: shapes {a.shape}, {b.shape} do not match [..., M, K], [..., N, K]")
+    lead, (m, k), n = a.shape[:-2], a.shape[-2:], b.shape[-2]
+    if k == 0:
+        raise ValueError("K must be at least 1")
+    batch = int(np.prod(lead, dtype=np.int64))
+    a2 = _codes(a.reshape(batch * m, k), bits, False, check, "A operand")
+    b2 = _codes(b.reshape(batch * n, k), b_bits, False, check, "B operand")
+    za = np.ascontiguousarray(np.broadcast_to(np.asarray(z_a, np.int32), lead).reshape(-1))
+    zb = np.ascontiguousarray(np.broadcast_to(np.asarray(z_b, np.int32), lead).reshape(-1))
+    out_i = out_f = sc = None
+    if scale is None:
+        out_i = np.empty(lead + (m, n), np.int32)
+    else:
+        sc = np.broadcast_to(np.asarray(scale, np.float32), lead).reshape(-1)
+        sc = np.ascontiguousarray(sc)
+        out_f = np.empty(lead + (m, n), np.float32)
+    rc = lib.qv_matmul_act(ENGINES.index(engine), _ptr("uint8_t *", a2), m * k, k, bits,
+                           _ptr("int32_t *", za), _ptr("uint8_t *", b2), n * k, k, b_bits,
+                           _ptr("int32_t *", zb), batch, m, n, k,
+                           _ptr("float *", sc), _ptr("float *", out_f), _ptr("int32_t *", out_i))
+    if rc != 0:
+        raise ValueError("native matmul_act rejected its arguments")
+    return out_i if scale is None else out_f
+
+
+def int_matmul_act(a, z_a, b, z_b, bits: int, b_bits: int | None = None, engine: str = "auto") -> np.ndarray:
+    """Same result as quant.int_matmul_act: sum_k (a[..., m, k] - z_a) (b[..., n, k] - z_b)."""
+    return matmul_act(a, z_a, b, z_b, bits, b_bits, engine)
 
 
 # ---- float ops -------------------------------------------------------------------------------------

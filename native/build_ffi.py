@@ -80,6 +80,17 @@ int qv_i8_gemm(const uint8_t *a, const int32_t *a_rowsum, int a_bits, int32_t za
                const int8_t *b, const int32_t *b_colsum, int b_signed, int32_t zb,
                int64_t m, int64_t n, int64_t k, const qv_epilogue *ep);
 
+int qv_bs_linear(const uint8_t *codes, int64_t m, int64_t k, int64_t lda, int a_bits, int32_t za,
+                 const uint64_t *b_planes, const int32_t *b_colsum, int b_bits, int b_signed, int32_t zb,
+                 int64_t n, const qv_epilogue *ep);
+int qv_i8_linear(const uint8_t *codes, int64_t m, int64_t k, int64_t lda, int a_bits, int32_t za,
+                 const int8_t *b, const int32_t *b_colsum, int b_signed, int32_t zb, int64_t n,
+                 const qv_epilogue *ep);
+int qv_matmul_act(int engine, const uint8_t *a, int64_t a_bstride, int64_t lda, int a_bits, const int32_t *za,
+                  const uint8_t *b, int64_t b_bstride, int64_t ldb, int b_bits, const int32_t *zb,
+                  int64_t batch, int64_t m, int64_t n, int64_t k, const float *scale, float *out_f,
+                  int32_t *out_i);
+
 void qv_layernorm(const float *x, int64_t rows, int64_t n, const float *weight, const float *bias,
                   float eps, float *out);
 void qv_softmax(const float *x, int64_t rows, int64_t n, float *out);
@@ -90,7 +101,8 @@ void qv_quantize(const float *x, int64_t count, float step, int32_t zp, int bits
 # native/tvm_backend.h (plain C types only)
 CDEF_TVM_BACKEND = """
 void qvit_tvm_backend_table(void **table);
-int qvit_tvm_run(const void *kernels, const void *steps, int32_t nsteps, double *seconds, int32_t *failed_step);
+int qvit_tvm_run(const void *kernels, const void *steps, int32_t nsteps, double *seconds,
+                 int32_t *failed_step);
 const char *qvit_tvm_last_error(void);
 void qvit_tvm_clear_error(void);
 """

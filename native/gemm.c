@@ -175,3 +175,58 @@ int qv_i8_gemm(const uint8_t *a, const int32_t *a_rowsum, int a_bits, int32_t za
   if (cc != cc_s) free(cc);
   return rcode;
 }
+
+/* ---- one-call entry points: pack the activations here, then GEMM --------------------------- */
+int qv_bs_linear(const uint8_t *codes, int64_t m, int64_t k, int64_t lda, int a_bits, int32_t za,
+                 const uint64_t *b_planes, const int32_t *b_colsum, int b_bits, int b_signed, int32_t zb, int64_t n,
+                 const qv_epilogue *ep) {
+  if (bad_shape(m, k, lda) || a_bits < 1 || a_bits > 8) return QV_EINVAL;
+  uint64_t *planes = malloc(qv_bs_a_words(m, k, a_bits) * sizeof *planes + 8);
+  int32_t *rowsum = malloc((size_t)m * sizeof *rowsum + 4);
+  int rc = (planes && rowsum) ? qv_bs_pack_a(codes, m, k, lda, a_bits, planes, rowsum) : QV_EINVAL;
+  if (rc == QV_OK) rc = qv_bs_gemm(planes, rowsum, a_bits, za, b_planes, b_colsum, b_bits, b_signed, zb, m, n, k, ep);
+  free(planes);
+  free(rowsum);
+  return rc;
+}
+
+int qv_i8_linear(const uint8_t *codes, int64_t m, int64_t k, int64_t lda, int a_bits, int32_t za,
+                 const int8_t *b, const int32_t *b_colsum, int b_signed, int32_t zb, int64_t n,
+                 const qv_epilogue *ep) {
+  if (bad_shape(m, k, lda) || a_bits < 1 || a_bits > 8) return QV_EINVAL;
+  uint8_t *packed = malloc(qv_i8_a_bytes(m, k) + 4);
+  int32_t *rowsum = malloc((size_t)m * sizeof *rowsum + 4);
+  int rc = (packed && rowsum) ? qv_i8_pack_a(codes, m, k, lda, packed, rowsum) : QV_EINVAL;
+  if (rc == QV_OK) rc = qv_i8_gemm(packed, rowsum, a_bits, za, b, b_colsum, b_signed, zb, m, n, k, ep);
+  free(packed);
+  free(rowsum);
+  return rc;
+}
+
+int qv_matmul_act(int engine, const uint8_t *a, int64_t a_bstride, int64_t lda, int a_bits, const int32_t *za,
+                  const uint8_t *b, int64_t b_bstride, int64_t ldb, int b_bits, const int32_t *zb, int64_t batch,
+                  int64_t m, int64_t n, int64_t k, const float *scale, float *out_f, int32_t *out_i) {
+  if (batch < 0 || bad_shape(m, k, lda) || bad_shape(n, k, ldb) || a_bits < 1 || a_bits > 8 || b_bits < 1 ||
+      b_bits > 8 || (engine != 0 && engine != 1) || (!out_f && !out_i))
+    return QV_EINVAL;
+  int rc = QV_OK;
+  size_t bsz = engine == 0 ? qv_bs_b_words(n, k, b_bits) * 8 : qv_i8_b_bytes(n, k);
+  void *bp = malloc(bsz + 8);
+  int32_t *colsum = malloc((size_t)n * sizeof *colsum + 4);
+  if (!bp || !colsum) rc = QV_EINVAL;
+  for (int64_t h = 0; h < batch && rc == QV_OK; h++) {
+    qv_epilogue ep = {.scale0 = scale ? scale[h] : 1.0f, .ldo = n,
+                      .out_f = out_f ? out_f + h * m * n : NULL, .out_i = out_i ? out_i + h * m * n : NULL};
+    if (engine == 0) {
+      rc = qv_bs_pack_b(b + h * b_bstride, n, k, ldb, b_bits, 0, bp, colsum);
+      if (rc == QV_OK)
+        rc = qv_bs_linear(a + h * a_bstride, m, k, lda, a_bits, za[h], bp, colsum, b_bits, 0, zb[h], n, &ep);
+    } else {
+      rc = qv_i8_pack_b(b + h * b_bstride, n, k, ldb, 0, bp, colsum);
+      if (rc == QV_OK) rc = qv_i8_linear(a + h * a_bstride, m, k, lda, a_bits, za[h], bp, colsum, 0, zb[h], n, &ep);
+    }
+  }
+  free(bp);
+  free(colsum);
+  return rc;
+}

@@ -100,6 +100,24 @@ int qv_i8_gemm(const uint8_t *a, const int32_t *a_rowsum, int a_bits, int32_t za
                const int8_t *b, const int32_t *b_colsum, int b_signed, int32_t zb,
                int64_t m, int64_t n, int64_t k, const qv_epilogue *ep);
 
+/* ---- one call per layer ---------------------------------------------------------------------
+ * A linear layer: the activation codes [M][K] (row stride lda) are packed here, B was packed
+ * ahead of time by qv_bs_pack_b / qv_i8_pack_b. */
+int qv_bs_linear(const uint8_t *codes, int64_t m, int64_t k, int64_t lda, int a_bits, int32_t za,
+                 const uint64_t *b_planes, const int32_t *b_colsum, int b_bits, int b_signed, int32_t zb, int64_t n,
+                 const qv_epilogue *ep);
+int qv_i8_linear(const uint8_t *codes, int64_t m, int64_t k, int64_t lda, int a_bits, int32_t za,
+                 const int8_t *b, const int32_t *b_colsum, int b_signed, int32_t zb, int64_t n,
+                 const qv_epilogue *ep);
+/* Attention matmuls over a batch of heads, both operands unsigned codes packed here:
+ *   acc[h][m][n] = sum_k (a[h][m][k] - za[h]) * (b[h][n][k] - zb[h])
+ * (Q K^T: b = K; A V: b = V^T). a[h] starts at a + h * a_bstride, rows lda apart (b likewise).
+ * engine 0 = bit-serial, 1 = int8. Outputs [batch][M][N]: out_i the accumulators, out_f
+ * float32(acc) * scale[h] (scale NULL: 1). */
+int qv_matmul_act(int engine, const uint8_t *a, int64_t a_bstride, int64_t lda, int a_bits, const int32_t *za,
+                  const uint8_t *b, int64_t b_bstride, int64_t ldb, int b_bits, const int32_t *zb, int64_t batch,
+                  int64_t m, int64_t n, int64_t k, const float *scale, float *out_f, int32_t *out_i);
+
 /* ---- float ops around the GEMMs (rows of length n, contiguous) --------------------------- */
 void qv_layernorm(const float *x, int64_t rows, int64_t n, const float *weight, const float *bias,
                   float eps, float *out);

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from qvit_edge import kernels as K
 from qvit_edge import quant, reference
 
@@ -59,7 +58,8 @@ def test_int_matmul_act_matches_quant_reference(path, engine):
             a, b = rand_act(rng, bits, (m, k)), rand_act(rng, bits, (n, k))
             za, zb = (int(z) for z in rng.integers(0, 1 << bits, 2))
             got = K.int_matmul_act(a, za, b, zb, bits, engine=engine)
-            np.testing.assert_array_equal(got, quant.int_matmul_act(a, za, b, zb), err_msg=f"{path} {engine} {bits}")
+            want = quant.int_matmul_act(a, za, b, zb)
+            np.testing.assert_array_equal(got, want, err_msg=f"{path} {engine} {bits}")
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -108,6 +108,24 @@ def test_fused_epilogue_is_bit_exact(path, engine):
     # a scalar scale, no bias
     np.testing.assert_array_equal(K.linear(a, a_bits, za, pw, scale=np.float32(0.5)),
                                   acc.astype(np.float32) * np.float32(0.5))
+
+
+@pytest.mark.parametrize("engine", K.ENGINES)
+def test_batched_attention_matmuls_with_per_head_zero_points(engine):
+    """Q K^T and A V for [B, H, T, d] codes in one call, zero points and scales per head."""
+    rng = np.random.default_rng(9)
+    bits, (b, h, t, d) = 2, (2, 3, 50, 16)
+    q, k, v = (rand_act(rng, bits, (b, h, t, d)) for _ in range(3))
+    p = rand_act(rng, bits, (b, h, t, t))
+    zq, zk, zp, zv = (rng.integers(0, 1 << bits, h) for _ in range(4))
+    s = K.matmul_act(q, zq, k, zk, bits, engine=engine)
+    np.testing.assert_array_equal(s, quant.int_matmul_act(q, zq, k, zk))
+    vt = np.swapaxes(v, -1, -2)
+    o = K.matmul_act(p, zp, vt, zv, bits, engine=engine)
+    np.testing.assert_array_equal(o, quant.int_matmul_act(p, zp, vt, zv))
+    scale = rng.uniform(0.01, 0.1, h).astype(np.float32)
+    sf = K.matmul_act(q, zq, k, zk, bits, engine=engine, scale=scale)
+    np.testing.assert_array_equal(sf, s.astype(np.float32) * scale.reshape(h, 1, 1))
 
 
 def test_requant_ties_round_half_to_even():
@@ -164,7 +182,8 @@ def test_float_ops_match_reference():
     rng = np.random.default_rng(11)
     x = rng.normal(0, 3, (5, 197, 64)).astype(np.float32)
     w, b = rng.normal(1, 0.1, 64).astype(np.float32), rng.normal(0, 0.1, 64).astype(np.float32)
-    np.testing.assert_allclose(K.layernorm(x, w, b, 1e-6), reference.layernorm(x, w, b, 1e-6), atol=2e-5, rtol=1e-5)
+    np.testing.assert_allclose(K.layernorm(x, w, b, 1e-6), reference.layernorm(x, w, b, 1e-6),
+                               atol=2e-5, rtol=1e-5)
     np.testing.assert_allclose(K.softmax(x), reference.softmax(x), atol=1e-7, rtol=1e-5)
     np.testing.assert_allclose(K.gelu(x), reference.gelu(x), atol=1e-6, rtol=1e-5)
     np.testing.assert_allclose(K.gelu(x, clip=2.0), reference.gelu(x, clip=2.0), atol=1e-6, rtol=1e-5)

@@ -45,7 +45,8 @@ def build(mode: str, out_dir: str) -> str | None:
     os.makedirs(out_dir, exist_ok=True)
     exe = os.path.join(out_dir, f"test_native_{mode}")
     flags = [f for f in build_ffi.CFLAGS if not f.startswith("-O")] + cfg["flags"]
-    cmd = [cc, *flags, "-I", NATIVE, os.path.join(HERE, "test_native.c"), *KERNEL_SOURCES, "-o", exe, "-lm", "-pthread"]
+    cmd = [cc, *flags, "-I", NATIVE, os.path.join(HERE, "test_native.c"), *KERNEL_SOURCES,
+           "-o", exe, "-lm", "-pthread"]
     subprocess.run(cmd, check=True)
     return exe
 
