@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import struct
+import sys
 from dataclasses import dataclass
 
 from qvit_edge.clikit import UserError
@@ -49,9 +50,13 @@ class ElfInfo:
 
 
 def host_machine() -> str:
-    """This CPU in EM_NAMES terms (a 32-bit OS on a 64-bit Pi reports armv7l: 'arm (32-bit)')."""
+    """What this Python can load, in EM_NAMES terms. A 32-bit Raspberry Pi OS is 'arm (32-bit)'
+    even where its kernel is 64-bit and uname says aarch64: the pointer size decides."""
     m = platform.machine().lower()
-    return EM_NAMES.get(_HOST_EM.get(m, -1), m)
+    em = _HOST_EM.get(m, -1)
+    if sys.maxsize <= 2**32:
+        em = {183: 40, 62: 3}.get(em, em)
+    return EM_NAMES.get(em, m)
 
 
 def _hint(head: bytes) -> str:

@@ -57,8 +57,9 @@ command -v "$PY" >/dev/null 2>&1 || { say "error: no $PY on the board (sudo apt 
 import platform, sys
 if sys.version_info < (3, 9):
     sys.exit("pi-bench (board): error: needs Python 3.9 or newer, this is %d.%d" % sys.version_info[:2])
-if platform.machine() != "aarch64":
-    sys.exit("pi-bench (board): error: not a 64-bit ARM OS (%s): install Raspberry Pi OS (64-bit)" % platform.machine())
+if platform.machine() != "aarch64" or sys.maxsize <= 2**32:
+    sys.exit("pi-bench (board): error: not a 64-bit ARM OS (%s, %d-bit Python): install Raspberry Pi OS (64-bit)"
+             % (platform.machine(), 64 if sys.maxsize > 2**32 else 32))
 PYEOF
 if ! "$PY" -c 'import numpy, cffi, PIL' 2>/dev/null; then
   if [ ! -x venv/bin/python ]; then
