@@ -114,3 +114,15 @@ def test_bad_model_files_give_one_line_errors(elves, kind, needle):
     msg = str(e.value)
     assert needle in msg and elves[kind] in msg and "\n" not in msg
     assert isinstance(e.value, UserError)
+
+
+@pytest.mark.parametrize("uname,maxsize,want", [
+    ("aarch64", 2**63 - 1, "aarch64"), ("aarch64", 2**31 - 1, "arm (32-bit)"),  # 32-bit Pi OS, 64-bit kernel
+    ("armv7l", 2**31 - 1, "arm (32-bit)"), ("x86_64", 2**63 - 1, "x86_64"), ("AMD64", 2**63 - 1, "x86_64"),
+])
+def test_host_machine_is_what_this_python_can_load(monkeypatch, uname, maxsize, want):
+    import qvit_edge.preflight as pf
+
+    monkeypatch.setattr(pf.platform, "machine", lambda: uname)
+    monkeypatch.setattr(pf.sys, "maxsize", maxsize)
+    assert pf.host_machine() == want
