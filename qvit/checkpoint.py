@@ -83,6 +83,9 @@ def _atomic_write(path: Path, write) -> None:
     write(tmp)
     with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # safetensors writes 0600; checkpoints are ordinary files
     os.replace(tmp, path)
 
 
