@@ -24,6 +24,7 @@ SOURCE_NAMES = [
     "x86/avx512.c",
     "x86/avx2.c",
     "arm/neon.c",
+    "peak.c",
 ]
 # The TVM backend shim (helper E's native/tvm_backend.c: runs model.so kernels on this library's
 # thread pool) joins the same module when present.
@@ -96,6 +97,8 @@ void qv_layernorm(const float *x, int64_t rows, int64_t n, const float *weight, 
 void qv_softmax(const float *x, int64_t rows, int64_t n, float *out);
 void qv_gelu(const float *x, int64_t count, float clip, float *out);
 void qv_quantize(const float *x, int64_t count, float step, int32_t zp, int bits, uint8_t *out);
+
+double qv_popcount_peak(int path, double seconds);
 """
 
 # native/tvm_backend.h (plain C types only)

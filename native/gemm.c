@@ -26,6 +26,18 @@ static int32_t row_sum(const uint8_t *codes, int64_t k, int is_signed) {
   return s;
 }
 
+/* Sum of the unsigned codes of one packed row, from its planes: sum_j 2^j popcount(plane j).
+ * Cheaper than a second pass over the bytes. */
+static int32_t plane_sum(const uint64_t *planes, int64_t kw, int bits) {
+  int64_t s = 0;
+  for (int j = 0; j < bits; j++) {
+    int64_t c = 0;
+    for (int64_t w = 0; w < kw; w++) c += __builtin_popcountll(planes[j * kw + w]);
+    s += c << j;
+  }
+  return (int32_t)s;
+}
+
 int qv_bs_pack_a(const uint8_t *codes, int64_t m, int64_t k, int64_t lda, int bits, uint64_t *planes,
                  int32_t *rowsum) {
   if (bad_shape(m, k, lda) || bits < 1 || bits > 8) return QV_EINVAL;
@@ -33,7 +45,7 @@ int qv_bs_pack_a(const uint8_t *codes, int64_t m, int64_t k, int64_t lda, int bi
   int64_t kw = ceil_div(k, 64);
   for (int64_t r = 0; r < m; r++) {
     kn->packrow(codes + r * lda, k, bits, planes + r * bits * kw, kw);
-    if (rowsum) rowsum[r] = row_sum(codes + r * lda, k, 0);
+    if (rowsum) rowsum[r] = plane_sum(planes + r * bits * kw, kw, bits);
   }
   return QV_OK;
 }
@@ -57,7 +69,7 @@ int qv_bs_pack_b(const uint8_t *codes, int64_t n, int64_t k, int64_t ldb, int bi
     uint64_t *dst = planes + (r / QV_BS_NB) * bits * kw * QV_BS_NB + (r % QV_BS_NB);
     for (int j = 0; j < bits; j++)
       for (int64_t w = 0; w < kw; w++) dst[(j * kw + w) * QV_BS_NB] = row[j * kw + w];
-    if (colsum) colsum[r] = row_sum(codes + r * ldb, k, is_signed);
+    if (colsum) colsum[r] = is_signed ? row_sum(codes + r * ldb, k, 1) : plane_sum(row, kw, bits);
   }
   free(row);
   free(bin);

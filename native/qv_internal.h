@@ -53,8 +53,6 @@ void qv_packrow_scalar(const uint8_t *codes, int64_t k, int bits, uint64_t *out,
 void qv_bs_block_avx512(const qv_gemm_ctx *g, int64_t m0, int64_t m1, int64_t nb0, int64_t nb1);
 void qv_i8_block_avx512(const qv_gemm_ctx *g, int64_t m0, int64_t m1, int64_t nb0, int64_t nb1);
 void qv_packrow_avx512(const uint8_t *codes, int64_t k, int bits, uint64_t *out, int64_t stride);
-void qv_epilogue_avx512(const qv_gemm_ctx *g, const int32_t *tile, int ldt, int64_t m0, int rows, int64_t n0,
-                        int cols);
 void qv_bs_block_avx2(const qv_gemm_ctx *g, int64_t m0, int64_t m1, int64_t nb0, int64_t nb1);
 void qv_i8_block_avx2(const qv_gemm_ctx *g, int64_t m0, int64_t m1, int64_t nb0, int64_t nb1);
 void qv_packrow_avx2(const uint8_t *codes, int64_t k, int bits, uint64_t *out, int64_t stride);

@@ -127,6 +127,11 @@ void qv_gelu(const float *x, int64_t count, float clip, float *out);
 /* quant.quantize_act with one step / zero point: clamp(rint(x / step) + zp, 0, 2^bits - 1) */
 void qv_quantize(const float *x, int64_t count, float step, int32_t zp, int bits, uint8_t *out);
 
+/* ---- benchmarking ------------------------------------------------------------------------- */
+/* Binary multiply-accumulates per second one thread reaches with the path's AND + popcount +
+ * accumulate step on register-resident data (timed for about `seconds`); 0 if unsupported. */
+double qv_popcount_peak(int path, double seconds);
+
 #ifdef __cplusplus
 }
 #endif

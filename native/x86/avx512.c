@@ -8,11 +8,33 @@
 
 #define MR 4  /* rows of A per register tile */
 
+/* Epilogue of one row of up to 16 accumulators still in a register (see qv_epilogue_scalar for
+ * the float order). */
+QV_INLINE QV_TARGET_AVX512 void epi_row16(const qv_gemm_ctx *g, int64_t m, int64_t n0, int cols, __m512i acc) {
+  const qv_epilogue *ep = g->ep;
+  const __mmask16 k = cols >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << cols) - 1);
+  const int64_t o = m * ep->ldo + n0;
+  acc = _mm512_add_epi32(_mm512_add_epi32(acc, _mm512_set1_epi32(g->rc[m])), _mm512_maskz_loadu_epi32(k, g->cc + n0));
+  if (ep->out_i) _mm512_mask_storeu_epi32(ep->out_i + o, k, acc);
+  if (!ep->out_f && !ep->out_q) return;
+  __m512 s = ep->scale ? _mm512_maskz_loadu_ps(k, ep->scale + n0) : _mm512_set1_ps(ep->scale0);
+  __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), s);
+  if (ep->bias) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(k, ep->bias + n0));
+  if (ep->out_f) _mm512_mask_storeu_ps(ep->out_f + o, k, y);
+  if (ep->out_q) {
+    __m512 q = _mm512_roundscale_ps(_mm512_div_ps(y, _mm512_set1_ps(ep->q_step)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    q = _mm512_add_ps(q, _mm512_set1_ps((float)ep->q_zp));
+    q = _mm512_min_ps(_mm512_max_ps(q, _mm512_setzero_ps()), _mm512_set1_ps((float)((1 << ep->q_bits) - 1)));
+    _mm_mask_storeu_epi8(ep->out_q + o, k, _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(q)));  /* max(NaN, 0) = 0 */
+  }
+}
+
 /* Bit-serial tile: MR_ rows x NV_ blocks of 8 outputs. For every plane pair (i, j) the K loop
  * ANDs a broadcast A word with 8 interleaved B words and accumulates per-lane popcounts, so no
  * horizontal reduction is needed; the pair's count is then shifted by i + j into the total. */
 QV_INLINE QV_TARGET_AVX512 void bs_tile(const qv_gemm_ctx *g, int64_t m, int64_t nb, const int MR_, const int NV_,
-                                        int32_t *tile /* [MR][16] */) {
+                                        int cols) {
   const int64_t kw = g->kw;
   const int ab = g->a_bits, bb = g->b_bits;
   const int binary_w = g->b_signed && bb == 1;
@@ -46,15 +68,16 @@ QV_INLINE QV_TARGET_AVX512 void bs_tile(const qv_gemm_ctx *g, int64_t m, int64_t
         }
     }
   }
-  for (int r = 0; r < MR_; r++)
-    for (int v = 0; v < NV_; v++)
-      _mm256_storeu_si256((__m256i *)(tile + r * 16 + v * 8), _mm512_cvtepi64_epi32(tot[r][v]));
+  for (int r = 0; r < MR_; r++) {
+    __m512i acc = _mm512_castsi256_si512(_mm512_cvtepi64_epi32(tot[r][0]));
+    if (NV_ == 2) acc = _mm512_inserti64x4(acc, _mm512_cvtepi64_epi32(tot[r][1]), 1);
+    epi_row16(g, m + r, nb * QV_BS_NB, cols, acc);
+  }
 }
 
-#define BS_TILE_CASE(R, V) bs_tile(g, m, nb, R, V, tile)
+#define BS_TILE_CASE(R, V) bs_tile(g, m, nb, R, V, cols)
 
 QV_TARGET_AVX512 void qv_bs_block_avx512(const qv_gemm_ctx *g, int64_t m0, int64_t m1, int64_t nb0, int64_t nb1) {
-  int32_t tile[MR * 16];
   for (int64_t nb = nb0; nb < nb1; nb += 2) {
     const int nv = nb + 1 < nb1 ? 2 : 1;
     const int64_t n0 = nb * QV_BS_NB;
@@ -76,7 +99,6 @@ QV_TARGET_AVX512 void qv_bs_block_avx512(const qv_gemm_ctx *g, int64_t m0, int64
           default: BS_TILE_CASE(1, 1); break;
         }
       }
-      qv_epilogue_avx512(g, tile, 16, m, rows, n0, cols);
     }
   }
 }
@@ -84,7 +106,7 @@ QV_TARGET_AVX512 void qv_bs_block_avx512(const qv_gemm_ctx *g, int64_t m0, int64
 /* int8 tile: MR_ rows x NV_ blocks of 16 outputs; VPDPBUSD multiplies 4 unsigned A bytes
  * (broadcast) by 4 signed B bytes per lane and adds into int32 without saturation. */
 QV_INLINE QV_TARGET_AVX512 void i8_tile(const qv_gemm_ctx *g, int64_t m, int64_t nb, const int MR_, const int NV_,
-                                        int32_t *tile /* [MR][32] */) {
+                                        int cols) {
   const int64_t kq = g->kw;
   __m512i acc[MR][2];
   for (int r = 0; r < MR_; r++)
@@ -103,13 +125,13 @@ QV_INLINE QV_TARGET_AVX512 void i8_tile(const qv_gemm_ctx *g, int64_t m, int64_t
     }
   }
   for (int r = 0; r < MR_; r++)
-    for (int v = 0; v < NV_; v++) _mm512_storeu_si512(tile + r * 32 + v * 16, acc[r][v]);
+    for (int v = 0; v < NV_; v++)
+      if (cols > 16 * v) epi_row16(g, m + r, (nb + v) * QV_I8_NB, cols - 16 * v, acc[r][v]);
 }
 
-#define I8_TILE_CASE(R, V) i8_tile(g, m, nb, R, V, tile)
+#define I8_TILE_CASE(R, V) i8_tile(g, m, nb, R, V, cols)
 
 QV_TARGET_AVX512 void qv_i8_block_avx512(const qv_gemm_ctx *g, int64_t m0, int64_t m1, int64_t nb0, int64_t nb1) {
-  int32_t tile[MR * 32];
   for (int64_t nb = nb0; nb < nb1; nb += 2) {
     const int nv = nb + 1 < nb1 ? 2 : 1;
     const int64_t n0 = nb * QV_I8_NB;
@@ -131,7 +153,6 @@ QV_TARGET_AVX512 void qv_i8_block_avx512(const qv_gemm_ctx *g, int64_t m0, int64
           default: I8_TILE_CASE(1, 1); break;
         }
       }
-      qv_epilogue_avx512(g, tile, 32, m, rows, n0, cols);
     }
   }
 }
@@ -146,32 +167,4 @@ QV_TARGET_AVX512 void qv_packrow_avx512(const uint8_t *codes, int64_t k, int bit
   }
 }
 
-/* Same float order as qv_epilogue_scalar: y = (float)acc * scale + bias, q = rint(y / step) + zp. */
-QV_TARGET_AVX512 void qv_epilogue_avx512(const qv_gemm_ctx *g, const int32_t *tile, int ldt, int64_t m0, int rows,
-                                         int64_t n0, int cols) {
-  const qv_epilogue *ep = g->ep;
-  const int want_y = ep->out_f || ep->out_q;
-  const __m512 step = _mm512_set1_ps(ep->q_step), zp = _mm512_set1_ps((float)ep->q_zp);
-  const __m512 qmax = _mm512_set1_ps((float)((1 << ep->q_bits) - 1)), zero = _mm512_setzero_ps();
-  for (int r = 0; r < rows; r++) {
-    const int64_t m = m0 + r, o = m * ep->ldo + n0;
-    const __m512i rc = _mm512_set1_epi32(g->rc[m]);
-    for (int c = 0; c < cols; c += 16) {
-      const __mmask16 k = cols - c >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (cols - c)) - 1);
-      __m512i acc = _mm512_maskz_loadu_epi32(k, tile + r * ldt + c);
-      acc = _mm512_add_epi32(_mm512_add_epi32(acc, rc), _mm512_maskz_loadu_epi32(k, g->cc + n0 + c));
-      if (ep->out_i) _mm512_mask_storeu_epi32(ep->out_i + o + c, k, acc);
-      if (!want_y) continue;
-      __m512 s = ep->scale ? _mm512_maskz_loadu_ps(k, ep->scale + n0 + c) : _mm512_set1_ps(ep->scale0);
-      __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), s);
-      if (ep->bias) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(k, ep->bias + n0 + c));
-      if (ep->out_f) _mm512_mask_storeu_ps(ep->out_f + o + c, k, y);
-      if (ep->out_q) {
-        __m512 q = _mm512_roundscale_ps(_mm512_div_ps(y, step), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        q = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(q, zp), zero), qmax);  /* max(NaN, 0) = 0 */
-        _mm_mask_storeu_epi8(ep->out_q + o + c, k, _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(q)));
-      }
-    }
-  }
-}
 #endif

@@ -1,0 +1,232 @@
+"""`make bench-kernels`: the native low-bit GEMMs on DeiT-T / DeiT-S shapes against PyTorch FP32
+and ONNX Runtime int8 (MatMulInteger), measured in the same run, interleaved.
+
+    python -m qvit_edge.bench_kernels [--threads 1 2] [--repeat 15] [--models deit_tiny deit_small]
+                                      [--out docs/bench-kernels-results.md]
+
+Every candidate of one shape is timed round-robin (one call each, `repeat` rounds) so load from
+other processes hits all of them alike; the tables give medians. Weights are packed once ahead
+of time; activations (and both operands of the attention matmuls) are packed inside every
+timed call, and for bit-serial that cost is included. Needs torch and onnxruntime (the
+[train] extra) for the peers.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+from . import kernels as K
+from . import quant
+
+MODELS = {  # name: (embed dim, heads, mlp ratio); M = 197 tokens (224 px, patch 16, cls)
+    "deit_tiny": (192, 3, 4),
+    "deit_small": (384, 6, 4),
+}
+TOKENS = 197
+BITS = [1, 2, 3, 4, 8]
+
+
+def shapes(model: str):
+    d, h, r = MODELS[model]
+    hd = d // h
+    return [  # (layer, kind, M, N, K, batch)
+        ("qkv", "linear", TOKENS, 3 * d, d, 1),
+        ("proj", "linear", TOKENS, d, d, 1),
+        ("fc1", "linear", TOKENS, r * d, d, 1),
+        ("fc2", "linear", TOKENS, d, r * d, 1),
+        ("q@k^T", "attn", TOKENS, TOKENS, hd, h),
+        ("attn@v", "attn", TOKENS, hd, TOKENS, h),
+    ]
+
+
+# ---- peers -----------------------------------------------------------------------------------------
+def torch_fp32(kind, m, n, k, batch, threads, rng):
+    import torch
+    torch.set_num_threads(threads)
+    if kind == "linear":
+        x = torch.from_numpy(rng.standard_normal((m, k), np.float32))
+        wt = torch.from_numpy(rng.standard_normal((n, k), np.float32)).t().contiguous()  # [K, N], prepared once
+        return lambda: torch.matmul(x, wt)
+    x = torch.from_numpy(rng.standard_normal((batch, m, k), np.float32))
+    y = torch.from_numpy(rng.standard_normal((batch, k, n), np.float32))
+    return lambda: torch.matmul(x, y)
+
+
+def ort_int8(kind, m, n, k, batch, threads, rng):
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    if kind == "linear":
+        a = rng.integers(0, 256, (m, k), np.uint8)
+        w = rng.integers(-128, 128, (k, n), np.int8)
+        nodes = [helper.make_node("MatMulInteger", ["a", "w", "za"], ["y"])]
+        inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array(3, np.uint8), "za")]
+        inputs = [helper.make_tensor_value_info("a", TensorProto.UINT8, [m, k])]
+        feed = {"a": a}
+        out = [helper.make_tensor_value_info("y", TensorProto.INT32, [m, n])]
+    else:
+        a = rng.integers(0, 256, (batch, m, k), np.uint8)
+        b = rng.integers(0, 256, (batch, k, n), np.uint8)
+        nodes = [helper.make_node("MatMulInteger", ["a", "b", "za", "zb"], ["y"])]
+        inits = [numpy_helper.from_array(np.array(3, np.uint8), "za"),
+                 numpy_helper.from_array(np.array(5, np.uint8), "zb")]
+        inputs = [helper.make_tensor_value_info("a", TensorProto.UINT8, [batch, m, k]),
+                  helper.make_tensor_value_info("b", TensorProto.UINT8, [batch, k, n])]
+        feed = {"a": a, "b": b}
+        out = [helper.make_tensor_value_info("y", TensorProto.INT32, [batch, m, n])]
+    graph = helper.make_graph(nodes, "mmi", inputs, out, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return lambda: sess.run(None, feed)
+
+
+def ours(kind, m, n, k, batch, bits, engine, rng):
+    if kind == "linear":
+        a = rng.integers(0, 1 << bits, (m, k)).astype(np.uint8)
+        w = rng.choice(quant.weight_levels(bits), (n, k)).astype(np.int8)
+        pw = K.pack_b(w, bits, True, engine)  # ahead of time, not timed
+        return lambda: K.gemm(a, bits, 1, pw, check=False)
+    a = rng.integers(0, 1 << bits, (batch, m, k)).astype(np.uint8)
+    b = rng.integers(0, 1 << bits, (batch, n, k)).astype(np.uint8)
+    za = np.ones(batch, np.int32)
+    return lambda: K.matmul_act(a, za, b, za, bits, engine=engine, check=False)
+
+
+# ---- timing ------------------------------------------------------------------------------------------
+def interleaved_medians(fns: dict, repeat: int) -> dict:
+    for f in fns.values():  # warm up: first-call allocations, ORT/torch lazy init
+        f()
+        f()
+    times = {name: [] for name in fns}
+    for _ in range(repeat):
+        for name, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            times[name].append(time.perf_counter() - t0)
+    return {name: float(np.median(ts)) for name, ts in times.items()}
+
+
+def bench(models, threads_list, repeat, seed=0):
+    rng = np.random.default_rng(seed)
+    path = K.get_path()
+    peak = max(float(K.lib.qv_popcount_peak(K.PATH_NAMES.index(path), 0.3)) for _ in range(3))
+    rows = []
+    for threads in threads_list:
+        K.set_threads(threads)
+        for model in models:
+            for layer, kind, m, n, k, batch in shapes(model):
+                fns = {"torch_fp32": torch_fp32(kind, m, n, k, batch, threads, rng),
+                       "ort_int8": ort_int8(kind, m, n, k, batch, threads, rng)}
+                for bits in BITS:
+                    for engine in K.ENGINES:
+                        if bits == 8 and engine == "bitserial":
+                            continue  # 64 plane pairs: never competitive, int8 is exact at 8 bits
+                        fns[f"{engine}_w{bits}a{bits}"] = ours(kind, m, n, k, batch, bits, engine, rng)
+                med = interleaved_medians(fns, repeat)
+                rows.append(dict(threads=threads, model=model, layer=layer, m=m, n=n, k=k, batch=batch, times=med))
+                print(f"  {threads}t {model:10s} {layer:7s} done", file=sys.stderr)
+    K.set_threads(1)
+    return path, peak, rows
+
+
+# ---- report ------------------------------------------------------------------------------------------
+def macs(r):
+    return r["m"] * r["n"] * r["k"] * r["batch"]
+
+
+def report(path, peak, rows, repeat) -> str:
+    out = []
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    out.append(f"- CPU: {platform.processor() or platform.machine()}, kernel path `{path}`; "
+               f"median of {repeat} interleaved rounds; load average at the end: "
+               f"{', '.join(f'{x:.2f}' for x in load) if load else 'n/a'}")
+    out.append(f"- popcount peak (AND + popcount + accumulate, registers only, 1 thread): "
+               f"{peak / 1e9:.0f} G binary MAC/s")
+    out.append("")
+    for threads in sorted({r["threads"] for r in rows}):
+        out.append(f"### {threads} thread{'s' if threads > 1 else ''}: speed-up over PyTorch FP32 "
+                   "(time of FP32 / time of candidate; higher is better)")
+        out.append("")
+        cols = ["ort_int8"] + [f"{e}_w{b}a{b}" for b in BITS for e in K.ENGINES if not (b == 8 and e == "bitserial")]
+        short = {"ort_int8": "ORT int8"} | {f"{e}_w{b}a{b}": f"{'bs' if e == 'bitserial' else 'i8'} {b}b"
+                                              for b in BITS for e in K.ENGINES}
+        out.append("| model | layer | M×N×K (×heads) | FP32 µs | " + " | ".join(short[c] for c in cols) + " |")
+        out.append("|---|---|---|---:|" + "---:|" * len(cols))
+        for r in (r for r in rows if r["threads"] == threads):
+            t = r["times"]
+            dims = f"{r['m']}×{r['n']}×{r['k']}" + (f" ×{r['batch']}" if r["batch"] > 1 else "")
+            cells = [f"{t['torch_fp32'] / t[c]:.1f}" for c in cols]
+            out.append(f"| {r['model']} | {r['layer']} | {dims} | {t['torch_fp32'] * 1e6:.0f} | " + " | ".join(cells) + " |")
+        out.append("")
+        out.append(f"### {threads} thread{'s' if threads > 1 else ''}: median µs, effective GOPS (2·M·N·K / time), "
+                   "bit-serial as % of the popcount peak (bit-MACs = M·N·K·b², per thread)")
+        out.append("")
+        out.append("| model | layer | candidate | µs | GOPS | % popcount peak |")
+        out.append("|---|---|---|---:|---:|---:|")
+        for r in (r for r in rows if r["threads"] == threads):
+            for c, t in r["times"].items():
+                gops = 2 * macs(r) / t / 1e9
+                pk = ""
+                if c.startswith("bitserial"):
+                    b = int(c.split("a")[-1])
+                    pk = f"{100 * macs(r) * b * b / t / (peak * threads):.0f}"
+                out.append(f"| {r['model']} | {r['layer']} | {c} | {t * 1e6:.0f} | {gops:.0f} | {pk} |")
+        out.append("")
+    out.append("### Targets (DeiT-S, 1 thread, all six GEMMs of a block summed, packing included)")
+    out.append("")
+    out.append("| bits | FP32 µs | bit-serial µs | int8 µs | best exact path | speed-up | target |")
+    out.append("|---|---:|---:|---:|---|---:|---|")
+    targets = {1: 10.0, 2: 4.0, 4: 2.0}
+    s1 = [r for r in rows if r["threads"] == min(r["threads"] for r in rows) and r["model"] == "deit_small"]
+    if s1:
+        fp = sum(r["times"]["torch_fp32"] for r in s1)
+        for b in BITS:
+            i8 = sum(r["times"][f"int8_w{b}a{b}"] for r in s1)
+            bs = sum(r["times"][f"bitserial_w{b}a{b}"] for r in s1) if b != 8 else float("inf")
+            best, tb = ("bit-serial", bs) if bs < i8 else ("int8", i8)
+            tgt = f"≥ {targets[b]:.0f}× ({'met' if fp / tb >= targets[b] else 'NOT met'})" if b in targets else ""
+            bs_s = f"{bs * 1e6:.0f}" if b != 8 else "-"
+            out.append(f"| W{b}A{b} | {fp * 1e6:.0f} | {bs_s} | {i8 * 1e6:.0f} | {best} | {fp / tb:.1f}× | {tgt} |")
+    out.append("")
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m qvit_edge.bench_kernels", description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--repeat", type=int, default=15)
+    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--path", default="auto", help="force a kernel path (scalar, avx2, avx512, neon, neon_dot)")
+    ap.add_argument("--out", help="also write the markdown tables to this file")
+    args = ap.parse_args(argv)
+    try:
+        import onnxruntime  # noqa: F401
+        import torch  # noqa: F401
+    except ImportError as e:
+        print(f"bench-kernels: needs torch and onnxruntime for the peers ({e}); pip install '.[train]'",
+              file=sys.stderr)
+        return 2
+    try:
+        K.set_path(args.path)
+    except ValueError as e:
+        print(f"bench-kernels: {e}", file=sys.stderr)
+        return 2
+    path, peak, rows = bench(args.models, args.threads, args.repeat)
+    text = report(path, peak, rows, args.repeat)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
