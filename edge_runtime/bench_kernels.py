@@ -50,7 +50,8 @@ def torch_fp32(kind, m, n, k, batch, threads, rng):
     torch.set_num_threads(threads)
     if kind == "linear":
         x = torch.from_numpy(rng.standard_normal((m, k), np.float32))
-        wt = torch.from_numpy(rng.standard_normal((n, k), np.float32)).t().contiguous()  # [K, N], prepared once
+        # weight as [K, N], prepared once
+        wt = torch.from_numpy(rng.standard_normal((n, k), np.float32)).t().contiguous()
         return lambda: torch.matmul(x, wt)
     x = torch.from_numpy(rng.standard_normal((batch, m, k), np.float32))
     y = torch.from_numpy(rng.standard_normal((batch, k, n), np.float32))
@@ -58,7 +59,6 @@ def torch_fp32(kind, m, n, k, batch, threads, rng):
 
 
 def ort_int8(kind, m, n, k, batch, threads, rng):
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
     if kind == "linear":
@@ -131,7 +131,8 @@ def bench(models, threads_list, repeat, seed=0):
                             continue  # 64 plane pairs: never competitive, int8 is exact at 8 bits
                         fns[f"{engine}_w{bits}a{bits}"] = ours(kind, m, n, k, batch, bits, engine, rng)
                 med = interleaved_medians(fns, repeat)
-                rows.append(dict(threads=threads, model=model, layer=layer, m=m, n=n, k=k, batch=batch, times=med))
+                rows.append(dict(threads=threads, model=model, layer=layer, m=m, n=n, k=k, batch=batch,
+                                 times=med))
                 print(f"  {threads}t {model:10s} {layer:7s} done", file=sys.stderr)
     K.set_threads(1)
     return path, peak, rows
@@ -155,19 +156,23 @@ def report(path, peak, rows, repeat) -> str:
         out.append(f"### {threads} thread{'s' if threads > 1 else ''}: speed-up over PyTorch FP32 "
                    "(time of FP32 / time of candidate; higher is better)")
         out.append("")
-        cols = ["ort_int8"] + [f"{e}_w{b}a{b}" for b in BITS for e in K.ENGINES if not (b == 8 and e == "bitserial")]
+        cols = ["ort_int8"] + [f"{e}_w{b}a{b}" for b in BITS for e in K.ENGINES
+                               if not (b == 8 and e == "bitserial")]
         short = {"ort_int8": "ORT int8"} | {f"{e}_w{b}a{b}": f"{'bs' if e == 'bitserial' else 'i8'} {b}b"
                                               for b in BITS for e in K.ENGINES}
-        out.append("| model | layer | M×N×K (×heads) | FP32 µs | " + " | ".join(short[c] for c in cols) + " |")
+        head = " | ".join(short[c] for c in cols)
+        out.append(f"| model | layer | M×N×K (×heads) | FP32 µs | {head} |")
         out.append("|---|---|---|---:|" + "---:|" * len(cols))
         for r in (r for r in rows if r["threads"] == threads):
             t = r["times"]
             dims = f"{r['m']}×{r['n']}×{r['k']}" + (f" ×{r['batch']}" if r["batch"] > 1 else "")
             cells = [f"{t['torch_fp32'] / t[c]:.1f}" for c in cols]
-            out.append(f"| {r['model']} | {r['layer']} | {dims} | {t['torch_fp32'] * 1e6:.0f} | " + " | ".join(cells) + " |")
+            fp = t["torch_fp32"] * 1e6
+            out.append(f"| {r['model']} | {r['layer']} | {dims} | {fp:.0f} | " + " | ".join(cells) + " |")
         out.append("")
-        out.append(f"### {threads} thread{'s' if threads > 1 else ''}: median µs, effective GOPS (2·M·N·K / time), "
-                   "bit-serial as % of the popcount peak (bit-MACs = M·N·K·b², per thread)")
+        out.append(f"### {threads} thread{'s' if threads > 1 else ''}: median µs, "
+                   "effective GOPS (2·M·N·K / time), bit-serial as % of the popcount peak "
+                   "(bit-MACs = M·N·K·b², per thread)")
         out.append("")
         out.append("| model | layer | candidate | µs | GOPS | % popcount peak |")
         out.append("|---|---|---|---:|---:|---:|")
@@ -192,19 +197,24 @@ def report(path, peak, rows, repeat) -> str:
             i8 = sum(r["times"][f"int8_w{b}a{b}"] for r in s1)
             bs = sum(r["times"][f"bitserial_w{b}a{b}"] for r in s1) if b != 8 else float("inf")
             best, tb = ("bit-serial", bs) if bs < i8 else ("int8", i8)
-            tgt = f"≥ {targets[b]:.0f}× ({'met' if fp / tb >= targets[b] else 'NOT met'})" if b in targets else ""
+            tgt = ""
+            if b in targets:
+                tgt = f"≥ {targets[b]:.0f}× ({'met' if fp / tb >= targets[b] else 'NOT met'})"
             bs_s = f"{bs * 1e6:.0f}" if b != 8 else "-"
-            out.append(f"| W{b}A{b} | {fp * 1e6:.0f} | {bs_s} | {i8 * 1e6:.0f} | {best} | {fp / tb:.1f}× | {tgt} |")
+            out.append(f"| W{b}A{b} | {fp * 1e6:.0f} | {bs_s} | {i8 * 1e6:.0f} | {best} "
+                       f"| {fp / tb:.1f}× | {tgt} |")
     out.append("")
     return "\n".join(out)
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m qvit_edge.bench_kernels", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m qvit_edge.bench_kernels",
+                                 description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--repeat", type=int, default=15)
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    ap.add_argument("--path", default="auto", help="force a kernel path (scalar, avx2, avx512, neon, neon_dot)")
+    ap.add_argument("--path", default="auto",
+                    help="force a kernel path (scalar, avx2, avx512, neon, neon_dot)")
     ap.add_argument("--out", help="also write the markdown tables to this file")
     args = ap.parse_args(argv)
     try:
