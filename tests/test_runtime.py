@@ -26,7 +26,7 @@ HOST = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "a
 
 def _edge(*args, python=sys.executable, timeout=300):
     r = subprocess.run([python, "-m", "qvit_edge", *args], capture_output=True, text=True, timeout=timeout,
-                       cwd=ROOT, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+                       cwd=ROOT)
     return r
 
 
