@@ -112,3 +112,15 @@ def test_ablation_baseline_needs_no_teacher_and_dgd_needs_one():
     assert set(parts) == {"logits", "ce"}
     with pytest.raises(ValueError):
         DistillationLoss(DistillConfig("none", dgd=1.0))
+
+
+def test_soft_distillation_is_kl_at_temperature():
+    torch.manual_seed(0)
+    x, y = torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))
+    teacher = create_model("deit_tiny_patch4_28", **TINY)
+    student = create_model("qvit_deit_tiny_patch4_28", bits=4, **TINY).eval()
+    loss, _ = DistillationLoss(DistillConfig("soft", alpha=0.3, tau=2.0, dgd=0.0), teacher)(student, x, y)
+    with torch.no_grad():
+        s, t = student(x), teacher(x)
+    kl = F.kl_div(F.log_softmax(s / 2, -1), F.softmax(t / 2, -1), reduction="batchmean") * 4
+    torch.testing.assert_close(loss.detach(), 0.7 * F.cross_entropy(s, y) + 0.3 * kl)
