@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 
-from . import __version__, lower, package, targets
+from . import __version__, lower, memory, package, targets
 
 
 def model_meta(model) -> dict:
@@ -17,15 +17,21 @@ def model_meta(model) -> dict:
     }
 
 
-def compile_model(model, arch: str, out_path: str, mcpu: str | None = None, progress=print) -> dict:
-    """Lower, build with TVM and link `out_path`. Returns the model.so metadata."""
+def compile_model(model, arch: str, out_path: str, mcpu: str | None = None, progress=print,
+                  keep_intermediates: bool = False) -> dict:
+    """Lower, build with TVM and link `out_path`. Returns the model.so metadata.
+    keep_intermediates: every activation gets its own memory (for layer-by-layer checks) instead
+    of the shared arena."""
     t = targets.get(arch, mcpu)
     targets.check_compiler(t)
     t0 = time.time()
     bits = model.config["bits"]
     progress(f"qvit_compile: {model.config['arch']} W{bits['weight']}A{bits['act']} -> {out_path} ({arch})")
     plan = lower.lower(model, arch)
-    progress(f"  lowered: {len(plan.steps)} steps, {len(plan.kernels)} distinct kernels")
+    arena = 0 if keep_intermediates else memory.plan_arena(plan.tensors, plan.steps)
+    progress(f"  lowered: {len(plan.steps)} steps, {len(plan.kernels)} distinct kernels, "
+             f"activation arena {arena / 1e6:.1f} MB" if arena else
+             f"  lowered: {len(plan.steps)} steps, {len(plan.kernels)} distinct kernels")
     meta = package.build(plan, model_meta(model), t, out_path, progress)
     progress(f"  done in {time.time() - t0:.1f} s")
     return meta

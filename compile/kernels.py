@@ -17,10 +17,22 @@ from tvm import te, tirx
 WORD = 64  # bits per packed word
 U64 = "uint64"
 NV = 16  # output channels per weight-panel (vector lanes of the GEMM)
+MTILE = 4  # activation rows per GEMM tile; activation planes are padded to a multiple (zero rows)
+
+
+def rows_padded(m: int) -> int:
+    return -(-m // MTILE) * MTILE
+
+
+def linear_words(k: int) -> int:
+    """Packed words per row in the linear-layer GEMM: at least 2 (zero padded). With a single word
+    TVM 0.27 miscompiled the 1-bit-weight tile (wrong sums, found by tests/test_compile.py)."""
+    return max(2, words(k))
 
 
 def words(k: int) -> int:
     return (k + WORD - 1) // WORD
+
 
 
 def _code(x, step, zp, bits):
@@ -30,9 +42,9 @@ def _code(x, step, zp, bits):
     return q.astype("int32")
 
 
-def _pack(shape_lead, nbits, k_len, code_fn, name):
+def _pack(shape_lead, nbits, k_len, code_fn, name, kw=None):
     """Pack codes code_fn(*lead, k) (int32, k < k_len) into planes [nbits, *lead, KW] of uint64."""
-    kw = words(k_len)
+    kw = kw or words(k_len)
     t = te.reduce_axis((0, WORD), name="t")
 
     def bit(i, lead, w):
@@ -55,8 +67,8 @@ def _code_sum(shape_lead, k_len, code_fn, name):
 # ---------------------------------------------------------------------------------------------- #
 
 def pack_act(m: int, k: int, bits: int, ln_eps: float | None = None):
-    """x [M, K] float -> activation planes [bits, M, KW]. With ln_eps, a LayerNorm (weight, bias) runs
-    first and its float output never hits memory (LayerNorm -> quantize -> pack fused)."""
+    """x [M, K] float -> activation planes [bits, Mpad, KW] (rows >= M are 0). With ln_eps, a LayerNorm
+    (weight, bias) runs first and its float output never hits memory (LayerNorm -> quantize -> pack)."""
     x = te.placeholder((m, k), "float32", name="x")
     step = te.placeholder((1,), "float32", name="a_step")
     zp = te.placeholder((1,), "int32", name="a_zp")
@@ -67,35 +79,47 @@ def pack_act(m: int, k: int, bits: int, ln_eps: float | None = None):
         b = te.placeholder((k,), "float32", name="ln_b")
         ins += [g, b]
         src = _layernorm(x, g, b, ln_eps)
-    planes = _pack((m,), bits, k, lambda r, kk: _code(src[r, kk], step[0], zp[0], bits), "planes")
+    codes = te.compute((m, k), lambda r, kk: _code(src[r, kk], step[0], zp[0], bits), name="codes")
+    mp = rows_padded(m)
+    planes = _pack((mp,), bits, k, lambda r, kk: tirx.if_then_else(r < m, codes[tirx.min(r, m - 1), kk], 0),
+                   "planes", linear_words(k))
     return ins + [step, zp], [planes]
 
 
 def bitserial_linear(m: int, n: int, k: int, a_bits: int, w_bits: int, epilogue: str = "none",
                      gelu_clip: float | None = None):
-    """planes [ab, M, KW] x weight panels [N/NV, wb, KW, NV] -> y [M, N] float32.
+    """planes [ab, Mpad, KW] x weight panels [N/NV, wb, KW, NV] -> y [M, N] float32.
     y = scale[n] * (acc - corr[n]) + bias[n], corr[n] = z_a * sum_k w[n, k] (precomputed), then the
     epilogue: "gelu" (erf GELU, optional clip) or "add" (residual: + r[m, n])."""
-    kw, npad = words(k), -(-n // NV) * NV
-    ap = te.placeholder((a_bits, m, kw), U64, name="planes")
+    kw, npad, mp = linear_words(k), -(-n // NV) * NV, rows_padded(m)
+    ap = te.placeholder((a_bits, mp, kw), U64, name="planes")
     wp = te.placeholder((npad // NV, w_bits, kw, NV), U64, name="wpanel")
     scale = te.placeholder((n,), "float32", name="scale")
     corr = te.placeholder((n,), "int32", name="corr")
     bias = te.placeholder((n,), "float32", name="bias")
+    # part[i, j, m, n] = sum_w popcount(A_i & W_j) accumulates in uint64 lanes (and, popcount, add per
+    # 512 bits); the plane weights 2^(i+j) and the sign plane apply once per output, not per word.
+    w = te.reduce_axis((0, kw), name="w")
+    part = te.compute((a_bits, w_bits, mp, npad), lambda i, j, r, c: te.sum(
+        tirx.popcount(ap[i, r, w] & wp[c // NV, j, w, c % NV]), axis=w), name="part")
     i = te.reduce_axis((0, a_bits), name="i")
     j = te.reduce_axis((0, w_bits), name="j")
-    w = te.reduce_axis((0, kw), name="w")
-
-    def term(i, j, a, b):
-        pc = tirx.popcount(a & b).astype("int32")
-        if w_bits == 1:  # {-1,+1} stored as bit (w+1)/2: a*w = 2 a*bit - a (popcount(a) is loop-invariant)
-            return ((pc << 1) - tirx.popcount(a).astype("int32")) << i
-        c = pc << (i + j)
-        return tirx.if_then_else(j == w_bits - 1, -c, c)  # two's complement sign plane
-
-    acc = te.compute((m, npad), lambda r, c: te.sum(term(i, j, ap[i, r, w], wp[c // NV, j, w, c % NV]),
-                                                    axis=[i, j, w]), name="acc")
     ins = [ap, wp, scale, corr, bias]
+    if w_bits == 1:  # {-1,+1} stored as bit (w+1)/2: a*w = 2 a*bit - a
+        if kw == 1:  # (a one-step reduction block computed at the tile gave wrong sums: keep it spatial)
+            apc = te.compute((a_bits, mp), lambda i, r: tirx.popcount(ap[i, r, 0]), name="apc")
+        else:
+            w2 = te.reduce_axis((0, kw), name="w2")
+            apc = te.compute((a_bits, mp), lambda i, r: te.sum(tirx.popcount(ap[i, r, w2]), axis=w2),
+                             name="apc")
+        acc = te.compute((mp, npad), lambda r, c: te.sum(
+            ((part[i, 0, r, c] << tirx.const(1, U64)) - apc[i, r]).astype("int32") << i, axis=[i]),
+            name="acc")
+    else:
+        def term(i, j, r, c):
+            v = part[i, j, r, c].astype("int32") << (i + j)
+            return tirx.if_then_else(j == w_bits - 1, -v, v)  # two's complement sign plane
+        acc = te.compute((mp, npad), lambda r, c: te.sum(term(i, j, r, c), axis=[i, j]), name="acc")
 
     def total(r, c):
         return acc[r, c] - corr[c]
@@ -268,7 +292,7 @@ def attn_scores(bp: int, t: int, heads: int, d: int, bits: int, scale: float, n_
     s = te.compute((bp, heads, t, t), s_val, name="s")
     c1 = te.reduce_axis((0, t), name="c1")
     mx = te.compute((bp, heads, t), lambda b, h, r: te.max(s[b, h, r, c1], axis=c1), name="mx")
-    e = te.compute((bp, heads, t, t), lambda b, h, r, c: tirx.exp(s[b, h, r, c] - mx[b, h, r]), name="e")
+    e = te.compute((bp, heads, t, t), lambda b, h, r, c: _exp(s[b, h, r, c] - mx[b, h, r]), name="e")
     c2 = te.reduce_axis((0, t), name="c2")
     den = te.compute((bp, heads, t), lambda b, h, r: te.sum(e[b, h, r, c2], axis=c2), name="den")
     pc = te.compute((bp, heads, t, t), lambda b, h, r, c: _code(e[b, h, r, c] / den[b, h, r], p_step[h],
@@ -323,9 +347,41 @@ def _layernorm(x, g, b, eps):
                       * g[r[-1]] + b[r[-1]], name="ln")
 
 
+def _exp(x):
+    """float32 exp by Cody-Waite range reduction and Cephes' degree-7 polynomial (<= 1 ulp of libm's
+    expf for softmax inputs, which are <= 0): vectorizes, where tirx.exp is one libm call each."""
+    f = lambda v: tirx.const(v, "float32")  # noqa: E731
+    x = tirx.max(tirx.min(x, f(88.3762626647949)), f(-87.3365478515625))
+    n = tirx.floor(x * f(1.44269504088896341) + f(0.5))
+    r = x - n * f(0.693359375) - n * f(-2.12194440e-4)
+    p = f(1.9875691500e-4)
+    for c in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
+        p = p * r + f(c)
+    p = p * r * r + r + f(1.0)
+    two_n = tirx.reinterpret("float32", (n.astype("int32") + 127) << 23)
+    return p * two_n
+
+
+def _erf(x):
+    """float32 erf as a rational polynomial (Eigen's / TVM topi's fast_erf, a few ulp): vectorizes,
+    where tirx.erf becomes one libm call per element."""
+    f = lambda v: tirx.const(v, "float32")  # noqa: E731
+    x = tirx.max(tirx.min(x, f(4.0)), f(-4.0))
+    x2 = x * x
+    p = x2 * f(-2.72614225801306e-10) + f(2.77068142495902e-08)
+    for a in (-2.10102402082508e-06, -5.69250639462346e-05, -7.34990630326855e-04, -2.95459980854025e-03,
+              -1.60960333262415e-02):
+        p = x2 * p + f(a)
+    p = x * p
+    q = x2 * f(-1.45660718464996e-05) + f(-2.13374055278905e-04)
+    for b in (-1.68282697438203e-03, -7.37332916720468e-03, -1.42647390514189e-02):
+        q = x2 * q + f(b)
+    return p / q
+
+
 def _gelu(v, clip):
     half, one = tirx.const(0.5, "float32"), tirx.const(1.0, "float32")
-    g = v * half * (one + tirx.erf(v * tirx.const(0.7071067811865476, "float32")))
+    g = v * half * (one + _erf(v * tirx.const(0.7071067811865476, "float32")))
     if clip is not None:
         g = tirx.max(tirx.min(g, tirx.const(clip, "float32")), tirx.const(-clip, "float32"))
     return g

@@ -188,7 +188,7 @@ class Lowering:
             res = [p.view(self._residual, (m, n))]
         clip_v = None if clip is None else float(clip)
         if ab <= BITSERIAL_MAX_BITS and wb <= BITSERIAL_MAX_BITS:
-            planes = p.act(f"{op['out']}.planes", (ab, m, K.words(k)), "uint64")
+            planes = p.act(f"{op['out']}.planes", (ab, K.rows_padded(m), K.linear_words(k)), "uint64")
             kid = self._generic(("pack", m, k, ab, eps), "pack", K.pack_act, m, k, ab, eps)
             p.step(kid, kind, [x2, *ln_args, a_step, a_zp, planes], op["out"])
             panel = p.const(f"{name}.wpanel", packing.weight_panel(wt, wb))

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from .kernels import NV, WORD, words
+from .kernels import NV, WORD, linear_words, words
 
 
-def bit_planes(codes: np.ndarray, bits: int) -> np.ndarray:
+def bit_planes(codes: np.ndarray, bits: int, kw: int | None = None) -> np.ndarray:
     """Unsigned bit patterns [R, K] -> planes [bits, R, KW] uint64 (padding bits 0)."""
     codes = np.asarray(codes, np.int64)
     r, k = codes.shape
-    kw = words(k)
+    kw = kw or words(k)
     out = np.zeros((bits, r, kw), np.uint64)
     for i in range(bits):
         b = ((codes >> i) & 1).astype(np.uint8)
@@ -35,7 +35,7 @@ def weight_bits(w: np.ndarray, bits: int) -> np.ndarray:
 
 def weight_panel(w: np.ndarray, bits: int) -> np.ndarray:
     """Signed codes [N, K] -> panels [ceil(N / NV), bits, KW, NV] uint64 (padded channels are 0)."""
-    planes = bit_planes(weight_bits(w, bits), bits)  # [bits, N, KW]
+    planes = bit_planes(weight_bits(w, bits), bits, linear_words(w.shape[1]))  # [bits, N, KW]
     n, kw = planes.shape[1], planes.shape[2]
     npad = -(-n // NV) * NV
     full = np.zeros((bits, npad, kw), np.uint64)

@@ -25,8 +25,14 @@ def _is_reduction(sch, blk) -> bool:
     return any(iv.iter_type == 2 for iv in sch.get(blk).iter_vars)  # CommReduce
 
 
+# Stages computed once into a buffer rather than inlined: integer codes are read by every bit
+# plane of a pack (inlining would redo LayerNorm / exp per plane), exp() by the sum and the codes.
+MATERIALIZE = ("codes", "qc", "kc", "vc", "e", "pc")
+
+
 def auto_inline(sch, func_name: str, keep: tuple = ()) -> None:
     """Inline every spatial (non-reduction) intermediate stage into its consumers."""
+    keep = tuple(keep) + MATERIALIZE
     changed = True
     while changed:
         changed = False
@@ -78,22 +84,44 @@ def generic(func: tvm.tirx.PrimFunc, name: str, keep: tuple = ()) -> tvm.tirx.Pr
     return sch.mod[name]
 
 
-def bitserial_linear(func, name: str, m: int, n: int, target_kind: str, mtile: int = 4):
-    """Register tile mtile rows x NV output channels: broadcast one activation word, AND with NV
-    weight words, popcount, accumulate; the epilogue runs on the tile while it is in registers."""
+def bitserial_linear(func, name: str, m: int, n: int, target_kind: str, mtile: int = kernels.MTILE):
+    """Output tile mtile rows x NV channels: per (i, j) plane pair, broadcast one activation word, AND
+    with NV weight words, popcount, accumulate in uint64 lanes over K; then weigh the plane pair into
+    the int32 tile, and run the float epilogue on the tile while it is hot."""
     sch = s_tir.Schedule(tvm.IRModule({name: func}))
     auto_inline(sch, name)
     acc = sch.get_sblock("acc", func_name=name)
     y = sch.get_sblock("y", func_name=name)
-    r, c, i, j, w = sch.get_loops(acc)
+    part = sch.get_sblock("part", func_name=name)
+    loops = sch.get_loops(acc)
+    r, c, red = loops[0], loops[1], loops[2:]
     ro, ri = sch.split(r, factors=[None, mtile])
     co, ci = sch.split(c, factors=[None, kernels.NV])
-    sch.reorder(co, ro, i, j, w, ri, ci)
+    sch.reorder(co, ro, *red, ri, ci)
     fused = sch.fuse(co, ro)
     sch.parallel(fused)
+    sch.compute_at(part, red[-1])
+    pl = sch.get_loops(part)  # ..., r', c', w  (compute_at drops unit loops: i', j' and w when K <= 64)
+    kw = [int(iv.dom.extent) for iv in sch.get(part).iter_vars if iv.iter_type == 2][0]
+    if kw > 1:
+        sch.reorder(pl[-1], pl[-3], pl[-2])
+        r_in, c_in = pl[-3], pl[-2]
+    else:
+        r_in, c_in = pl[-2], pl[-1]
+    sch.unroll(r_in)
+    sch.vectorize(c_in)
+    try:  # 1-bit weights: popcounts of the activation planes, per tile row
+        sch.compute_at(sch.get_sblock("apc", func_name=name), fused)
+    except Exception:  # no such block for b >= 2 bit weights
+        pass
     sch.reverse_compute_at(y, fused)
     sch.vectorize(ci)
     sch.unroll(ri)
-    init = sch.decompose_reduction(acc, i)
+    for lp in red:
+        sch.unroll(lp)
+    if c_in != pl[-1]:
+        pinit = sch.decompose_reduction(part, pl[-1])
+        sch.vectorize(sch.get_loops(pinit)[-1])
+    init = sch.decompose_reduction(acc, red[0])
     sch.vectorize(sch.get_loops(init)[-1])
     return sch.mod[name]

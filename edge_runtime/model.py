@@ -128,6 +128,12 @@ class Model:
         self._arrays: dict[str, np.ndarray] = {}
         self._tensors = {}
         blob_addr = int(_ffi.cast("uintptr_t", self._lib.qvit_model_blob))
+        # Activations with an "arena" offset share one buffer (the compiler planned their lifetimes).
+        arena_bytes = max([int(np.prod(t["shape"])) * np.dtype(t["dtype"]).itemsize + int(t["arena"])
+                           for t in plan["tensors"].values() if "arena" in t], default=0)
+        self._arena = np.zeros(arena_bytes + 64, np.uint8)
+        arena_addr = -(-self._arena.ctypes.data // 64) * 64
+        arena_off = arena_addr - self._arena.ctypes.data
         for name, t in plan["tensors"].items():
             shape = tuple(int(s) for s in t["shape"])
             if "offset" in t:
@@ -135,7 +141,12 @@ class Model:
             elif "view" in t:  # the same bytes as another tensor, with another shape
                 data = self._tensors[t["view"]].data
             else:
-                arr = np.zeros(shape, t["dtype"])
+                if "arena" in t:
+                    o = arena_off + int(t["arena"])
+                    nbytes = int(np.prod(shape)) * np.dtype(t["dtype"]).itemsize
+                    arr = self._arena[o:o + nbytes].view(t["dtype"]).reshape(shape)
+                else:
+                    arr = np.zeros(shape, t["dtype"])
                 self._arrays[name] = arr
                 data = _ffi.cast("void *", arr.ctypes.data)
             code, bits = _dl_dtype(t["dtype"])

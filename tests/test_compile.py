@@ -24,11 +24,11 @@ def _t(a):
     return tvm.runtime.tensor(np.ascontiguousarray(a), DEV)
 
 
-@pytest.fixture(scope="module")
-def linear_kernels():
-    """One build with pack + bit-serial GEMM for every (a_bits, w_bits) in 1..4 (shapes with
-    ragged M, N and K so padding paths run)."""
-    m, n, k = 7, 21, 77
+@pytest.fixture(scope="module", params=[(7, 21, 77), (5, 16, 40)], ids=["k77", "k40"])
+def linear_kernels(request):
+    """One build with pack + bit-serial GEMM for every (a_bits, w_bits) in 1..4 (ragged M, N and K so
+    the padding paths run; K <= 64 is the single-word case)."""
+    m, n, k = request.param
     funcs = {}
     for ab in range(1, 5):
         name = f"pack{ab}"
@@ -52,9 +52,10 @@ def test_bitserial_linear_is_exact(linear_kernels, ab, wb):
     x = rng.normal(0, 1.5, (m, k)).astype(np.float32)
     w = rng.choice(quant.weight_levels(wb), size=(n, k)).astype(np.int8)
     codes = quant.quantize_act(x, step, zp, ab)
-    planes = _t(np.zeros((ab, m, K.words(k)), np.uint64))
+    planes = _t(np.zeros((ab, K.rows_padded(m), K.linear_words(k)), np.uint64))
     mod[f"pack{ab}"](_t(x), _t(np.array([step], np.float32)), _t(np.array([zp], np.int32)), planes)
-    np.testing.assert_array_equal(planes.numpy(), packing.bit_planes(codes, ab))
+    np.testing.assert_array_equal(planes.numpy()[:, :m], packing.bit_planes(codes, ab, K.linear_words(k)))
+    assert not planes.numpy()[:, m:].any()  # padded rows are zero
     y = _t(np.zeros((m, n), np.float32))
     ones, zeros = np.ones(n, np.float32), np.zeros(n, np.float32)
     mod[f"gemm{ab}{wb}"](planes, _t(packing.weight_panel(w, wb)), _t(ones),
@@ -113,8 +114,8 @@ def test_attention_kernels_are_exact():
 
 def test_weight_panel_layout():
     w = np.array([[-2, 1, 0], [1, -1, -2]], np.int8)
-    p = packing.weight_panel(w, 2)  # [1, 2, 1, NV]
-    assert p.shape == (1, 2, 1, K.NV)
+    p = packing.weight_panel(w, 2)  # [1, 2, KW, NV], KW >= 2 (second word all padding)
+    assert p.shape == (1, 2, K.linear_words(3), K.NV) and not p[:, :, 1:].any()
     # two's complement bits: -2 = 0b10, 1 = 0b01, 0 = 0b00, -1 = 0b11
     assert int(p[0, 0, 0, 0]) == 0b010 and int(p[0, 1, 0, 0]) == 0b001
     assert int(p[0, 0, 0, 1]) == 0b011 and int(p[0, 1, 0, 1]) == 0b110
