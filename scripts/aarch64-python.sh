@@ -113,6 +113,11 @@ EOF
   chmod +x "$WRAPPER"
 }
 
+# One builder at a time (several test sessions may share the checkout); the others wait.
+mkdir -p "$BASE"
+exec 9>"$BASE/.lock"
+command -v flock >/dev/null && flock 9
+
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$KEY" ]; then
   rm -f "$STAMP"
   fetch_debs
