@@ -127,9 +127,12 @@ fi
 
 # The runtime package: a real directory of links to edge_runtime/*.py (so the host's x86_64
 # extension beside them is not seen), relinked every run so new modules appear.
+# Links are only added and removed, never all replaced, so a run in progress keeps its modules.
 mkdir -p "$PKGS/qvit_edge"
-find "$PKGS/qvit_edge" -maxdepth 1 -type l -delete
-for f in "$ROOT"/edge_runtime/*.py; do ln -s "$f" "$PKGS/qvit_edge/$(basename "$f")"; done
+for f in "$ROOT"/edge_runtime/*.py; do
+  [ -L "$PKGS/qvit_edge/$(basename "$f")" ] || ln -s "$f" "$PKGS/qvit_edge/$(basename "$f")"
+done
+for l in "$PKGS"/qvit_edge/*.py; do [ -e "$l" ] || rm -f "$l"; done
 
 # The native extension, cross-compiled: cffi's generated C (from native/build_ffi.py, run on
 # the host) + the kernel sources, built against the aarch64 Python headers.
