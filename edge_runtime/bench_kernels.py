@@ -84,6 +84,7 @@ def ort_int8(kind, m, n, k, batch, threads, rng):
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # see OMP_WAIT_POLICY below
     sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     return lambda: sess.run(None, feed)
 
@@ -208,6 +209,9 @@ def report(path, peak, rows, repeat) -> str:
 
 
 def main(argv=None) -> int:
+    # Three thread pools (torch's OpenMP, ORT's, ours) take turns on the same cores: none may keep
+    # spinning after its call, or the next candidate runs against a busy core.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     ap = argparse.ArgumentParser(prog="python -m qvit_edge.bench_kernels",
                                  description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])

@@ -18,7 +18,9 @@
 #define cpu_relax() ((void)0)
 #endif
 
-#define SPIN_ITERS 20000
+/* ~tens of microseconds of PAUSE before sleeping: long enough to catch the next kernel of a
+ * layer sequence, short enough not to steal a core from other work (or other thread pools). */
+#define SPIN_ITERS 2000
 
 static pthread_mutex_t run_lock = PTHREAD_MUTEX_INITIALIZER;   /* one top-level run at a time */
 static pthread_mutex_t wake_lock = PTHREAD_MUTEX_INITIALIZER;
