@@ -307,13 +307,33 @@ def test_aarch64_python_has_only_the_runtime_dependencies(aarch64_python):
     assert r.stdout.split()[0] == "aarch64" and "[]" in r.stdout
 
 
+@pytest.fixture(scope="session")
+def swin_models(models, tmp_path_factory):
+    """A tiny Swin (windows, shifts, masks, patch merging) at 3 bits, for both CPUs."""
+    from qvit_compile.compiler import compile_model
+    from qvit_edge import intmodel
+
+    if "aarch64" not in models:
+        pytest.skip("no aarch64 cross compiler")
+    d = tmp_path_factory.mktemp("swin")
+    m = intmodel.random_swin(bits=3, seed=5)
+    out = {}
+    for arch in ("x86_64", "aarch64"):
+        out[arch] = str(d / f"swin_{arch}.so")
+        compile_model(m, arch, out[arch], progress=lambda *a: None)
+    return out
+
+
 @pytest.mark.qemu
-def test_aarch64_build_under_qemu_predicts_what_the_x86_64_build_does(models, images, aarch64_python):
-    if "aarch64" not in models or "x86_64" not in models:
+@pytest.mark.parametrize("family", ["deit", "swin"])
+def test_aarch64_build_under_qemu_predicts_what_x86_64_does(request, family, images, aarch64_python):
+    builds = request.getfixturevalue("models" if family == "deit" else "swin_models")
+    images = images if family == "deit" else images[:3]  # each format once
+    if "aarch64" not in builds or "x86_64" not in builds:
         pytest.skip("needs both builds")
-    a64 = _edge("run", models["aarch64"], *images, "--topk", "10", "--json", python=aarch64_python)
+    a64 = _edge("run", builds["aarch64"], *images, "--topk", "10", "--json", python=aarch64_python)
     assert a64.returncode == 0, a64.stderr
-    x86 = _edge("run", models["x86_64"], *images, "--topk", "10", "--json",
+    x86 = _edge("run", builds["x86_64"], *images, "--topk", "10", "--json",
                 python=sys.executable if HOST == "x86_64" else aarch64_python)
     ra, rx = json.loads(a64.stdout)["results"], json.loads(x86.stdout)["results"]
     assert len(ra) == len(images) == len(rx)
