@@ -119,6 +119,30 @@ def popcount_peak_samples(path: str, n: int, seconds: float) -> list[float]:
     return [float(K.lib.qv_popcount_peak(K.PATH_NAMES.index(path), seconds)) for _ in range(n)]
 
 
+def bench_float_ops(repeat, seed=0):
+    """The float ops of a DeiT-S block, native C against the numpy integer reference's own."""
+    from . import reference
+    rng = np.random.default_rng(seed)
+    d, h = 384, 6
+    x = rng.standard_normal((TOKENS, d)).astype(np.float32)
+    w, b = rng.standard_normal(d).astype(np.float32), rng.standard_normal(d).astype(np.float32)
+    s = rng.standard_normal((h, TOKENS, TOKENS)).astype(np.float32)
+    u = rng.standard_normal((TOKENS, 4 * d)).astype(np.float32)
+    cases = {
+        f"layernorm {TOKENS}×{d}": (lambda: K.layernorm(x, w, b, 1e-6),
+                                    lambda: reference.layernorm(x, w, b, 1e-6)),
+        f"softmax {h}×{TOKENS}×{TOKENS}": (lambda: K.softmax(s), lambda: reference.softmax(s)),
+        f"gelu {TOKENS}×{4 * d}": (lambda: K.gelu(u), lambda: reference.gelu(u)),
+        f"quantize {TOKENS}×{d} (2 bit)": (lambda: K.quantize(x, 0.1, 2, 2),
+                                           lambda: quant.quantize_act(x, 0.1, 2, 2)),
+    }
+    rows = []
+    for name, (c, npy) in cases.items():
+        med = interleaved_medians({"c": c, "numpy": npy}, repeat)
+        rows.append((name, med["c"], med["numpy"]))
+    return rows
+
+
 def bench(models, threads_list, repeat, seed=0):
     rng = np.random.default_rng(seed)
     path = K.get_path()
@@ -162,7 +186,7 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def report(path, peaks, rows, repeat) -> str:
+def report(path, peaks, rows, repeat, float_rows=()) -> str:
     out = []
     peak = max(peaks)
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
@@ -225,6 +249,14 @@ def report(path, peaks, rows, repeat) -> str:
             out.append(f"| W{b}A{b} | {fp * 1e6:.0f} | {bs_s} | {i8 * 1e6:.0f} | {best} "
                        f"| {fp / tb:.1f}× | {tgt} |")
     out.append("")
+    if float_rows:
+        out.append("### Float ops of a DeiT-S block, 1 thread: native C vs numpy (qvit_edge.reference)")
+        out.append("")
+        out.append("| op | C µs | numpy µs | numpy / C |")
+        out.append("|---|---:|---:|---:|")
+        for name, c, npy in float_rows:
+            out.append(f"| {name} | {c * 1e6:.0f} | {npy * 1e6:.0f} | {npy / c:.2f} |")
+        out.append("")
     return "\n".join(out)
 
 
@@ -254,7 +286,7 @@ def main(argv=None) -> int:
         print(f"bench-kernels: {e}", file=sys.stderr)
         return 2
     path, peaks, rows = bench(args.models, args.threads, args.repeat)
-    text = report(path, peaks, rows, args.repeat)
+    text = report(path, peaks, rows, args.repeat, bench_float_ops(args.repeat))
     print(text)
     if args.out:
         with open(args.out, "w") as f:

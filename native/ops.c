@@ -1,45 +1,109 @@
 /* Float ops around the integer GEMMs (LayerNorm, softmax, GELU, activation quantization).
- * Plain C that the compiler vectorises where it can; quantization is bit-exact with
+ * Plain C written so the compiler vectorises it (fixed-width lane accumulators, no libm calls
+ * in the hot loops), built per ISA with target_clones on x86_64 (AVX-512 / AVX2 / baseline,
+ * picked by the loader) and NEON on aarch64. Quantization is bit-exact with
  * quant.quantize_act (float32 division, round half to even). */
 #include <math.h>
+#include <stdint.h>
+#include <string.h>
 
 #include "qv_kernels.h"
 
-void qv_layernorm(const float *x, int64_t rows, int64_t n, const float *weight, const float *bias, float eps,
-                  float *out) {
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+#define QV_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define QV_CLONES
+#endif
+
+#define LANES 16
+
+/* Round half to even without a libm call: adding 1.5 * 2^23 leaves no fraction bits, so the FPU
+ * rounds (in the default mode: to nearest, ties to even). Exact for |x| < 2^23; beyond that
+ * x is far outside every code range and only its sign and size matter to the clamp. */
+static inline float round_even(float x) {
+  const float magic = 12582912.0f;
+  return x >= 0.0f ? (x + magic) - magic : (x - magic) + magic;
+}
+
+QV_CLONES void qv_quantize(const float *x, int64_t count, float step, int32_t zp, int bits, uint8_t *out) {
+  const float qmax = (float)((1 << bits) - 1), z = (float)zp;
+  for (int64_t i = 0; i < count; i++) {
+    float q = round_even(x[i] / step) + z;
+    q = q > 0.0f ? q : 0.0f;  /* NaN -> 0 */
+    q = q < qmax ? q : qmax;
+    out[i] = (uint8_t)(int32_t)q;
+  }
+}
+
+QV_CLONES void qv_layernorm(const float *x, int64_t rows, int64_t n, const float *weight, const float *bias,
+                            float eps, float *out) {
   for (int64_t r = 0; r < rows; r++) {
     const float *xr = x + r * n;
     float *o = out + r * n;
-    double s = 0.0, ss = 0.0;  /* double: no cancellation for wide rows */
-    for (int64_t i = 0; i < n; i++) s += xr[i];
-    const float mean = (float)(s / (double)n);
-    for (int64_t i = 0; i < n; i++) {
-      float d = xr[i] - mean;
-      ss += (double)d * d;
-    }
-    const float inv = 1.0f / sqrtf((float)(ss / (double)n) + eps);
-    for (int64_t i = 0; i < n; i++) {
+    float acc[LANES] = {0}, acc2[LANES] = {0};
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES)
+      for (int l = 0; l < LANES; l++) acc[l] += xr[i + l];
+    float s = 0.0f;
+    for (; i < n; i++) s += xr[i];
+    for (int l = 0; l < LANES; l++) s += acc[l];
+    const float mean = s / (float)n;
+    for (i = 0; i + LANES <= n; i += LANES)
+      for (int l = 0; l < LANES; l++) {
+        float d = xr[i + l] - mean;
+        acc2[l] += d * d;
+      }
+    float ss = 0.0f;
+    for (; i < n; i++) ss += (xr[i] - mean) * (xr[i] - mean);
+    for (int l = 0; l < LANES; l++) ss += acc2[l];
+    const float inv = 1.0f / sqrtf(ss / (float)n + eps);
+    for (i = 0; i < n; i++) {
       float y = (xr[i] - mean) * inv;
-      if (weight) y = y * weight[i];
-      if (bias) y = y + bias[i];
-      o[i] = y;
+      y = y * (weight ? weight[i] : 1.0f);
+      o[i] = y + (bias ? bias[i] : 0.0f);
     }
   }
 }
 
-void qv_softmax(const float *x, int64_t rows, int64_t n, float *out) {
+/* exp(x) for x <= 0 (softmax after subtracting the row max): 2^n * p(r), x = n ln2 + r,
+ * |r| <= ln2 / 2, degree-6 polynomial; relative error ~2e-7. Underflows to 0 below -87. */
+static inline float exp_neg(float x) {
+  x = x < -87.0f ? -87.0f : x;
+  const float magic = 12582912.0f;
+  const float n = (x * 1.44269504088896341f - magic) + magic;  /* round(x / ln2); x <= 0 */
+  const float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  union { int32_t i; float f; } e = {.i = ((int32_t)n + 127) << 23};
+  return p * e.f;
+}
+
+QV_CLONES void qv_softmax(const float *x, int64_t rows, int64_t n, float *out) {
   for (int64_t r = 0; r < rows; r++) {
     const float *xr = x + r * n;
     float *o = out + r * n;
+    float mxl[LANES];
+    for (int l = 0; l < LANES; l++) mxl[l] = -INFINITY;
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES)
+      for (int l = 0; l < LANES; l++) mxl[l] = xr[i + l] > mxl[l] ? xr[i + l] : mxl[l];
     float mx = -INFINITY;
-    for (int64_t i = 0; i < n; i++) mx = xr[i] > mx ? xr[i] : mx;
+    for (; i < n; i++) mx = xr[i] > mx ? xr[i] : mx;
+    for (int l = 0; l < LANES; l++) mx = mxl[l] > mx ? mxl[l] : mx;
+    for (i = 0; i < n; i++) o[i] = exp_neg(xr[i] - mx);
+    float acc[LANES] = {0};
+    for (i = 0; i + LANES <= n; i += LANES)
+      for (int l = 0; l < LANES; l++) acc[l] += o[i + l];
     float s = 0.0f;
-    for (int64_t i = 0; i < n; i++) {
-      o[i] = expf(xr[i] - mx);
-      s += o[i];
-    }
+    for (; i < n; i++) s += o[i];
+    for (int l = 0; l < LANES; l++) s += acc[l];
     const float inv = 1.0f / s;
-    for (int64_t i = 0; i < n; i++) o[i] *= inv;
+    for (i = 0; i < n; i++) o[i] *= inv;
   }
 }
 
@@ -49,15 +113,5 @@ void qv_gelu(const float *x, int64_t count, float clip, float *out) {
     float y = 0.5f * x[i] * (1.0f + erff(x[i] * r2));
     if (clip > 0.0f) y = y > clip ? clip : (y < -clip ? -clip : y);
     out[i] = y;
-  }
-}
-
-void qv_quantize(const float *x, int64_t count, float step, int32_t zp, int bits, uint8_t *out) {
-  const float qmax = (float)((1 << bits) - 1), z = (float)zp;
-  for (int64_t i = 0; i < count; i++) {
-    float q = nearbyintf(x[i] / step) + z;
-    q = q > 0.0f ? q : 0.0f;
-    q = q < qmax ? q : qmax;
-    out[i] = (uint8_t)q;
   }
 }
