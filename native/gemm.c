@@ -222,23 +222,28 @@ int qv_matmul_act(int engine, const uint8_t *a, int64_t a_bstride, int64_t lda, 
       b_bits > 8 || (engine != 0 && engine != 1) || (!out_f && !out_i))
     return QV_EINVAL;
   int rc = QV_OK;
+  /* one scratch allocation for all heads */
+  size_t asz = engine == 0 ? qv_bs_a_words(m, k, a_bits) * 8 : qv_i8_a_bytes(m, k);
   size_t bsz = engine == 0 ? qv_bs_b_words(n, k, b_bits) * 8 : qv_i8_b_bytes(n, k);
-  void *bp = malloc(bsz + 8);
-  int32_t *colsum = malloc((size_t)n * sizeof *colsum + 4);
-  if (!bp || !colsum) rc = QV_EINVAL;
+  void *ap = malloc(asz + 8), *bp = malloc(bsz + 8);
+  int32_t *rowsum = malloc((size_t)m * sizeof *rowsum + 4), *colsum = malloc((size_t)n * sizeof *colsum + 4);
+  if (!ap || !bp || !rowsum || !colsum) rc = QV_EINVAL;
   for (int64_t h = 0; h < batch && rc == QV_OK; h++) {
     qv_epilogue ep = {.scale0 = scale ? scale[h] : 1.0f, .ldo = n,
                       .out_f = out_f ? out_f + h * m * n : NULL, .out_i = out_i ? out_i + h * m * n : NULL};
     if (engine == 0) {
       rc = qv_bs_pack_b(b + h * b_bstride, n, k, ldb, b_bits, 0, bp, colsum);
-      if (rc == QV_OK)
-        rc = qv_bs_linear(a + h * a_bstride, m, k, lda, a_bits, za[h], bp, colsum, b_bits, 0, zb[h], n, &ep);
+      if (rc == QV_OK) rc = qv_bs_pack_a(a + h * a_bstride, m, k, lda, a_bits, ap, rowsum);
+      if (rc == QV_OK) rc = qv_bs_gemm(ap, rowsum, a_bits, za[h], bp, colsum, b_bits, 0, zb[h], m, n, k, &ep);
     } else {
       rc = qv_i8_pack_b(b + h * b_bstride, n, k, ldb, 0, bp, colsum);
-      if (rc == QV_OK) rc = qv_i8_linear(a + h * a_bstride, m, k, lda, a_bits, za[h], bp, colsum, 0, zb[h], n, &ep);
+      if (rc == QV_OK) rc = qv_i8_pack_a(a + h * a_bstride, m, k, lda, ap, rowsum);
+      if (rc == QV_OK) rc = qv_i8_gemm(ap, rowsum, a_bits, za[h], bp, colsum, 0, zb[h], m, n, k, &ep);
     }
   }
+  free(ap);
   free(bp);
+  free(rowsum);
   free(colsum);
   return rc;
 }
