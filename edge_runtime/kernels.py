@@ -40,8 +40,12 @@ ffi, lib = _native.ffi, _native.lib
 PATH_NAMES = ("scalar", "avx2", "avx512", "neon", "neon_dot")
 ENGINES = ("bitserial", "int8")
 
-# Faster exact engine per bit width (max of activation and weight bits) on each path, from
-# docs/bench-kernels.md (DeiT-S shapes, 1 thread, packing included). 5..8 bits: int8 always.
+# Faster exact engine per bit width (max of activation and weight bits); 5..8 bits: int8 always.
+# avx512: measured by `make bench-kernels` (docs/bench-kernels.md: DeiT-S shapes, 1 thread,
+# packing included): bit-serial wins at 1-2 bits, VNNI int8 from 3 bits. The other rows are
+# not measured on their hardware yet and follow the per-cycle estimates of
+# /work/shared/notes/perf-anchors.md: with SDOT (Pi 5) or AVX2 maddubs int8 wins from 3 bits;
+# without SDOT (Pi 4) bit-serial stays ahead up to 3 bits. Re-measure on the device and update.
 ENGINE_BY_BITS = {
     "avx512": {1: "bitserial", 2: "bitserial", 3: "int8", 4: "int8"},
     "avx2": {1: "bitserial", 2: "bitserial", 3: "int8", 4: "int8"},
