@@ -41,14 +41,15 @@ PATH_NAMES = ("scalar", "avx2", "avx512", "neon", "neon_dot")
 ENGINES = ("bitserial", "int8")
 
 # Faster exact engine per bit width (max of activation and weight bits); 5..8 bits: int8 always.
-# avx512: measured by `make bench-kernels` (docs/bench-kernels.md: DeiT-S shapes, 1 thread,
-# packing included): bit-serial wins at 1-2 bits, VNNI int8 from 3 bits. The other rows are
-# not measured on their hardware yet and follow the per-cycle estimates of
-# /work/shared/notes/perf-anchors.md: with SDOT (Pi 5) or AVX2 maddubs int8 wins from 3 bits;
-# without SDOT (Pi 4) bit-serial stays ahead up to 3 bits. Re-measure on the device and update.
+# avx512 and avx2: measured by `make bench-kernels` (docs/bench-kernels.md: DeiT-S shapes,
+# 1 thread, packing included; avx2 with --path avx2 on the same AVX-512 machine): bit-serial
+# wins at 1-2 bits with VPOPCNTDQ, only at 1 bit with the AVX2 table popcount. The NEON rows
+# are not measured on ARM hardware yet and follow the per-cycle estimates in the team's
+# perf-anchors notes: with SDOT (Pi 5) int8 wins from 3 bits; without SDOT (Pi 4) bit-serial
+# stays ahead up to 3 bits. Re-measure on the device and update.
 ENGINE_BY_BITS = {
     "avx512": {1: "bitserial", 2: "bitserial", 3: "int8", 4: "int8"},
-    "avx2": {1: "bitserial", 2: "bitserial", 3: "int8", 4: "int8"},
+    "avx2": {1: "bitserial", 2: "int8", 3: "int8", 4: "int8"},
     "neon_dot": {1: "bitserial", 2: "bitserial", 3: "int8", 4: "int8"},
     "neon": {1: "bitserial", 2: "bitserial", 3: "bitserial", 4: "int8"},
     "scalar": {1: "bitserial", 2: "bitserial", 3: "int8", 4: "int8"},
