@@ -29,6 +29,9 @@ class _RoundSTE(torch.autograd.Function):
         return g
 
 
+MIN_STEP = 1e-8  # learned steps are used as max(step, MIN_STEP): a step driven to 0 or below stays valid
+
+
 def round_ste(x: torch.Tensor) -> torch.Tensor:
     return _RoundSTE.apply(x)
 
@@ -109,7 +112,7 @@ class ActQuant(nn.Module):
         half = 1 << (self.bits - 1)
         qp = torch.where(signed, float(max(half - 1, 1)), float(self.qmax))
         step = 2 * xs.abs().mean(dim=1) / qp.sqrt()
-        step = step.clamp_min(1e-8)
+        step = step.clamp_min(MIN_STEP)
         zp = torch.where(signed, float(half), 0.0)
         self.step.copy_(step.reshape(self.step.shape))
         self.offset.copy_(zp.reshape(self.offset.shape))
@@ -125,7 +128,7 @@ class ActQuant(nn.Module):
         # the batch size or the number of DDP processes (the official code uses x.numel()).
         n = x[0].numel() // (self.channels or 1)
         g = 1.0 / math.sqrt(max(n, 1) * self.qmax)
-        step = self._view(grad_scale(self.step, g), x)
+        step = self._view(grad_scale(self.step.clamp_min(MIN_STEP), g), x)
         zp = self._view(grad_scale(self.zero_point(), g), x)
         codes = torch.clamp(round_ste(x / step) + zp, 0, self.qmax)
         return (codes - zp) * step
@@ -135,7 +138,7 @@ class ActQuant(nn.Module):
         """step (float32 [] or [H]), zp (int32, same shape), bits: what `qvit_edge.quant` needs."""
         zp = torch.round(self.offset.clamp(0, self.qmax))
         return dict(
-            step=self.step.detach().cpu().numpy().astype(np.float32),
+            step=self.step.detach().clamp_min(MIN_STEP).cpu().numpy().astype(np.float32),
             zp=zp.cpu().numpy().astype(np.int32),
             bits=int(self.bits),
         )
@@ -166,7 +169,7 @@ class WeightQuant(nn.Module):
             step = mean_abs
         else:
             step = 2 * mean_abs / math.sqrt((1 << (self.bits - 1)) - 1)
-        self.step.copy_(step.clamp_min(1e-8))
+        self.step.copy_(step.clamp_min(MIN_STEP))
         self.initialized.fill_(1)
 
     def codes(self, w: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
@@ -180,14 +183,19 @@ class WeightQuant(nn.Module):
         if not self.initialized:
             self.init_from(w)
         qp = 1 if self.bits == 1 else (1 << (self.bits - 1)) - 1
-        step = grad_scale(self.step, 1.0 / math.sqrt(w[0].numel() * qp))
+        step = grad_scale(self.step.clamp_min(MIN_STEP), 1.0 / math.sqrt(w[0].numel() * qp))
         return self.codes(w, step) * step.view((-1,) + (1,) * (w.dim() - 1))
 
     @torch.no_grad()
     def int_codes(self, w: torch.Tensor) -> np.ndarray:
         if not self.initialized:
             self.init_from(w)
-        return self.codes(w, self.step).cpu().numpy().astype(np.int8)
+        return self.codes(w, self.used_step()).cpu().numpy().astype(np.int8)
+
+    @torch.no_grad()
+    def used_step(self) -> torch.Tensor:
+        """The step the forward uses (float32 [N])."""
+        return self.step.detach().clamp_min(MIN_STEP)
 
 
 class QuantLinear(nn.Linear):
@@ -226,7 +234,7 @@ class QuantLinear(nn.Linear):
         a = self.a_quant.int_params()
         return dict(
             weight=self.w_quant.int_codes(self.weight),
-            w_step=self.w_quant.step.detach().cpu().numpy().astype(np.float32),
+            w_step=self.w_quant.used_step().cpu().numpy().astype(np.float32),
             bias=None if self.bias is None else self.bias.detach().cpu().numpy().astype(np.float32),
             a_step=a["step"],
             a_zp=a["zp"],
@@ -275,7 +283,7 @@ class QuantConv2d(nn.Conv2d):
         codes = self.w_quant.int_codes(self.weight)
         return dict(
             weight=codes.reshape(codes.shape[0], -1),
-            w_step=self.w_quant.step.detach().cpu().numpy().astype(np.float32),
+            w_step=self.w_quant.used_step().cpu().numpy().astype(np.float32),
             bias=None if self.bias is None else self.bias.detach().cpu().numpy().astype(np.float32),
             a_step=a["step"],
             a_zp=a["zp"],

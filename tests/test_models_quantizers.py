@@ -204,3 +204,19 @@ def test_gradients_reach_irm_and_attention_quantizers():
     ):
         p = attn.get_parameter(name)
         assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_a_step_driven_below_zero_keeps_the_integer_form_exact():
+    lin = QuantLinear(8, 3, w_bits=2, a_bits=2)
+    x = torch.randn(4, 8)
+    lin(x)
+    with torch.no_grad():
+        lin.a_quant.step.fill_(-0.5)
+        lin.w_quant.step[0] = 0.0
+        y = lin(x).numpy()
+    assert np.isfinite(y).all()
+    f = lin.int_form()
+    assert f["a_step"] > 0 and (f["w_step"] > 0).all()
+    a = quant.quantize_act(x.numpy(), f["a_step"], f["a_zp"], 2)
+    y_int = f["a_step"] * f["w_step"] * quant.int_linear(a, f["a_zp"], f["weight"]) + f["bias"]
+    np.testing.assert_allclose(y_int, y, rtol=1e-5, atol=1e-5)
