@@ -99,6 +99,7 @@ void qv_gelu(const float *x, int64_t count, float clip, float *out);
 void qv_quantize(const float *x, int64_t count, float step, int32_t zp, int bits, uint8_t *out);
 
 double qv_popcount_peak(int path, double seconds);
+double qv_popcount_probe(int path, int64_t iters);
 """
 
 # native/tvm_backend.h (plain C types only)

@@ -93,10 +93,11 @@ static uint64_t peak_neon(int64_t iters) {
 }
 #endif
 
-double qv_popcount_peak(int path, double seconds) {
-  int bits_per_chain;
-  uint64_t (*fn)(int64_t);
-  int chains = CHAINS;
+typedef uint64_t (*peak_fn)(int64_t);
+
+static peak_fn pick(int path, int *bits_per_step) {
+  peak_fn fn;
+  int bits_per_chain, chains = CHAINS;
   switch (path) {
 #if defined(QV_HAVE_X86)
     case QV_PATH_AVX512: fn = peak_avx512; bits_per_chain = 512; break;
@@ -109,9 +110,26 @@ double qv_popcount_peak(int path, double seconds) {
     case QV_PATH_NEON:
     case QV_PATH_NEON_DOT: fn = peak_neon; bits_per_chain = 128; break;
 #endif
-    default: return 0.0;
+    default: return NULL;
   }
-  if (!qv_path_supported(path)) return 0.0;
+  if (!qv_path_supported(path)) return NULL;
+  *bits_per_step = bits_per_chain * chains;
+  return fn;
+}
+
+double qv_popcount_probe(int path, int64_t iters) {
+  int bits;
+  peak_fn fn = pick(path, &bits);
+  if (!fn || iters < 1) return 0.0;
+  volatile uint64_t sink = fn(iters);
+  (void)sink;
+  return (double)iters * bits;
+}
+
+double qv_popcount_peak(int path, double seconds) {
+  int bits;
+  peak_fn fn = pick(path, &bits);
+  if (!fn) return 0.0;
   volatile uint64_t sink = 0;
   int64_t iters = 1 << 12;
   double t;
@@ -123,5 +141,5 @@ double qv_popcount_peak(int path, double seconds) {
     iters *= 4;
   }
   (void)sink;
-  return (double)iters * chains * bits_per_chain / t;  /* binary multiply-accumulates per second */
+  return (double)iters * bits / t;  /* binary multiply-accumulates per second */
 }

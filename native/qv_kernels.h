@@ -131,6 +131,9 @@ void qv_quantize(const float *x, int64_t count, float step, int32_t zp, int bits
 /* Binary multiply-accumulates per second one thread reaches with the path's AND + popcount +
  * accumulate step on register-resident data (timed for about `seconds`); 0 if unsupported. */
 double qv_popcount_peak(int path, double seconds);
+/* The same step run `iters` times (no timing): returns the binary MACs done, 0 if unsupported.
+ * For benchmarks that time it themselves, interleaved with the GEMMs. */
+double qv_popcount_probe(int path, int64_t iters);
 
 #ifdef __cplusplus
 }
