@@ -24,6 +24,8 @@ Threads: `set_threads(n)` (1 by default, or env QVIT_NUM_THREADS).
 from __future__ import annotations
 
 import contextlib
+import os
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,6 +59,16 @@ ENGINE_BY_BITS = {
 
 
 # ---- paths and threads -------------------------------------------------------------------------
+def _check_forced_path() -> None:
+    """The C side ignores an unknown or unsupported QVIT_NATIVE_PATH (it runs the best path);
+    say so once, in one line, instead of silently benchmarking or testing the wrong path."""
+    forced = os.environ.get("QVIT_NATIVE_PATH")
+    if forced and forced != "auto" and forced != PATH_NAMES[lib.qv_get_path()]:
+        why = "is unknown" if forced not in PATH_NAMES else "is not supported on this CPU"
+        warnings.warn(f"QVIT_NATIVE_PATH={forced} {why}; using {PATH_NAMES[lib.qv_get_path()]} "
+                      f"(supported: {', '.join(paths())})", RuntimeWarning, stacklevel=2)
+
+
 def paths() -> list[str]:
     """Paths this CPU and build can run, scalar first."""
     return [n for i, n in enumerate(PATH_NAMES) if lib.qv_path_supported(i)]
@@ -94,6 +106,9 @@ def get_threads() -> int:
 def set_threads(n: int) -> int:
     """Threads the kernels use (the calling thread included). Returns the value in effect."""
     return int(lib.qv_pool_set_threads(int(n)))
+
+
+_check_forced_path()
 
 
 def engine_for(a_bits: int, w_bits: int, path: str | None = None) -> str:

@@ -161,9 +161,15 @@ def test_forced_path_from_environment():
     import subprocess
     import sys
     code = "from qvit_edge import kernels as K; print(K.get_path())"
-    out = subprocess.run([sys.executable, "-c", code], env={"QVIT_NATIVE_PATH": "scalar", "PATH": ""},
-                         capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "scalar"
+
+    def run(value):
+        return subprocess.run([sys.executable, "-c", code], env={"QVIT_NATIVE_PATH": value, "PATH": ""},
+                              capture_output=True, text=True, check=True)
+    out = run("scalar")
+    assert out.stdout.strip() == "scalar" and out.stderr == ""
+    out = run("sse9")  # unknown: the best path runs, with one warning line
+    assert out.stdout.strip() == K.paths()[-1]
+    assert "QVIT_NATIVE_PATH=sse9 is unknown" in out.stderr
 
 
 def test_bad_arguments_raise_value_error():
