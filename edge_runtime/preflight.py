@@ -142,6 +142,7 @@ def _read_elf(f, path: str, size: int):
 
 
 SHT_NOBITS = 8
+STREAM_ABOVE = 1 << 20  # a sized array (the weights) larger than this is hashed in chunks
 
 
 def _symbol_reader(f, path: str, size: int, names, lengths=None):
@@ -164,7 +165,8 @@ def _symbol_reader(f, path: str, size: int, names, lengths=None):
                 if off + (value - addr) + nbytes > size:
                     break
                 f.seek(off + (value - addr))
-                out[name] = f.read(nbytes) if nbytes <= (1 << 20) else _Range(f.name, f.tell(), nbytes)
+                big = lengths and name in lengths and nbytes > STREAM_ABOVE
+                out[name] = _Range(f.name, f.tell(), nbytes) if big else f.read(nbytes)
                 break
         else:
             raise PreflightError(f"{path}: truncated or corrupt ELF file (symbol {name} not in the file)")

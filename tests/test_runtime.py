@@ -108,6 +108,14 @@ def test_info_json_describes_both_builds(models):
         assert len(d["weights_sha256"]) == 64
 
 
+def test_info_reads_large_weights_in_chunks_with_the_same_checksum(host_model, monkeypatch):
+    import qvit_edge.preflight as pf
+
+    whole = pf.read_model_doc(host_model)
+    monkeypatch.setattr(pf, "STREAM_ABOVE", 0)
+    assert pf.read_model_doc(host_model) == whole
+
+
 def test_info_text(host_model):
     r = _edge("info", host_model)
     assert r.returncode == 0, r.stderr
