@@ -132,7 +132,9 @@ class Packed:
 
 
 def _ptr(ctype: str, arr: np.ndarray | None):
-    return ffi.NULL if arr is None else ffi.cast(ctype, arr.ctypes.data)
+    """Pointer to a C-contiguous array's data (the caller keeps `arr` alive during the call).
+    ffi.from_buffer is ~4x cheaper than arr.ctypes.data, which matters for small GEMMs."""
+    return ffi.NULL if arr is None else ffi.cast(ctype, ffi.from_buffer(arr))
 
 
 def _codes(x, bits: int, signed: bool, check: bool, what: str) -> np.ndarray:
