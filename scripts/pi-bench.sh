@@ -95,7 +95,7 @@ case "$PI" in
     log "copying the runtime and $(basename "$MODEL") to $PI:~/qvit-edge-bench"
     args=""
     for a in "$@"; do args="$args '$(printf '%s' "$a" | sed "s/'/'\\\\''/g")'"; done
-    result="$(tar -C "$STAGE" -czf - . | ssh -o BatchMode=yes "$PI" \
+    result="$(tar -C "$STAGE" -czf - . 2>/dev/null | ssh -o BatchMode=yes -o ConnectTimeout=15 "$PI" \
       "mkdir -p ~/qvit-edge-bench && tar -C ~/qvit-edge-bench -xzf - && sh ~/qvit-edge-bench/run.sh $args")" \
       || die "the benchmark on $PI failed (see above)"
     name="$(printf '%s' "$PI" | tr -c 'A-Za-z0-9._-' _)"

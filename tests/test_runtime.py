@@ -396,3 +396,12 @@ def test_pi_bench_bundle_runs_on_an_aarch64_python(models, aarch64_python, tmp_p
     saved = r.stderr.strip().splitlines()[-1].split("saved ")[-1]
     assert json.load(open(os.path.join(ROOT, saved))) == d
     os.remove(os.path.join(ROOT, saved))
+
+
+def test_pi_bench_says_when_the_board_cannot_be_reached(models):
+    if "aarch64" not in models or not shutil.which("ssh"):
+        pytest.skip("needs the aarch64 build and ssh")
+    r = _pi_bench("pi@board.invalid", models["aarch64"])  # .invalid never resolves (RFC 2606)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last == "pi-bench: error: the benchmark on pi@board.invalid failed (see above)"
