@@ -215,35 +215,67 @@ int qv_i8_linear(const uint8_t *codes, int64_t m, int64_t k, int64_t lda, int a_
   return rc;
 }
 
-int qv_matmul_act(int engine, const uint8_t *a, int64_t a_bstride, int64_t lda, int a_bits, const int32_t *za,
-                  const uint8_t *b, int64_t b_bstride, int64_t ldb, int b_bits, const int32_t *zb, int64_t batch,
-                  int64_t m, int64_t n, int64_t k, const float *scale, float *out_f, int32_t *out_i) {
-  if (batch < 0 || bad_shape(m, k, lda) || bad_shape(n, k, ldb) || a_bits < 1 || a_bits > 8 || b_bits < 1 ||
-      b_bits > 8 || (engine != 0 && engine != 1) || (!out_f && !out_i))
-    return QV_EINVAL;
+/* Attention matmuls: the heads are split over the pool (one parallel run per call, not one per
+ * head: a head's GEMM is small, and every run is a wake-up and a join). Inside a task the
+ * GEMMs run on the calling thread (nested runs are sequential). */
+typedef struct {
+  int engine, a_bits, b_bits;
+  const uint8_t *a, *b;
+  int64_t a_bstride, lda, b_bstride, ldb, batch, m, n, k;
+  const int32_t *za, *zb;
+  const float *scale;
+  float *out_f;
+  int32_t *out_i;
+  int rc[QV_POOL_MAX_THREADS];
+} mm_ctx;
+
+static void mm_task(int t, int nt, void *p) {
+  mm_ctx *c = p;
+  const int64_t m = c->m, n = c->n, k = c->k;
+  const int64_t h0 = c->batch * t / nt, h1 = c->batch * (t + 1) / nt;
   int rc = QV_OK;
-  /* one scratch allocation for all heads */
-  size_t asz = engine == 0 ? qv_bs_a_words(m, k, a_bits) * 8 : qv_i8_a_bytes(m, k);
-  size_t bsz = engine == 0 ? qv_bs_b_words(n, k, b_bits) * 8 : qv_i8_b_bytes(n, k);
+  size_t asz = c->engine == 0 ? qv_bs_a_words(m, k, c->a_bits) * 8 : qv_i8_a_bytes(m, k);
+  size_t bsz = c->engine == 0 ? qv_bs_b_words(n, k, c->b_bits) * 8 : qv_i8_b_bytes(n, k);
   void *ap = malloc(asz + 8), *bp = malloc(bsz + 8);
   int32_t *rowsum = malloc((size_t)m * sizeof *rowsum + 4), *colsum = malloc((size_t)n * sizeof *colsum + 4);
   if (!ap || !bp || !rowsum || !colsum) rc = QV_EINVAL;
-  for (int64_t h = 0; h < batch && rc == QV_OK; h++) {
-    qv_epilogue ep = {.scale0 = scale ? scale[h] : 1.0f, .ldo = n,
-                      .out_f = out_f ? out_f + h * m * n : NULL, .out_i = out_i ? out_i + h * m * n : NULL};
-    if (engine == 0) {
-      rc = qv_bs_pack_b(b + h * b_bstride, n, k, ldb, b_bits, 0, bp, colsum);
-      if (rc == QV_OK) rc = qv_bs_pack_a(a + h * a_bstride, m, k, lda, a_bits, ap, rowsum);
-      if (rc == QV_OK) rc = qv_bs_gemm(ap, rowsum, a_bits, za[h], bp, colsum, b_bits, 0, zb[h], m, n, k, &ep);
+  for (int64_t h = h0; h < h1 && rc == QV_OK; h++) {
+    qv_epilogue ep = {.scale0 = c->scale ? c->scale[h] : 1.0f, .ldo = n,
+                      .out_f = c->out_f ? c->out_f + h * m * n : NULL,
+                      .out_i = c->out_i ? c->out_i + h * m * n : NULL};
+    const uint8_t *a = c->a + h * c->a_bstride, *b = c->b + h * c->b_bstride;
+    if (c->engine == 0) {
+      rc = qv_bs_pack_b(b, n, k, c->ldb, c->b_bits, 0, bp, colsum);
+      if (rc == QV_OK) rc = qv_bs_pack_a(a, m, k, c->lda, c->a_bits, ap, rowsum);
+      if (rc == QV_OK)
+        rc = qv_bs_gemm(ap, rowsum, c->a_bits, c->za[h], bp, colsum, c->b_bits, 0, c->zb[h], m, n, k, &ep);
     } else {
-      rc = qv_i8_pack_b(b + h * b_bstride, n, k, ldb, 0, bp, colsum);
-      if (rc == QV_OK) rc = qv_i8_pack_a(a + h * a_bstride, m, k, lda, ap, rowsum);
-      if (rc == QV_OK) rc = qv_i8_gemm(ap, rowsum, a_bits, za[h], bp, colsum, 0, zb[h], m, n, k, &ep);
+      rc = qv_i8_pack_b(b, n, k, c->ldb, 0, bp, colsum);
+      if (rc == QV_OK) rc = qv_i8_pack_a(a, m, k, c->lda, ap, rowsum);
+      if (rc == QV_OK) rc = qv_i8_gemm(ap, rowsum, c->a_bits, c->za[h], bp, colsum, 0, c->zb[h], m, n, k, &ep);
     }
   }
   free(ap);
   free(bp);
   free(rowsum);
   free(colsum);
-  return rc;
+  c->rc[t] = rc;
+}
+
+int qv_matmul_act(int engine, const uint8_t *a, int64_t a_bstride, int64_t lda, int a_bits, const int32_t *za,
+                  const uint8_t *b, int64_t b_bstride, int64_t ldb, int b_bits, const int32_t *zb, int64_t batch,
+                  int64_t m, int64_t n, int64_t k, const float *scale, float *out_f, int32_t *out_i) {
+  if (batch < 0 || bad_shape(m, k, lda) || bad_shape(n, k, ldb) || a_bits < 1 || a_bits > 8 || b_bits < 1 ||
+      b_bits > 8 || (engine != 0 && engine != 1) || (!out_f && !out_i))
+    return QV_EINVAL;
+  if (batch == 0 || m == 0 || n == 0) return QV_OK;
+  mm_ctx c = {.engine = engine, .a_bits = a_bits, .b_bits = b_bits, .a = a, .b = b, .a_bstride = a_bstride,
+              .lda = lda, .b_bstride = b_bstride, .ldb = ldb, .batch = batch, .m = m, .n = n, .k = k,
+              .za = za, .zb = zb, .scale = scale, .out_f = out_f, .out_i = out_i};
+  int nt = qv_pool_threads();
+  if (nt > batch) nt = (int)batch;
+  nt = qv_pool_run(mm_task, &c, nt);
+  for (int t = 0; t < nt; t++)
+    if (c.rc[t] != QV_OK) return c.rc[t];
+  return QV_OK;
 }

@@ -142,8 +142,12 @@ def test_threads_give_identical_results(threads):
     want = quant.int_linear(a, 2, w)
     K.set_threads(threads)
     assert K.get_threads() == threads
+    q, k = rand_act(rng, 2, (5, 60, 16)), rand_act(rng, 2, (5, 70, 16))
+    zq, zk = rng.integers(0, 4, 5), rng.integers(0, 4, 5)
+    want_s = quant.int_matmul_act(q, zq, k, zk)
     for engine in K.ENGINES:
         np.testing.assert_array_equal(K.int_linear(a, 2, w, 2, 2, engine=engine), want)
+        np.testing.assert_array_equal(K.matmul_act(q, zq, k, zk, 2, engine=engine), want_s)  # heads split
 
 
 def test_forcing_a_path():
