@@ -94,9 +94,48 @@ QV_INLINE QV_TARGET_AVX512 void bs_tile(const qv_gemm_ctx *g, int64_t m, int64_t
   }
 }
 
-#define BS_TILE_CASE(R, V) bs_tile(g, m, nb, R, V, cols)
+/* The same for 1-bit x 1-bit (W1A1, and binary attention): one plane pair, so no running total,
+ * no shifts and no zeroing; this overhead is most of a tile's work when K is one or a few words. */
+QV_INLINE QV_TARGET_AVX512 void bs_tile1(const qv_gemm_ctx *g, int64_t m, int64_t nb, const int MR_, const int NV_,
+                                         int cols) {
+  const int64_t kw = g->kw;
+  const uint64_t *a = g->a_planes + m * kw;
+  const uint64_t *b = g->b_planes + nb * kw * QV_BS_NB;
+  const int64_t bstride = kw * QV_BS_NB;
+  __m512i acc[MR][2];
+  {
+    __m512i bw[2];
+    for (int v = 0; v < NV_; v++) bw[v] = _mm512_loadu_si512(b + v * bstride);
+    for (int r = 0; r < MR_; r++) {
+      __m512i av = _mm512_set1_epi64((long long)a[r * kw]);
+      for (int v = 0; v < NV_; v++) acc[r][v] = _mm512_popcnt_epi64(_mm512_and_si512(av, bw[v]));
+    }
+  }
+  for (int64_t w = 1; w < kw; w++) {
+    __m512i bw[2];
+    for (int v = 0; v < NV_; v++) bw[v] = _mm512_loadu_si512(b + v * bstride + w * QV_BS_NB);
+    for (int r = 0; r < MR_; r++) {
+      __m512i av = _mm512_set1_epi64((long long)a[r * kw + w]);
+      for (int v = 0; v < NV_; v++)
+        acc[r][v] = _mm512_add_epi64(acc[r][v], _mm512_popcnt_epi64(_mm512_and_si512(av, bw[v])));
+    }
+  }
+  const int binary_w = g->b_signed;  /* raw = 2 * popcount (the -sum(a) is in rc) */
+  for (int r = 0; r < MR_; r++) {
+    __m512i t0 = binary_w ? _mm512_add_epi64(acc[r][0], acc[r][0]) : acc[r][0];
+    __m512i v16 = _mm512_castsi256_si512(_mm512_cvtepi64_epi32(t0));
+    if (NV_ == 2) {
+      __m512i t1 = binary_w ? _mm512_add_epi64(acc[r][1], acc[r][1]) : acc[r][1];
+      v16 = _mm512_inserti64x4(v16, _mm512_cvtepi64_epi32(t1), 1);
+    }
+    epi_row16(g, m + r, nb * QV_BS_NB, cols, v16);
+  }
+}
+
+#define BS_TILE_CASE(R, V) (one_pair ? bs_tile1(g, m, nb, R, V, cols) : bs_tile(g, m, nb, R, V, cols))
 
 QV_TARGET_AVX512 void qv_bs_block_avx512(const qv_gemm_ctx *g, int64_t m0, int64_t m1, int64_t nb0, int64_t nb1) {
+  const int one_pair = g->a_bits == 1 && g->b_bits == 1;
   for (int64_t nb = nb0; nb < nb1; nb += 2) {
     const int nv = nb + 1 < nb1 ? 2 : 1;
     const int64_t n0 = nb * QV_BS_NB;
