@@ -70,3 +70,9 @@ def main(prog: str, description: str, verbs: list[Verb], version: str, argv: lis
     except KeyboardInterrupt:
         print(f"{prog} {verb.name}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`... | head`): not an error of ours; silence the flush at exit.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
