@@ -52,45 +52,58 @@ QV_INLINE QV_TARGET_AVX512 void epi_row16(const qv_gemm_ctx *g, int64_t m, int64
 /* Bit-serial tile: MR_ rows x NV_ blocks of 8 outputs. For every plane pair (i, j) the K loop
  * ANDs a broadcast A word with 8 interleaved B words and accumulates per-lane popcounts, so no
  * horizontal reduction is needed; the pair's count is then shifted by i + j into the total. */
-QV_INLINE QV_TARGET_AVX512 void bs_tile(const qv_gemm_ctx *g, int64_t m, int64_t nb, const int MR_, const int NV_,
-                                        int cols) {
+QV_INLINE QV_TARGET_AVX512 void pair_popcounts(const qv_gemm_ctx *g, int64_t m, int64_t nb, int i, int j,
+                                               const int MR_, const int NV_, __m512i acc[MR][2]) {
   const int64_t kw = g->kw;
   const int ab = g->a_bits, bb = g->b_bits;
-  const int binary_w = g->b_signed && bb == 1;
-  __m512i tot[MR][2];
-  for (int r = 0; r < MR_; r++)
-    for (int v = 0; v < NV_; v++) tot[r][v] = _mm512_setzero_si512();
-  for (int i = 0; i < ab; i++) {
-    const uint64_t *a[MR];
-    for (int r = 0; r < MR_; r++) a[r] = g->a_planes + ((m + r) * ab + i) * kw;
-    for (int j = 0; j < bb; j++) {
-      const uint64_t *b[2];
-      for (int v = 0; v < NV_; v++) b[v] = g->b_planes + (((nb + v) * bb + j) * kw) * QV_BS_NB;
-      __m512i acc[MR][2];
-      for (int r = 0; r < MR_; r++)
-        for (int v = 0; v < NV_; v++) acc[r][v] = _mm512_setzero_si512();
-      for (int64_t w = 0; w < kw; w++) {
-        __m512i bw[2];
-        for (int v = 0; v < NV_; v++) bw[v] = _mm512_loadu_si512(b[v] + w * QV_BS_NB);
-        for (int r = 0; r < MR_; r++) {
-          __m512i av = _mm512_set1_epi64((long long)a[r][w]);
-          for (int v = 0; v < NV_; v++)
-            acc[r][v] = _mm512_add_epi64(acc[r][v], _mm512_popcnt_epi64(_mm512_and_si512(av, bw[v])));
-        }
-      }
-      const int shift = binary_w ? i + 1 : i + j;
-      const int neg = !binary_w && g->b_signed && j == bb - 1;
-      for (int r = 0; r < MR_; r++)
-        for (int v = 0; v < NV_; v++) {
-          __m512i t = _mm512_sll_epi64(acc[r][v], _mm_cvtsi32_si128(shift));
-          tot[r][v] = neg ? _mm512_sub_epi64(tot[r][v], t) : _mm512_add_epi64(tot[r][v], t);
-        }
+  const uint64_t *a[MR], *b[2];
+  for (int r = 0; r < MR_; r++) a[r] = g->a_planes + ((m + r) * ab + i) * kw;
+  for (int v = 0; v < NV_; v++) b[v] = g->b_planes + (((nb + v) * bb + j) * kw) * QV_BS_NB;
+  {  /* first word initialises the counters */
+    __m512i bw[2];
+    for (int v = 0; v < NV_; v++) bw[v] = _mm512_loadu_si512(b[v]);
+    for (int r = 0; r < MR_; r++) {
+      __m512i av = _mm512_set1_epi64((long long)a[r][0]);
+      for (int v = 0; v < NV_; v++) acc[r][v] = _mm512_popcnt_epi64(_mm512_and_si512(av, bw[v]));
     }
   }
+  for (int64_t w = 1; w < kw; w++) {
+    __m512i bw[2];
+    for (int v = 0; v < NV_; v++) bw[v] = _mm512_loadu_si512(b[v] + w * QV_BS_NB);
+    for (int r = 0; r < MR_; r++) {
+      __m512i av = _mm512_set1_epi64((long long)a[r][w]);
+      for (int v = 0; v < NV_; v++)
+        acc[r][v] = _mm512_add_epi64(acc[r][v], _mm512_popcnt_epi64(_mm512_and_si512(av, bw[v])));
+    }
+  }
+}
+
+QV_INLINE QV_TARGET_AVX512 void bs_tile(const qv_gemm_ctx *g, int64_t m, int64_t nb, const int MR_, const int NV_,
+                                        int cols) {
+  const int ab = g->a_bits, bb = g->b_bits;
+  const int binary_w = g->b_signed && bb == 1;
+  __m512i tot[MR][2], acc[MR][2];
+  /* pair (0, 0) starts the total: shift 0 (1 for binary weights, w = 2 * bit - 1), never negative */
+  pair_popcounts(g, m, nb, 0, 0, MR_, NV_, tot);
+  if (binary_w)
+    for (int r = 0; r < MR_; r++)
+      for (int v = 0; v < NV_; v++) tot[r][v] = _mm512_add_epi64(tot[r][v], tot[r][v]);
+  for (int p = 1; p < ab * bb; p++) {
+    const int i = p / bb, j = p % bb;
+    pair_popcounts(g, m, nb, i, j, MR_, NV_, acc);
+    const int shift = binary_w ? i + 1 : i + j;
+    const int neg = !binary_w && g->b_signed && j == bb - 1;
+    const __m128i sh = _mm_cvtsi32_si128(shift);
+    for (int r = 0; r < MR_; r++)
+      for (int v = 0; v < NV_; v++) {
+        __m512i t = _mm512_sll_epi64(acc[r][v], sh);
+        tot[r][v] = neg ? _mm512_sub_epi64(tot[r][v], t) : _mm512_add_epi64(tot[r][v], t);
+      }
+  }
   for (int r = 0; r < MR_; r++) {
-    __m512i acc = _mm512_castsi256_si512(_mm512_cvtepi64_epi32(tot[r][0]));
-    if (NV_ == 2) acc = _mm512_inserti64x4(acc, _mm512_cvtepi64_epi32(tot[r][1]), 1);
-    epi_row16(g, m + r, nb * QV_BS_NB, cols, acc);
+    __m512i v16 = _mm512_castsi256_si512(_mm512_cvtepi64_epi32(tot[r][0]));
+    if (NV_ == 2) v16 = _mm512_inserti64x4(v16, _mm512_cvtepi64_epi32(tot[r][1]), 1);
+    epi_row16(g, m + r, nb * QV_BS_NB, cols, v16);
   }
 }
 
