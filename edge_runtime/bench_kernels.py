@@ -5,9 +5,10 @@ and ONNX Runtime int8 (MatMulInteger), measured in the same run, interleaved.
                                       [--out docs/bench-kernels-results.md]
 
 Every candidate of one shape is timed round-robin (one call each, `repeat` rounds) so load from
-other processes hits all of them alike; the tables give medians. Weights are packed once ahead
-of time; activations (and both operands of the attention matmuls) are packed inside every
-timed call, and for bit-serial that cost is included. Needs torch and onnxruntime (the
+other processes hits all of them alike; the tables give medians. Output buffers are allocated
+once (PyTorch `out=`, ours `dst=`; ONNX Runtime reuses its arena), as a runtime does. Weights
+are packed once ahead of time; activations (and both operands of the attention matmuls) are
+packed inside every timed call, and for bit-serial that cost is included. Needs torch and onnxruntime (the
 [train] extra) for the peers.
 """
 from __future__ import annotations
@@ -52,10 +53,12 @@ def torch_fp32(kind, m, n, k, batch, threads, rng):
         x = torch.from_numpy(rng.standard_normal((m, k), np.float32))
         # weight as [K, N], prepared once
         wt = torch.from_numpy(rng.standard_normal((n, k), np.float32)).t().contiguous()
-        return lambda: torch.matmul(x, wt)
+        out = torch.empty((m, n))
+        return lambda: torch.matmul(x, wt, out=out)
     x = torch.from_numpy(rng.standard_normal((batch, m, k), np.float32))
     y = torch.from_numpy(rng.standard_normal((batch, k, n), np.float32))
-    return lambda: torch.matmul(x, y)
+    out = torch.empty((batch, m, n))
+    return lambda: torch.matmul(x, y, out=out)
 
 
 def ort_int8(kind, m, n, k, batch, threads, rng):
@@ -94,11 +97,13 @@ def ours(kind, m, n, k, batch, bits, engine, rng):
         a = rng.integers(0, 1 << bits, (m, k)).astype(np.uint8)
         w = rng.choice(quant.weight_levels(bits), (n, k)).astype(np.int8)
         pw = K.pack_b(w, bits, True, engine)  # ahead of time, not timed
-        return lambda: K.gemm(a, bits, 1, pw, check=False)
+        dst = np.empty((m, n), np.int32)
+        return lambda: K.gemm(a, bits, 1, pw, check=False, dst=dst)
     a = rng.integers(0, 1 << bits, (batch, m, k)).astype(np.uint8)
     b = rng.integers(0, 1 << bits, (batch, n, k)).astype(np.uint8)
     za = np.ones(batch, np.int32)
-    return lambda: K.matmul_act(a, za, b, za, bits, engine=engine, check=False)
+    dst = np.empty((batch, m, n), np.int32)
+    return lambda: K.matmul_act(a, za, b, za, bits, engine=engine, check=False, dst=dst)
 
 
 # ---- timing ------------------------------------------------------------------------------------------

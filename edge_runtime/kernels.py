@@ -214,8 +214,20 @@ def pack_a(codes, bits: int, engine: str, check: bool = True):
 
 
 # ---- GEMMs ---------------------------------------------------------------------------------------
+def _result(dst, shape, dtype) -> np.ndarray:
+    """A fresh output array, or `dst` when it fits (a runtime reuses its buffers: a fresh large
+    array costs page faults on every call)."""
+    if dst is None:
+        return np.empty(shape, dtype)
+    fits = dst.shape == tuple(shape) and dst.dtype == dtype
+    if not (fits and dst.flags.c_contiguous and dst.flags.writeable):
+        raise ValueError(f"dst must be a writable C-contiguous {np.dtype(dtype).name} array of shape "
+                         f"{tuple(shape)}, got {dst.dtype} {dst.shape}")
+    return dst
+
+
 def gemm(a_codes, a_bits: int, za: int, b: Packed, zb: int = 0, scale=None, bias=None, requant=None,
-         out: str | None = None, check: bool = True) -> np.ndarray:
+         out: str | None = None, check: bool = True, dst: np.ndarray | None = None) -> np.ndarray:
     """sum_k (a[m, k] - za) * (b[n, k] - zb) with the fused epilogue, in one native call that
     also packs the activations.
 
@@ -223,6 +235,7 @@ def gemm(a_codes, a_bits: int, za: int, b: Packed, zb: int = 0, scale=None, bias
          "float32" -> y = float32(acc) * scale[n] + bias[n] (default with a scale);
          "codes" -> uint8 quant.quantize_act(y, *requant) (default with requant=(step, zp, bits)).
     scale: float32 scalar or [N] (a linear layer: float32(s_a) * s_w); bias: [N] or None.
+    dst: optional preallocated result array (dtype and shape as above), returned.
     """
     _check_bits(a_bits)
     a = _codes(a_codes, a_bits, False, check, "A operand")
@@ -262,13 +275,13 @@ def gemm(a_codes, a_bits: int, za: int, b: Packed, zb: int = 0, scale=None, bias
         q_step, q_zp, q_bits = requant
         _check_bits(q_bits)
         ep.q_step, ep.q_zp, ep.q_bits = float(np.float32(q_step)), int(q_zp), int(q_bits)
-        res = np.empty((m, n), np.uint8)
+        res = _result(dst, (m, n), np.uint8)
         ep.out_q = _ptr("uint8_t *", res)
     elif out == "float32":
-        res = np.empty((m, n), np.float32)
+        res = _result(dst, (m, n), np.float32)
         ep.out_f = _ptr("float *", res)
     else:
-        res = np.empty((m, n), np.int32)
+        res = _result(dst, (m, n), np.int32)
         ep.out_i = _ptr("int32_t *", res)
     ep.ldo = n
     ap = _ptr("uint8_t *", a)
@@ -284,9 +297,9 @@ def gemm(a_codes, a_bits: int, za: int, b: Packed, zb: int = 0, scale=None, bias
 
 
 def linear(a_codes, a_bits: int, za: int, w: Packed, scale=None, bias=None, requant=None, out=None,
-           check: bool = True) -> np.ndarray:
+           check: bool = True, dst: np.ndarray | None = None) -> np.ndarray:
     """A quantized linear layer in one call: weights packed by pack_weight, activations packed here."""
-    return gemm(a_codes, a_bits, za, w, 0, scale, bias, requant, out, check)
+    return gemm(a_codes, a_bits, za, w, 0, scale, bias, requant, out, check, dst)
 
 
 def int_linear(a, z_a: int, w, a_bits: int, w_bits: int, engine: str = "auto") -> np.ndarray:
@@ -297,7 +310,7 @@ def int_linear(a, z_a: int, w, a_bits: int, w_bits: int, engine: str = "auto") -
 
 
 def matmul_act(a, z_a, b, z_b, bits: int, b_bits: int | None = None, engine: str = "auto", scale=None,
-               check: bool = True) -> np.ndarray:
+               check: bool = True, dst: np.ndarray | None = None) -> np.ndarray:
     """Attention matmul over leading batch axes, both operands packed per call in one native call:
     out[..., m, n] = sum_k (a[..., m, k] - z_a) * (b[..., n, k] - z_b)   (Q K^T: b = K; A V: b = V^T).
     z_a, z_b (and scale): scalars or one per batch entry (e.g. per head), broadcast over the
@@ -322,11 +335,11 @@ def matmul_act(a, z_a, b, z_b, bits: int, b_bits: int | None = None, engine: str
     zb = np.ascontiguousarray(np.broadcast_to(np.asarray(z_b, np.int32), lead).reshape(-1))
     out_i = out_f = sc = None
     if scale is None:
-        out_i = np.empty(lead + (m, n), np.int32)
+        out_i = _result(dst, lead + (m, n), np.int32)
     else:
         sc = np.broadcast_to(np.asarray(scale, np.float32), lead).reshape(-1)
         sc = np.ascontiguousarray(sc)
-        out_f = np.empty(lead + (m, n), np.float32)
+        out_f = _result(dst, lead + (m, n), np.float32)
     rc = lib.qv_matmul_act(ENGINES.index(engine), _ptr("uint8_t *", a2), m * k, k, bits,
                            _ptr("int32_t *", za), _ptr("uint8_t *", b2), n * k, k, b_bits,
                            _ptr("int32_t *", zb), batch, m, n, k,
