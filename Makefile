@@ -9,6 +9,7 @@ TARGET ?= x86_64
 MODEL ?=
 OUT ?= build/$(TARGET)/model.so
 THREADS ?= 1
+BENCH_THREADS ?= 1,2
 
 .PHONY: install system-deps test demo compile bench bench-kernels pi-bench lint clean sanitize
 
@@ -34,7 +35,7 @@ compile: install
 	$(VPY) -m qvit_compile --target $(TARGET) --model "$(MODEL)" --out $(OUT)
 
 bench: install
-	$(VPY) -m qvit_compile.bench --threads $(THREADS)
+	$(VPY) -m qvit_compile.bench --threads $(BENCH_THREADS)
 
 bench-kernels: install
 	$(VPY) -m qvit_edge.bench_kernels

@@ -328,19 +328,41 @@ def attn_pv(bp: int, t: int, heads: int, d: int, bits: int):
 # Float glue
 # ---------------------------------------------------------------------------------------------- #
 
+VLANES = 16  # partial sums per float reduction (vector lanes)
+
+
+def _vreduce(lead, n, fn, kind, name):
+    """Reduce fn(*lead, k) over k < n as VLANES interleaved partials and then across them: one
+    sequential float chain of n adds is latency-bound; VLANES vectorized chains are not. (The order
+    of additions differs from numpy's pairwise sum by rounding only; max is exact.)"""
+    lanes = VLANES
+    red = te.sum if kind == "sum" else te.max
+    if n < 2 * lanes:  # a one-step partial loop inside a vectorized loop is miscompiled by TVM 0.27
+        k = te.reduce_axis((0, n), name=name + "_k")
+        return te.compute(lead, lambda *r: red(fn(*r, k), axis=k), name=name)
+    q = te.reduce_axis((0, -(-n // lanes)), name=name + "_q")
+    ident = tirx.const(0.0 if kind == "sum" else -3.4e38, "float32")
+
+    def part(*a):
+        k = q * lanes + a[-1]
+        return red(tirx.if_then_else(k < n, fn(*a[:-1], tirx.min(k, n - 1)), ident), axis=q)
+
+    p = te.compute((*lead, lanes), part, name=name + "_vpart")
+    rl = te.reduce_axis((0, lanes), name=name + "_l")
+    return te.compute(lead, lambda *r: red(p[(*r, rl)], axis=rl), name=name)
+
+
 def _layernorm(x, g, b, eps):
     shape = [int(s) for s in x.shape]
     n = shape[-1]
     lead = shape[:-1]
     inv_n = tirx.const(1.0 / n, "float32")
-    k1 = te.reduce_axis((0, n), name="k1")
-    total = te.compute(lead, lambda *r: te.sum(x[(*r, k1)], axis=k1), name="ln_sum")
-    k2 = te.reduce_axis((0, n), name="k2")
+    total = _vreduce(lead, n, lambda *a: x[a], "sum", "ln_sum")
 
     def centred(r, k):
         return x[(*r, k)] - total[r] / tirx.const(float(n), "float32")
 
-    sq = te.compute(lead, lambda *r: te.sum(centred(r, k2) * centred(r, k2), axis=k2), name="ln_sq")
+    sq = _vreduce(lead, n, lambda *a: centred(a[:-1], a[-1]) * centred(a[:-1], a[-1]), "sum", "ln_sq")
     del inv_n
     return te.compute(shape, lambda *r: centred(r[:-1], r[-1])
                       / tirx.sqrt(sq[r[:-1]] / tirx.const(float(n), "float32") + tirx.const(eps, "float32"))

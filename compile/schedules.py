@@ -77,9 +77,23 @@ def _is_spatial_loop(sch, blk, idx) -> bool:
     return idx < len(iv) and iv[idx].iter_type == 0
 
 
+def vector_partials(sch, func_name: str) -> None:
+    """kernels._vreduce partial blocks: loops (..., lane, q) -> (..., q, lane), lane vectorized."""
+    for blk in _blocks(sch, func_name):
+        if not sch.get(blk).name_hint.endswith("_vpart"):
+            continue
+        loops = sch.get_loops(blk)
+        lane, q = loops[-2], loops[-1]
+        sch.reorder(q, lane)
+        sch.vectorize(lane)
+        init = sch.decompose_reduction(blk, q)
+        sch.vectorize(sch.get_loops(init)[-1])
+
+
 def generic(func: tvm.tirx.PrimFunc, name: str, keep: tuple = ()) -> tvm.tirx.PrimFunc:
     sch = s_tir.Schedule(tvm.IRModule({name: func}))
     auto_inline(sch, name, keep)
+    vector_partials(sch, name)
     parallel_outer(sch, name)
     return sch.mod[name]
 
@@ -115,6 +129,9 @@ def bitserial_linear(func, name: str, m: int, n: int, target_kind: str, mtile: i
     except Exception:  # no such block for b >= 2 bit weights
         pass
     sch.reverse_compute_at(y, fused)
+    if n % kernels.NV == 0 and m % mtile == 0:  # the float epilogue over the tile's NV channels
+        # (not with a row predicate: TVM 0.27 then stored the vector for padded rows too -> overflow)
+        sch.vectorize(sch.get_loops(y)[-1])
     sch.vectorize(ci)
     sch.unroll(ri)
     for lp in red:

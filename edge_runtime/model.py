@@ -65,6 +65,15 @@ def _native():
     return nat
 
 
+def _aligned_zeros(shape, dtype, align: int = 64) -> np.ndarray:
+    """TVM-generated kernels assume 64-byte aligned tensors (aligned vector loads/stores)."""
+    dt = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dt.itemsize
+    raw = np.zeros(nbytes + align, np.uint8)
+    off = -raw.ctypes.data % align
+    return raw[off:off + nbytes].view(dt).reshape(shape)
+
+
 def _dl_dtype(name: str):
     dt = np.dtype(name)
     kind = {"i": "int", "u": "uint", "f": "float"}[dt.kind]
@@ -146,7 +155,7 @@ class Model:
                     nbytes = int(np.prod(shape)) * np.dtype(t["dtype"]).itemsize
                     arr = self._arena[o:o + nbytes].view(t["dtype"]).reshape(shape)
                 else:
-                    arr = np.zeros(shape, t["dtype"])
+                    arr = _aligned_zeros(shape, t["dtype"])
                 self._arrays[name] = arr
                 data = _ffi.cast("void *", arr.ctypes.data)
             code, bits = _dl_dtype(t["dtype"])
