@@ -33,3 +33,20 @@ def test_native_kernels_aarch64_under_qemu():
     r = run("aarch64")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "path neon " in r.stdout and "0 failures" in r.stdout
+
+
+@pytest.mark.qemu
+def test_python_api_on_aarch64_under_qemu():
+    """The Python API with the cross-built extension in the aarch64 Python of
+    scripts/aarch64-python.sh: NEON and SDOT paths against quant.py through numpy."""
+    for tool in ("qemu-aarch64", "aarch64-linux-gnu-gcc", "apt-get", "dpkg-deb"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} not installed (make system-deps installs it)")
+    r = subprocess.run(["bash", os.path.join(ROOT, "scripts", "aarch64-python.sh")], capture_output=True,
+                       text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    py = r.stdout.strip().splitlines()[-1]
+    checker = os.path.join(ROOT, "native", "tests", "check_kernels_api.py")
+    r = subprocess.run([py, checker], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "neon neon_dot" in r.stdout and " 0 failures" in r.stdout
