@@ -10,63 +10,63 @@
 #define MR 4
 #define FLUSH 31  /* byte counters: at most 8 per word, 31 * 8 = 248 < 256 */
 
-QV_INLINE void bs_tile(const qv_gemm_ctx *g, int64_t m, int64_t nb, const int MR_, int32_t *tile /* [MR][8] */) {
+/* MR_ (<= 2) rows x one block of 8 outputs (four uint64x2 lanes pairs). Byte counters collect
+ * CNT results for up to 31 words, then widen pairwise (UADDLP, UADALP) into per-lane 64-bit
+ * sums; the plane pair's sum is shifted into a running total, all in vector registers
+ * (2 rows: 8 byte counters + 8 wide sums + 8 totals + 4 B words + 1 A word = 29 of 32). */
+#define BS_MR 2
+QV_INLINE void bs_tile(const qv_gemm_ctx *g, int64_t m, int64_t nb, const int MR_, int32_t *tile /* [BS_MR][8] */) {
   const int64_t kw = g->kw;
   const int ab = g->a_bits, bb = g->b_bits;
   const int binary_w = g->b_signed && bb == 1;
-  int64_t tot[MR][8] = {{0}};
+  int64x2_t tot[BS_MR][4];
+  for (int r = 0; r < MR_; r++)
+    for (int t = 0; t < 4; t++) tot[r][t] = vdupq_n_s64(0);
   for (int i = 0; i < ab; i++) {
-    const uint64_t *a[MR];
+    const uint64_t *a[BS_MR];
     for (int r = 0; r < MR_; r++) a[r] = g->a_planes + ((m + r) * ab + i) * kw;
     for (int j = 0; j < bb; j++) {
       const uint64_t *b = g->b_planes + ((nb * bb + j) * kw) * QV_BS_NB;
-      uint64_t pair[MR][8] = {{0}};
+      uint64x2_t wide[BS_MR][4];
+      for (int r = 0; r < MR_; r++)
+        for (int t = 0; t < 4; t++) wide[r][t] = vdupq_n_u64(0);
       for (int64_t w0 = 0; w0 < kw; w0 += FLUSH) {
         const int64_t w1 = kw - w0 < FLUSH ? kw : w0 + FLUSH;
-        uint8x16_t cnt[MR][4];
+        uint8x16_t cnt[BS_MR][4];
         for (int r = 0; r < MR_; r++)
           for (int t = 0; t < 4; t++) cnt[r][t] = vdupq_n_u8(0);
         for (int64_t w = w0; w < w1; w++) {
           uint8x16_t bw[4];
           for (int t = 0; t < 4; t++) bw[t] = vreinterpretq_u8_u64(vld1q_u64(b + w * QV_BS_NB + 2 * t));
           for (int r = 0; r < MR_; r++) {
-            uint8x16_t av = vreinterpretq_u8_u64(vdupq_n_u64(a[r][w]));
+            uint8x16_t av = vreinterpretq_u8_u64(vld1q_dup_u64(a[r] + w));
             for (int t = 0; t < 4; t++) cnt[r][t] = vaddq_u8(cnt[r][t], vcntq_u8(vandq_u8(av, bw[t])));
           }
         }
         for (int r = 0; r < MR_; r++)
-          for (int t = 0; t < 4; t++) {
-            uint64x2_t s = vpaddlq_u32(vpaddlq_u16(vpaddlq_u8(cnt[r][t])));  /* per 64-bit lane */
-            pair[r][2 * t] += vgetq_lane_u64(s, 0);
-            pair[r][2 * t + 1] += vgetq_lane_u64(s, 1);
-          }
+          for (int t = 0; t < 4; t++) wide[r][t] = vpadalq_u32(wide[r][t], vpaddlq_u16(vpaddlq_u8(cnt[r][t])));
       }
-      const int shift = binary_w ? i + 1 : i + j;
+      const int64x2_t sh = vdupq_n_s64(binary_w ? i + 1 : i + j);
       const int neg = !binary_w && g->b_signed && j == bb - 1;
       for (int r = 0; r < MR_; r++)
-        for (int l = 0; l < 8; l++) {
-          int64_t p = (int64_t)pair[r][l] << shift;
-          tot[r][l] += neg ? -p : p;
+        for (int t = 0; t < 4; t++) {
+          int64x2_t x = vshlq_s64(vreinterpretq_s64_u64(wide[r][t]), sh);
+          tot[r][t] = neg ? vsubq_s64(tot[r][t], x) : vaddq_s64(tot[r][t], x);
         }
     }
   }
   for (int r = 0; r < MR_; r++)
-    for (int l = 0; l < 8; l++) tile[r * 8 + l] = (int32_t)tot[r][l];
+    for (int t = 0; t < 4; t++) vst1_s32(tile + r * 8 + 2 * t, vmovn_s64(tot[r][t]));
 }
 
 void qv_bs_block_neon(const qv_gemm_ctx *g, int64_t m0, int64_t m1, int64_t nb0, int64_t nb1) {
-  int32_t tile[MR * 8];
+  int32_t tile[BS_MR * 8];
   for (int64_t nb = nb0; nb < nb1; nb++) {
     const int64_t n0 = nb * QV_BS_NB;
     const int cols = (int)(g->n - n0 < QV_BS_NB ? g->n - n0 : QV_BS_NB);
-    for (int64_t m = m0; m < m1; m += MR) {
-      const int rows = (int)(m1 - m < MR ? m1 - m : MR);
-      switch (rows) {
-        case 4: bs_tile(g, m, nb, 4, tile); break;
-        case 3: bs_tile(g, m, nb, 3, tile); break;
-        case 2: bs_tile(g, m, nb, 2, tile); break;
-        default: bs_tile(g, m, nb, 1, tile); break;
-      }
+    for (int64_t m = m0; m < m1; m += BS_MR) {
+      const int rows = m1 - m < BS_MR ? 1 : BS_MR;
+      if (rows == 2) bs_tile(g, m, nb, 2, tile); else bs_tile(g, m, nb, 1, tile);
       qv_epilogue_neon(g, tile, 8, m, rows, n0, cols);
     }
   }
