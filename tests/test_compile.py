@@ -150,3 +150,26 @@ def test_cli_missing_cross_compiler(tmp_path):
     assert r.returncode == 2
     assert "'aarch64-linux-gnu-gcc' for target aarch64 not found" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("grid,window,shift", [((14, 14), (7, 7), (3, 3)), ((14, 14), (4, 4), (2, 2)),
+                                               ((7, 7), (7, 7), (0, 0)), ((6, 10), (4, 4), (2, 2))])
+def test_window_ops(grid, window, shift):
+    """Window partition / reverse (roll, padding) and patch merging equal the reference's."""
+    from qvit_edge import reference
+    c = 3
+    funcs = {}
+    for name, (ins, outs) in {"wp": K.window_partition(c, grid, window, shift),
+                              "wr": K.window_reverse(c, grid, window, shift),
+                              "pm": K.patch_merge(c, grid)}.items():
+        funcs[name] = schedules.generic(schedules.prim_func(name, ins, outs), name)
+    mod = tvm.compile(tvm.IRModule(funcs), target=HOST.tvm()).mod
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, grid[0] * grid[1], c)).astype(np.float32)
+    parts = reference.window_partition(x, list(grid), list(window), list(shift))
+    back = reference.window_reverse(parts, list(grid), list(window), list(shift))
+    merged = reference.patch_merge(x, list(grid))
+    for name, inp, want in (("wp", x, parts), ("wr", parts, back), ("pm", x, merged)):
+        out = _t(np.zeros(want.shape, np.float32))
+        mod[name](_t(inp), out)
+        np.testing.assert_array_equal(out.numpy(), want, err_msg=name)
