@@ -122,7 +122,7 @@ int qv_matmul_act(int engine, const uint8_t *a, int64_t a_bstride, int64_t lda, 
 void qv_layernorm(const float *x, int64_t rows, int64_t n, const float *weight, const float *bias,
                   float eps, float *out);
 void qv_softmax(const float *x, int64_t rows, int64_t n, float *out);
-/* exact (erf) GELU; clip > 0 clips the result to [-clip, clip] */
+/* exact (erf) GELU (erf to 1.5e-7 absolute); clip > 0 clips the result to [-clip, clip] */
 void qv_gelu(const float *x, int64_t count, float clip, float *out);
 /* quant.quantize_act with one step / zero point: clamp(rint(x / step) + zp, 0, 2^bits - 1) */
 void qv_quantize(const float *x, int64_t count, float step, int32_t zp, int bits, uint8_t *out);
