@@ -135,6 +135,95 @@ def measure(contenders: list, threads: list[int], x: np.ndarray, rounds: int, wa
     return res
 
 
+def per_layer(so_path: str, imodel, threads: list[int], rounds: int) -> dict:
+    """Each linear layer of block 0, float input -> float output, as the model.so runs it (its pack
+    and GEMM steps, LayerNorm/GELU/residual fused) against the native kernels of qvit_edge._native
+    doing the same work (qv_layernorm when fused, qv_quantize, qv_bs_linear, qv_gelu when fused),
+    at the same thread count on the same thread pool. Medians of `rounds` timings of 20 calls."""
+    from qvit_edge import model as runtime
+
+    so = runtime.load(so_path)
+    nat, ffi, lib = so._nat, runtime._ffi, so._nat.lib
+
+    def ptr(a, ctype):
+        return nat.ffi.cast(ctype, nat.ffi.from_buffer(a))
+    so.run(np.zeros((1,) + so.input_shape, np.float32))
+    steps = so._plan["steps"]
+    graph = {op["out"]: op for op in imodel.graph}
+    out: dict = {}
+    for t in threads:
+        lib.qv_pool_set_threads(t)
+        for st in steps:
+            op = graph.get(st["op"])
+            if op is None or op["op"] != "qlinear" or not st["op"].startswith("blocks.0.") or \
+                    "bitserial" not in so._plan["kernels"][st["kernel"]]:
+                continue
+            idx = [j for j, s2 in enumerate(steps) if s2["op"] == st["op"]]  # pack + gemm
+            arr = ffi.new("qvit_tvm_step[]", len(idx))
+            for k, j in enumerate(idx):
+                arr[k] = so._steps[j]
+            pa = nat.ffi.cast("void *", int(ffi.cast("uintptr_t", arr)))
+
+            n_idx = len(idx)
+
+            def ours(pa=pa, n=n_idx):
+                lib.qvit_tvm_run(so._kernels, pa, n, nat.ffi.NULL, so._failed)
+
+            prm = imodel.params(op)
+            w = prm["weight"]
+            n_out, k_in = w.shape
+            m = int(np.prod(so._plan["tensors"][steps[idx[0]]["args"][0]]["shape"][:-1]))
+            x = np.random.default_rng(0).standard_normal((m, k_in)).astype(np.float32)
+            codes = np.zeros((m, k_in), np.uint8)
+            y = np.zeros((m, n_out), np.float32)
+            xn = np.zeros_like(x)
+            ab, wb = int(op["a_bits"]), int(op["w_bits"])
+            bw = np.zeros(lib.qv_bs_b_words(n_out, k_in, wb), np.uint64)
+            bsum = np.zeros(n_out, np.int32)
+            w8 = np.ascontiguousarray(w.view(np.uint8))
+            lib.qv_bs_pack_b(ptr(w8, "uint8_t *"), n_out, k_in, k_in, wb, 1, ptr(bw, "uint64_t *"),
+                             ptr(bsum, "int32_t *"))
+            scale = (np.float32(prm["a_step"]) * prm["w_step"]).astype(np.float32)
+            bias = prm.get("bias", np.zeros(n_out, np.float32)).astype(np.float32)
+            ep = nat.ffi.new("qv_epilogue *")
+            ep.scale, ep.bias = ptr(scale, "float *"), ptr(bias, "float *")
+            ep.out_f, ep.ldo = ptr(y, "float *"), n_out
+            ln = next((o for o in imodel.graph if o["out"] == op["in"] and o["op"] == "layernorm"), None)
+            gelu = any(g["op"] == "gelu" and g["in"] == op["out"] for g in imodel.graph)
+            fx, fxn, fc = ptr(x, "float *"), ptr(xn, "float *"), ptr(codes, "uint8_t *")
+            lnp = {k: ptr(np.ascontiguousarray(v, np.float32), "float *")
+                   for k, v in imodel.params(ln).items()} if ln else None
+            pb, ps, py = ptr(bw, "uint64_t *"), ptr(bsum, "int32_t *"), ptr(y, "float *")
+            a_step, a_zp = float(prm["a_step"]), int(prm["a_zp"])
+
+            def native(ln=ln, gelu=gelu, fx=fx, fxn=fxn, fc=fc, lnp=lnp, m=m, k_in=k_in, n_out=n_out, ab=ab,
+                       wb=wb, a_step=a_step, a_zp=a_zp, pb=pb, ps=ps, ep=ep, py=py):
+                src = fx
+                if ln is not None:
+                    lib.qv_layernorm(fx, m, k_in, lnp["weight"], lnp["bias"], float(ln["eps"]), fxn)
+                    src = fxn
+                lib.qv_quantize(src, m * k_in, a_step, a_zp, ab, fc)
+                lib.qv_bs_linear(fc, m, k_in, k_in, ab, a_zp, pb, ps, wb, 1, 0, n_out, ep)
+                if gelu:
+                    lib.qv_gelu(py, m * n_out, 10.0, py)
+
+            res = {}
+            for name, fn in (("model.so", ours), ("native", native)):
+                fn()
+                ts = []
+                for _ in range(rounds):
+                    t0 = time.perf_counter()
+                    for _ in range(20):
+                        fn()
+                    ts.append((time.perf_counter() - t0) / 20)
+                res[name] = 1e3 * float(np.median(ts))
+            label = f"{op['param']} M{m} K{k_in} N{n_out} W{wb}A{ab}" + (" +LN" if ln else "") + \
+                (" +GELU" if gelu else "")
+            out.setdefault(t, {})[label] = res
+    so.close()
+    return out
+
+
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
@@ -158,12 +247,14 @@ def main(argv=None) -> int:
             res = measure(contenders, args.threads, x, args.rounds, args.warmup)
     else:
         res = measure(contenders, args.threads, x, args.rounds, args.warmup)
+    print("bench: per layer, model.so kernels vs the native kernels", flush=True)
+    layers = per_layer(so_path, model, args.threads, max(5, args.rounds // 2))
     import onnxruntime
     import torch
     info = {"arch": args.arch, "bits": args.bits, "batch": 1, "rounds": args.rounds, "cpu": _cpu_name(),
             "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
             "onnxruntime": onnxruntime.__version__, "command": "python -m qvit_compile.bench " +
-            " ".join(sys.argv[1:] if argv is None else argv), "results": res}
+            " ".join(sys.argv[1:] if argv is None else argv), "results": res, "per_layer": layers}
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(info, f, indent=1)
     print(report(info))
@@ -179,6 +270,12 @@ def report(info: dict) -> str:
         for name, v in r.items():
             lines.append(f"| {t} | {name} | {v['median_ms']:.1f} | {v['min_ms']:.1f} | "
                          f"{v['median_ms'] / ours:.2f}x |")
+    lines += ["", "Per layer (block 0, float in -> float out), median ms:", "",
+              "| threads | layer | model.so | native | native / model.so |", "|---|---|---|---|---|"]
+    for t, r in info.get("per_layer", {}).items():
+        for label, v in r.items():
+            lines.append(f"| {t} | {label} | {v['model.so']:.3f} | {v['native']:.3f} | "
+                         f"{v['native'] / v['model.so']:.2f}x |")
     return "\n".join(lines)
 
 
