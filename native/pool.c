@@ -92,7 +92,25 @@ static void *worker_main(void *arg) {
   }
 }
 
+/* A fork()ed child has only the forking thread: forget the parent's workers (and any lock state
+ * the fork froze), so the child's first parallel run starts fresh ones instead of waiting for
+ * threads that do not exist. */
+static void after_fork_in_child(void) {
+  pthread_mutex_t m0 = PTHREAD_MUTEX_INITIALIZER, m1 = PTHREAD_MUTEX_INITIALIZER;
+  pthread_cond_t c0 = PTHREAD_COND_INITIALIZER;
+  run_lock = m0;
+  wake_lock = m1;
+  wake_cond = c0;
+  n_workers = 0;
+  atomic_store(&quit, 0);
+}
+
 static int ensure_workers(int n) {
+  static int atfork_done;
+  if (!atfork_done) {
+    pthread_atfork(NULL, NULL, after_fork_in_child);
+    atfork_done = 1;
+  }
   while (n_workers < n) {
     start_generation[n_workers] = atomic_load(&generation);
     if (pthread_create(&workers[n_workers], NULL, worker_main, (void *)(long)(n_workers + 1)) != 0)

@@ -61,6 +61,8 @@ def main(argv: list[str]) -> int:
     if exe is None:
         return SKIP
     env = dict(os.environ)
+    if mode == "aarch64":
+        env["QV_TEST_SKIP_FORK"] = "qemu-user cannot fork a multi-threaded process"
     if mode == "sanitize":
         env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
         env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1")

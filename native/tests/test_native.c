@@ -11,6 +11,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include "qv_kernels.h"
 #include "qv_pool.h"
 
@@ -201,6 +205,23 @@ static void test_pool(void) {
   atomic_store(&nested_count, 0);
   qv_pool_run(outer_task, NULL, 3);
   CHECK(atomic_load(&nested_count) == 9, "nested runs: %d inner tasks, want 9", atomic_load(&nested_count));
+  /* a forked child (workers started in the parent above) must get its own workers; qemu-user
+   * cannot fork a multi-threaded guest (it asserts), so the qemu run skips this */
+  if (getenv("QV_TEST_SKIP_FORK")) {
+    printf("pool fork test skipped: %s\n", getenv("QV_TEST_SKIP_FORK"));
+    return;
+  }
+  fflush(stdout);
+  pid_t pid = fork();
+  if (pid == 0) {
+    atomic_store(&seen_bad, 0);
+    int ran = qv_pool_run(barrier_task, NULL, 3);
+    _exit(ran == 3 && !atomic_load(&seen_bad) ? 0 : 1);
+  }
+  int status = -1;
+  for (int waited = 0; waited < 3000 && waitpid(pid, &status, WNOHANG) == 0; waited++) usleep(10000);
+  if (status == -1) kill(pid, SIGKILL), waitpid(pid, &status, 0);
+  CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "pool in a forked child (status %d)", status);
 }
 
 int main(int argc, char **argv) {
