@@ -66,6 +66,34 @@ class _SignSTE(torch.autograd.Function):
         return g * (x.abs() <= 1).to(g.dtype)
 
 
+class _FakeQuantAct(torch.autograd.Function):
+    """x_hat = (clamp(round(x / s) + z, 0, qmax) - z) * s (the rounding of quant.py) with the LSQ /
+    LSQ+ straight-through gradients of round(clamp(x / s + z, 0, qmax)), in one autograd node that
+    keeps only x (the composed ops would keep five x-sized tensors per quantizer):
+        inside = 0 <= x/s + z <= qmax
+        dx = [inside],  ds = round(x/s) - x/s inside, (code - z) outside,  dz = -s [outside]
+    s and z broadcast against x."""
+
+    @staticmethod
+    def forward(ctx, x, step, zp, qmax):
+        codes = torch.clamp(torch.round(x / step) + zp, 0, qmax)
+        ctx.save_for_backward(x, step, zp)
+        ctx.qmax = qmax
+        return (codes - zp) * step
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, step, zp = ctx.saved_tensors
+        v = x / step
+        t = v + zp
+        inside = (t >= 0) & (t <= ctx.qmax)
+        gx = gy * inside
+        rounded = torch.round(v)
+        gs = gy * torch.where(inside, rounded - v, torch.clamp(rounded + zp, 0, ctx.qmax) - zp)
+        gz = gy * torch.where(inside, torch.zeros_like(step), -step)
+        return gx, gs.sum_to_size(step.shape), gz.sum_to_size(zp.shape), None
+
+
 class ActQuant(nn.Module):
     """Asymmetric activation quantizer with a learned step and a learned offset (LSQ+).
 
@@ -130,8 +158,7 @@ class ActQuant(nn.Module):
         g = 1.0 / math.sqrt(max(n, 1) * self.qmax)
         step = self._view(grad_scale(self.step.clamp_min(MIN_STEP), g), x)
         zp = self._view(grad_scale(self.zero_point(), g), x)
-        codes = torch.clamp(round_ste(x / step) + zp, 0, self.qmax)
-        return (codes - zp) * step
+        return _FakeQuantAct.apply(x, step, zp, self.qmax)
 
     @torch.no_grad()
     def int_params(self) -> dict:

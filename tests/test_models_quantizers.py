@@ -220,3 +220,33 @@ def test_a_step_driven_below_zero_keeps_the_integer_form_exact():
     a = quant.quantize_act(x.numpy(), f["a_step"], f["a_zp"], 2)
     y_int = f["a_step"] * f["w_step"] * quant.int_linear(a, f["a_zp"], f["weight"]) + f["bias"]
     np.testing.assert_allclose(y_int, y, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("channels", [None, 3])
+def test_fused_act_quant_gradients_equal_the_composed_straight_through_ops(channels):
+    from qvit.quantizers import grad_scale, round_ste
+
+    torch.manual_seed(0)
+    x = (torch.randn(4, 3, 5, 6) * 2).requires_grad_()
+    aq = ActQuant(2, channels=channels)
+    aq(x)
+    with torch.no_grad():
+        aq.offset.add_(0.3)
+    y = aq(x)
+    gy = torch.randn_like(y)
+    gx, gs, go = torch.autograd.grad(y, (x, aq.step, aq.offset), gy)
+    # the same quantizer written as plain autograd ops (clip, then straight-through round)
+    x2 = x.detach().clone().requires_grad_()
+    step, off = aq.step.detach().clone().requires_grad_(), aq.offset.detach().clone().requires_grad_()
+    n = x2[0].numel() // (channels or 1)
+    g = 1.0 / (n * 3) ** 0.5
+    shape = (1, 3, 1, 1) if channels else ()
+    s = grad_scale(step, g).reshape(shape)
+    z = grad_scale(round_ste(off.clamp(0, 3)), g).reshape(shape)
+    y2 = (round_ste(torch.clamp(x2 / s + z, 0, 3)) - z) * s  # LSQ+ as the official code writes it
+    gx2, gs2, go2 = torch.autograd.grad(y2, (x2, step, off), gy)
+    assert torch.equal(y.detach(), y2.detach())
+    torch.testing.assert_close(gx, gx2)
+    torch.testing.assert_close(gs, gs2, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(go, go2, rtol=1e-5, atol=1e-6)
+    assert go.abs().sum() > 0 and gs.abs().sum() > 0
