@@ -14,23 +14,25 @@ QV_INLINE QV_TARGET_AVX2 __m256i popcnt64(__m256i x, __m256i lut, __m256i low4) 
   return _mm256_sad_epu8(bytes, _mm256_setzero_si256());
 }
 
-/* MR_ rows x one block of 8 outputs (two 4-lane vectors), plane pairs as in avx512.c; the pair
- * totals live in memory because AVX2 has only 16 vector registers. */
+/* BS_MR rows x one block of 8 outputs (two 4-lane vectors), plane pairs as in avx512.c; counts,
+ * totals, table and B words all stay in the 16 vector registers with 2 rows. */
+#define BS_MR 2
 QV_INLINE QV_TARGET_AVX2 void bs_tile(const qv_gemm_ctx *g, int64_t m, int64_t nb, const int MR_,
-                                      int32_t *tile /* [MR][8] */) {
+                                      int32_t *tile /* [BS_MR][8] */) {
   const int64_t kw = g->kw;
   const int ab = g->a_bits, bb = g->b_bits;
   const int binary_w = g->b_signed && bb == 1;
   const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
                                        0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
   const __m256i low4 = _mm256_set1_epi8(0x0f);
-  int64_t tot[MR][8] = {{0}};
+  __m256i tot[BS_MR][2];
+  for (int r = 0; r < MR_; r++) tot[r][0] = tot[r][1] = _mm256_setzero_si256();
   for (int i = 0; i < ab; i++) {
-    const uint64_t *a[MR];
+    const uint64_t *a[BS_MR];
     for (int r = 0; r < MR_; r++) a[r] = g->a_planes + ((m + r) * ab + i) * kw;
     for (int j = 0; j < bb; j++) {
       const uint64_t *b = g->b_planes + ((nb * bb + j) * kw) * QV_BS_NB;
-      __m256i acc[MR][2];
+      __m256i acc[BS_MR][2];
       for (int r = 0; r < MR_; r++) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
       for (int64_t w = 0; w < kw; w++) {
         __m256i b0 = _mm256_loadu_si256((const __m256i *)(b + w * QV_BS_NB));
@@ -41,33 +43,30 @@ QV_INLINE QV_TARGET_AVX2 void bs_tile(const qv_gemm_ctx *g, int64_t m, int64_t n
           acc[r][1] = _mm256_add_epi64(acc[r][1], popcnt64(_mm256_and_si256(av, b1), lut, low4));
         }
       }
-      const int shift = binary_w ? i + 1 : i + j;
+      const __m128i sh = _mm_cvtsi32_si128(binary_w ? i + 1 : i + j);
       const int neg = !binary_w && g->b_signed && j == bb - 1;
-      for (int r = 0; r < MR_; r++) {
-        int64_t p[8];
-        _mm256_storeu_si256((__m256i *)p, acc[r][0]);
-        _mm256_storeu_si256((__m256i *)(p + 4), acc[r][1]);
-        for (int l = 0; l < 8; l++) tot[r][l] += neg ? -(p[l] << shift) : (p[l] << shift);
-      }
+      for (int r = 0; r < MR_; r++)
+        for (int v = 0; v < 2; v++) {
+          __m256i t = _mm256_sll_epi64(acc[r][v], sh);
+          tot[r][v] = neg ? _mm256_sub_epi64(tot[r][v], t) : _mm256_add_epi64(tot[r][v], t);
+        }
     }
   }
   for (int r = 0; r < MR_; r++)
-    for (int l = 0; l < 8; l++) tile[r * 8 + l] = (int32_t)tot[r][l];
+    for (int v = 0; v < 2; v++) {  /* low 32 bits of each 64-bit lane (the sums fit int32) */
+      __m256i lo = _mm256_permutevar8x32_epi32(tot[r][v], _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6));
+      _mm_storeu_si128((__m128i *)(tile + r * 8 + 4 * v), _mm256_castsi256_si128(lo));
+    }
 }
 
 QV_TARGET_AVX2 void qv_bs_block_avx2(const qv_gemm_ctx *g, int64_t m0, int64_t m1, int64_t nb0, int64_t nb1) {
-  int32_t tile[MR * 8];
+  int32_t tile[BS_MR * 8];
   for (int64_t nb = nb0; nb < nb1; nb++) {
     const int64_t n0 = nb * QV_BS_NB;
     const int cols = (int)(g->n - n0 < QV_BS_NB ? g->n - n0 : QV_BS_NB);
-    for (int64_t m = m0; m < m1; m += MR) {
-      const int rows = (int)(m1 - m < MR ? m1 - m : MR);
-      switch (rows) {
-        case 4: bs_tile(g, m, nb, 4, tile); break;
-        case 3: bs_tile(g, m, nb, 3, tile); break;
-        case 2: bs_tile(g, m, nb, 2, tile); break;
-        default: bs_tile(g, m, nb, 1, tile); break;
-      }
+    for (int64_t m = m0; m < m1; m += BS_MR) {
+      const int rows = m1 - m < BS_MR ? 1 : BS_MR;
+      if (rows == 2) bs_tile(g, m, nb, 2, tile); else bs_tile(g, m, nb, 1, tile);
       qv_epilogue_avx2(g, tile, 8, m, rows, n0, cols);
     }
   }
