@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from qvit_edge import kernels as K
 from qvit_edge import quant, reference
 
@@ -199,3 +200,20 @@ def test_float_ops_match_reference():
     np.testing.assert_allclose(K.gelu(x, clip=2.0), reference.gelu(x, clip=2.0), atol=1e-6, rtol=1e-5)
     xs = np.concatenate([x.reshape(-1), np.array([0.125, 0.375, -0.125], np.float32)])
     np.testing.assert_array_equal(K.quantize(xs, 0.25, 3, 4), quant.quantize_act(xs, 0.25, 3, 4))
+
+
+def test_bench_kernels_runs_and_reports_targets(tmp_path):
+    """`make bench-kernels` end to end on the smallest setting (numbers are not checked: no timed tests)."""
+    import subprocess
+    import sys
+    pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "bench.md"
+    cmd = [sys.executable, "-m", "qvit_edge.bench_kernels", "--threads", "1", "--repeat", "1",
+           "--models", "deit_small", "--out", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    text = out.read_text()
+    for needle in ("| deit_small | fc2 | 197×384×1536", "bitserial_w1a1", "ort_int8", "### Targets",
+                   "| W2A2 |", "layernorm 197×384"):
+        assert needle in text
