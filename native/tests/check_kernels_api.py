@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 
 import numpy as np
+
 from qvit_edge import kernels as K
 from qvit_edge import quant
 
