@@ -114,8 +114,17 @@ int qv_i8_pack_b(const uint8_t *codes, int64_t n, int64_t k, int64_t ldb, int is
   for (int64_t r = 0; r < n; r++) {
     const uint8_t *src = codes + r * ldb;
     int8_t *blk = packed + (r / QV_I8_NB) * QV_I8_NB * kq * 4 + (r % QV_I8_NB) * 4;
-    for (int64_t i = 0; i < k; i++)
-      blk[(i / 4) * QV_I8_NB * 4 + (i % 4)] = is_signed ? (int8_t)src[i] : (int8_t)(src[i] - 128);
+    /* 4 codes at a time (one 32-bit move per group); unsigned codes become b - 128 = b ^ 0x80 */
+    const uint32_t flip = is_signed ? 0u : 0x80808080u;
+    int64_t q = 0;
+    for (; q < k / 4; q++) {
+      uint32_t v;
+      memcpy(&v, src + 4 * q, 4);
+      v ^= flip;
+      memcpy(blk + q * QV_I8_NB * 4, &v, 4);
+    }
+    for (int64_t i = 4 * q; i < k; i++)  /* ragged end; the pad stays 0 */
+      blk[q * QV_I8_NB * 4 + (i - 4 * q)] = (int8_t)(src[i] ^ (uint8_t)flip);
     if (colsum) colsum[r] = row_sum(src, k, is_signed);
   }
   return QV_OK;
