@@ -111,11 +111,23 @@ def set_threads(n: int) -> int:
 _check_forced_path()
 
 
-def engine_for(a_bits: int, w_bits: int, path: str | None = None) -> str:
+# Activation x activation (attention) matmuls pack both operands per call and have short K
+# (head_dim = 64: one word per bit plane), where per-tile work dominates bit-serial: measured on
+# avx512, int8 already wins at 2 bits there. Paths not listed use ENGINE_BY_BITS.
+ENGINE_BY_BITS_ACT = {
+    "avx512": {1: "bitserial", 2: "int8", 3: "int8", 4: "int8"},
+}
+
+
+def engine_for(a_bits: int, w_bits: int, path: str | None = None, act_act: bool = False) -> str:
+    """The faster exact engine for these bit widths on `path` (default: the one in effect);
+    act_act: for an attention matmul (two activation operands) rather than a linear layer."""
     bits = max(a_bits, w_bits)
     if bits > 4:
         return "int8"
-    return ENGINE_BY_BITS.get(path or get_path(), ENGINE_BY_BITS["scalar"])[bits]
+    path = path or get_path()
+    table = ENGINE_BY_BITS_ACT.get(path) if act_act else None
+    return (table or ENGINE_BY_BITS.get(path, ENGINE_BY_BITS["scalar"]))[bits]
 
 
 # ---- packing -------------------------------------------------------------------------------------
@@ -319,7 +331,7 @@ def matmul_act(a, z_a, b, z_b, bits: int, b_bits: int | None = None, engine: str
     _check_bits(bits)
     _check_bits(b_bits)
     if engine == "auto":
-        engine = engine_for(bits, b_bits)
+        engine = engine_for(bits, b_bits, act_act=True)
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     a, b = np.asarray(a), np.asarray(b)

@@ -217,3 +217,10 @@ def test_bench_kernels_runs_and_reports_targets(tmp_path):
     for needle in ("| deit_small | fc2 | 197×384×1536", "bitserial_w1a1", "ort_int8", "### Targets",
                    "| W2A2 |", "layernorm 197×384"):
         assert needle in text
+
+
+def test_engine_choice_tables():
+    assert K.engine_for(8, 2) == "int8" and K.engine_for(1, 1, "avx512") == "bitserial"
+    assert K.engine_for(2, 2, "avx512") == "bitserial"
+    assert K.engine_for(2, 2, "avx512", act_act=True) == "int8"  # attention: short K, both operands packed
+    assert K.engine_for(2, 2, "neon", act_act=True) == K.engine_for(2, 2, "neon")  # no separate table
