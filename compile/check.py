@@ -16,6 +16,7 @@ import sys
 import tempfile
 
 import numpy as np
+
 from qvit_edge.clikit import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

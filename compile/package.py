@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 
 import numpy as np
+
 from qvit_edge.clikit import UserError
 
 from .lower import Plan

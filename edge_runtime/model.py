@@ -22,6 +22,7 @@ import os
 
 import numpy as np
 from cffi import FFI
+
 from qvit_edge.clikit import UserError
 
 FORMAT = "qvit-model-so"
