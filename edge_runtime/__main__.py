@@ -1,3 +1,5 @@
-from qvit_edge.cli import main
 import sys
+
+from qvit_edge.cli import main
+
 sys.exit(main())

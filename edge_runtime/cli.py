@@ -4,12 +4,14 @@ from __future__ import annotations
 import sys
 
 from qvit_edge import __version__
-from qvit_edge.clikit import Verb, main as _main
+from qvit_edge.clikit import Verb
+from qvit_edge.clikit import main as _main
 
 VERBS = [
     Verb("run", "qvit_edge.cmd_run", "classify images with a compiled model.so", "issue #6"),
     Verb("bench", "qvit_edge.cmd_bench", "latency / throughput / memory benchmark of a model.so", "issue #6"),
-    Verb("info", "qvit_edge.cmd_info", "show what a model.so holds (arch, bits, target, classes)", "issue #6"),
+    Verb("info", "qvit_edge.cmd_info",
+         "show what a model.so holds (arch, bits, target, classes)", "issue #6"),
 ]
 
 

@@ -16,6 +16,7 @@ import resource
 import time
 
 import numpy as np
+
 from qvit_edge.clikit import UserError
 from qvit_edge.preflight import check_threads, host_machine, open_model
 

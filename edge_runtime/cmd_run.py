@@ -14,6 +14,7 @@ import sys
 import time
 
 import numpy as np
+
 from qvit_edge.preflight import check_threads, open_model
 from qvit_edge.preprocess import ImageError, InputSpec, load_image
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 import numpy as np
+
 from qvit_edge import quant
 from qvit_edge.clikit import UserError
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
 from qvit_edge.clikit import UserError
 
 _RESAMPLE = {

@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from qvit_edge import quant
 from qvit_edge.intmodel import IntModel, IntModelError, num_windows, padded_grid, pair
 

@@ -1,3 +1,5 @@
-from qvit.cli import main
 import sys
+
+from qvit.cli import main
+
 sys.exit(main())

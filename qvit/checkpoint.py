@@ -19,8 +19,9 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from qvit_edge.clikit import UserError
 from safetensors.torch import load_file, save_file
+
+from qvit_edge.clikit import UserError
 
 MODEL_FILE, CONFIG_FILE = "model.safetensors", "config.json"
 STATE_FILE, STATE_JSON = "train_state.safetensors", "train_state.json"

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
 from qvit_edge.clikit import UserError
 
 FASHION_DIR = os.environ.get("QVIT_FASHION_MNIST", "/usr/share/datasets/fashion-mnist")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn as nn
+
 from qvit_edge import intmodel
 from qvit_edge.clikit import UserError
 from qvit_edge.intmodel import GraphBuilder, IntModel

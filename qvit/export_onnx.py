@@ -18,6 +18,7 @@ import os
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
 from qvit_edge import quant
 from qvit_edge.intmodel import IntModel, padded_grid, pair
 

@@ -23,13 +23,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from qvit_edge.clikit import UserError
 
 from qvit import checkpoint as ckpt
 from qvit.data import ArraySet, Augment, DataSet, FolderSet, load_dataset, shard_order
 from qvit.distill import DistillationLoss, DistillConfig
 from qvit.models import ModelConfig, QConfig, build, get_arch
 from qvit.quantizers import ActQuant, WeightQuant
+from qvit_edge.clikit import UserError
 
 
 @dataclass

@@ -21,7 +21,8 @@ def test_help_lists_every_verb(pkg, verbs):
 
 
 def test_edge_help_does_not_import_torch():
-    code = "import sys; from qvit_edge.cli import main\ntry:\n main(['--help'])\nexcept SystemExit: pass\nprint('torch' in sys.modules)"
+    code = ("import sys; from qvit_edge.cli import main\n"
+            "try:\n main(['--help'])\nexcept SystemExit: pass\nprint('torch' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.stdout.strip().endswith("False")
 

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+
 from qvit_edge import intmodel
 from qvit_edge.intmodel import IntModel, IntModelError
 

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 import torch
-from qvit_edge import quant
 
 from qvit.attention import QuantAttention
 from qvit.quantizers import ActQuant, QuantConv2d, QuantLinear, WeightQuant
+from qvit_edge import quant
 
 torch.manual_seed(0)
 

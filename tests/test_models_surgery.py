@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-from qvit_edge.clikit import UserError
 from safetensors.torch import save_file
 from test_models_quantizers import attention_from_int_form
 
@@ -11,6 +10,7 @@ from qvit.attention import QuantAttention, QuantWindowAttention
 from qvit.models import create_model, list_models
 from qvit.quantizers import ActQuant, QuantConv2d, QuantLinear
 from qvit.surgery import ClippedGELU
+from qvit_edge.clikit import UserError
 
 TINY_DEIT = dict(depth=2, embed_dim=32, num_heads=2)
 TINY_SWIN = dict(

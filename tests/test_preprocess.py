@@ -6,6 +6,7 @@ import zlib
 import numpy as np
 import pytest
 from PIL import Image
+
 from qvit_edge.clikit import UserError
 from qvit_edge.preprocess import ImageError, InputSpec, load_batch, load_image
 

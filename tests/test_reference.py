@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+
 from qvit_edge import intmodel, quant
 from qvit_edge import reference as ref
 

@@ -16,6 +16,7 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
+
 from qvit_edge.preflight import _open_elf, _symbol_reader, available_cpus
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

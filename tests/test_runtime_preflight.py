@@ -4,6 +4,7 @@ import subprocess
 import zipfile
 
 import pytest
+
 from qvit_edge.clikit import UserError
 from qvit_edge.preflight import PreflightError, check_model_file, host_machine, read_elf
 

@@ -11,6 +11,7 @@ import os
 import platform
 
 import pytest
+
 from qvit_edge.cmd_bench import arm_core, bench
 from qvit_edge.preflight import available_cpus, read_model_doc
 
