@@ -116,6 +116,9 @@ class OrtInt8(Contender):
         self.sess.run(None, {"x": x})
 
 
+SETTLE_S = 0.2
+
+
 def measure(contenders: list, threads: list[int], x: np.ndarray, rounds: int, warmup: int) -> dict:
     res: dict = {}
     for t in threads:
@@ -127,6 +130,9 @@ def measure(contenders: list, threads: list[int], x: np.ndarray, rounds: int, wa
         for _ in range(rounds):
             for c in contenders:
                 c.set_threads(t)
+                # Let the previous contender's worker threads stop spinning (ONNX Runtime and
+                # OpenMP spin-wait after a call), so no contender runs against another's pool.
+                time.sleep(SETTLE_S)
                 t0 = time.perf_counter()
                 c.run(x)
                 times[c.name].append(time.perf_counter() - t0)
