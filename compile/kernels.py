@@ -66,9 +66,9 @@ def _code_sum(shape_lead, k_len, code_fn, name):
 # Quantized linear layers
 # ---------------------------------------------------------------------------------------------- #
 
-def pack_act(m: int, k: int, bits: int, ln_eps: float | None = None):
-    """x [M, K] float -> activation planes [bits, Mpad, KW] (rows >= M are 0). With ln_eps, a LayerNorm
-    (weight, bias) runs first and its float output never hits memory (LayerNorm -> quantize -> pack)."""
+def _act_input(m: int, k: int, ln_eps: float | None):
+    """The input side of a quantized layer: x [M, K] (and LayerNorm weight, bias when ln_eps is set),
+    its step and zero point. Returns (placeholders before step/zp, float source, step, zp)."""
     x = te.placeholder((m, k), "float32", name="x")
     step = te.placeholder((1,), "float32", name="a_step")
     zp = te.placeholder((1,), "int32", name="a_zp")
@@ -79,6 +79,13 @@ def pack_act(m: int, k: int, bits: int, ln_eps: float | None = None):
         b = te.placeholder((k,), "float32", name="ln_b")
         ins += [g, b]
         src = _layernorm(x, g, b, ln_eps)
+    return ins, src, step, zp
+
+
+def pack_act(m: int, k: int, bits: int, ln_eps: float | None = None):
+    """x [M, K] float -> activation planes [bits, Mpad, KW] (rows >= M are 0). With ln_eps, a LayerNorm
+    (weight, bias) runs first and its float output never hits memory (LayerNorm -> quantize -> pack)."""
+    ins, src, step, zp = _act_input(m, k, ln_eps)
     codes = te.compute((m, k), lambda r, kk: _code(src[r, kk], step[0], zp[0], bits), name="codes")
     mp = rows_padded(m)
     planes = _pack((mp,), bits, k, lambda r, kk: tirx.if_then_else(r < m, codes[tirx.min(r, m - 1), kk], 0),
@@ -140,16 +147,7 @@ def bitserial_linear(m: int, n: int, k: int, a_bits: int, w_bits: int, epilogue:
 
 def quant_codes(m: int, k: int, bits: int, ln_eps: float | None = None):
     """x [M, K] float -> int16 codes minus zero point (for the 8-bit integer GEMM)."""
-    x = te.placeholder((m, k), "float32", name="x")
-    step = te.placeholder((1,), "float32", name="a_step")
-    zp = te.placeholder((1,), "int32", name="a_zp")
-    ins = [x]
-    src = x
-    if ln_eps is not None:
-        g = te.placeholder((k,), "float32", name="ln_w")
-        b = te.placeholder((k,), "float32", name="ln_b")
-        ins += [g, b]
-        src = _layernorm(x, g, b, ln_eps)
+    ins, src, step, zp = _act_input(m, k, ln_eps)
     codes = te.compute((m, k), lambda r, c: (_code(src[r, c], step[0], zp[0], bits) - zp[0]).astype("int16"),
                        name="codes")
     return ins + [step, zp], [codes]

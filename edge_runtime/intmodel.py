@@ -571,29 +571,14 @@ class GraphBuilder:
         return out
 
     def window_partition(self, x: str, out: str, grid, window, shift) -> str:
-        self.graph.append(
-            {
-                "op": "window_partition",
-                "in": x,
-                "out": out,
-                "grid": list(pair(grid)),
-                "window": _compact(window),
-                "shift": _compact(shift),
-            }
-        )
-        return out
+        return self._window_op("window_partition", x, out, grid, window, shift)
 
     def window_reverse(self, x: str, out: str, grid, window, shift) -> str:
-        self.graph.append(
-            {
-                "op": "window_reverse",
-                "in": x,
-                "out": out,
-                "grid": list(pair(grid)),
-                "window": _compact(window),
-                "shift": _compact(shift),
-            }
-        )
+        return self._window_op("window_reverse", x, out, grid, window, shift)
+
+    def _window_op(self, op: str, x: str, out: str, grid, window, shift) -> str:
+        self.graph.append({"op": op, "in": x, "out": out, "grid": list(pair(grid)),
+                           "window": _compact(window), "shift": _compact(shift)})
         return out
 
     def patch_merge(self, x: str, out: str, grid) -> str:
