@@ -11,7 +11,7 @@ OUT ?= build/$(TARGET)/model.so
 THREADS ?= 1
 BENCH_THREADS ?= 1,2
 
-.PHONY: install system-deps test demo compile bench bench-kernels pi-bench lint clean sanitize
+.PHONY: install system-deps test demo compile bench bench-kernels pi-bench lint clean sanitize experiments
 
 install: system-deps $(STAMP)
 
@@ -39,6 +39,12 @@ bench: install
 
 bench-kernels: install
 	$(VPY) -m qvit_edge.bench_kernels
+
+# The Q-ViT ablation on Fashion-MNIST (docs/results.md): hours on a CPU. Interrupt and rerun to
+# resume; runs already complete are skipped.
+EXP_JOBS ?= 2
+experiments: install
+	$(VPY) -m qvit.experiments all --jobs $(EXP_JOBS)
 
 # Benchmark a model.so on a Raspberry Pi (64-bit OS) over ssh (README: Raspberry Pi).
 PI ?=

@@ -71,6 +71,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--tau", type=float, default=d.tau, help="soft distillation temperature")
     g.add_argument("--dgd", type=float, default=d.dgd, help="DGD coefficient (0 = off; needs --teacher)")
+    g.add_argument(
+        "--dgd-reduce",
+        choices=["sum", "mean"],
+        default=d.dgd_reduce,
+        help="sum the DGD distances over layers and heads (paper) or average them per row (size-independent)",
+    )
     g = p.add_argument_group("data and optimisation")
     g.add_argument("--data", default=d.data, help="fashion-mnist, digits, or an ImageNet-style folder")
     g.add_argument(
@@ -138,6 +144,7 @@ def config_from_args(args) -> "TrainConfig":  # noqa: F821
         alpha=args.alpha,
         tau=args.tau,
         dgd=args.dgd,
+        dgd_reduce=args.dgd_reduce,
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,

@@ -6,12 +6,16 @@ matched between the quantized student and its full-precision teacher:
     L_DGD = sum_l sum_h ( ||G_q,T - G_q,S||_2 + ||G_k,T - G_k,S||_2 )
 (Frobenius norm of each N x N difference, averaged over the batch) over all tokens (only the
 patch tokens when student and teacher differ in prefix tokens, e.g. distilled vs plain DeiT).
+That sum ("sum", the paper's) grows with depth, heads and sqrt(N) and with coefficient 1 dwarfs the
+cross-entropy; "mean" divides it by 2 L H sqrt(N): the root-mean-square distance of one row of
+G, in [0, 2] whatever the model size (docs/results.md measures both).
 The student's q~, k~ are the IRM outputs before Q_a (the q, k of qkv when IRM is off); the
 teacher's are its raw q, k.
 """
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -55,12 +59,17 @@ def similarity(t: torch.Tensor) -> torch.Tensor:
     return F.normalize(t @ t.transpose(-2, -1), dim=-1)
 
 
-def dgd_loss(student: list, teacher: list) -> torch.Tensor:
+DGD_REDUCTIONS = ("sum", "mean")
+
+
+def dgd_loss(student: list, teacher: list, reduce: str = "sum") -> torch.Tensor:
+    if reduce not in DGD_REDUCTIONS:
+        raise ValueError(f"unknown DGD reduction {reduce!r} (one of {', '.join(DGD_REDUCTIONS)})")
     if len(student) != len(teacher) or not student:
         raise ValueError(
             f"DGD needs the same attention layers in student and teacher ({len(student)} vs {len(teacher)})"
         )
-    total = 0.0
+    total, terms = 0.0, 0
     for (qs, ks), (qt, kt) in zip(student, teacher):
         if qs.shape[:2] != qt.shape[:2]:
             raise ValueError(f"DGD: student q {tuple(qs.shape)} vs teacher {tuple(qt.shape)}")
@@ -69,8 +78,12 @@ def dgd_loss(student: list, teacher: list) -> torch.Tensor:
             qs, ks, qt, kt = (t[:, :, -n:] for t in (qs, ks, qt, kt))  # match the patch tokens
         for s, t in ((qs, qt), (ks, kt)):
             diff = similarity(t.detach().float()) - similarity(s.float())
-            total = total + diff.flatten(2).norm(dim=-1).sum(dim=1).mean()  # sum over heads, mean over batch
-    return total
+            dist = diff.flatten(2).norm(dim=-1)  # [B, H]
+            if reduce == "mean":
+                dist = dist / math.sqrt(n)
+            total = total + dist.sum(dim=1).mean()  # sum over heads, mean over batch
+            terms += dist.shape[1]
+    return total / terms if reduce == "mean" else total
 
 
 @dataclass
@@ -79,6 +92,7 @@ class DistillConfig:
     alpha: float = 0.5  # weight of the teacher term; labels get 1 - alpha
     tau: float = 1.0  # soft distillation temperature
     dgd: float = 1.0  # DGD coefficient (paper: 1); 0 switches DGD off
+    dgd_reduce: str = "sum"  # "sum" over layers and heads (paper) or "mean" (size-independent)
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -148,7 +162,7 @@ class DistillationLoss(nn.Module):
             loss = (1 - cfg.alpha) * ce + cfg.alpha * kd
             parts.update(ce=float(ce.detach()), kd=float(kd.detach()))
         if use_dgd:
-            dgd = dgd_loss(s_qk, t_qk)
+            dgd = dgd_loss(s_qk, t_qk, cfg.dgd_reduce)
             loss = loss + cfg.dgd * dgd
             parts["dgd"] = float(dgd.detach())
         logits = 0.5 * (cls + dist) if cls is not dist else cls

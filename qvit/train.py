@@ -53,6 +53,7 @@ class TrainConfig:
     alpha: float = 0.5
     tau: float = 1.0
     dgd: float = 1.0
+    dgd_reduce: str = "sum"
     epochs: int = 10
     batch_size: int = 128  # per process
     lr: float = 5e-4  # at the global batch; not rescaled
@@ -404,8 +405,8 @@ def run(cfg: TrainConfig) -> dict:
             )
         mcfg = ModelConfig.from_json(saved["model"])
         if cfg.teacher is None and saved["train"].get("teacher"):  # keep distilling as the run did
-            for k in ("teacher", "distill", "alpha", "tau", "dgd"):
-                setattr(cfg, k, saved["train"][k])
+            for k in ("teacher", "distill", "alpha", "tau", "dgd", "dgd_reduce"):
+                setattr(cfg, k, saved["train"].get(k, getattr(cfg, k)))
             if rank == 0:
                 print(f"resuming with the run's teacher {cfg.teacher}")
     else:
@@ -417,7 +418,11 @@ def run(cfg: TrainConfig) -> dict:
     if mcfg.quant.quantized and cfg.init_from is None and not resume and rank == 0:
         print("warning: QAT from random weights (no --init-from full-precision checkpoint)")
     dcfg = DistillConfig(
-        cfg.distill if cfg.teacher else "none", cfg.alpha, cfg.tau, cfg.dgd if cfg.teacher else 0.0
+        cfg.distill if cfg.teacher else "none",
+        cfg.alpha,
+        cfg.tau,
+        cfg.dgd if cfg.teacher else 0.0,
+        cfg.dgd_reduce,
     )
     if cfg.dgd > 0 and cfg.teacher and not mcfg.quant.quantized:
         dcfg.dgd = 0.0  # DGD is for quantized students

@@ -124,3 +124,19 @@ def test_soft_distillation_is_kl_at_temperature():
         s, t = student(x), teacher(x)
     kl = F.kl_div(F.log_softmax(s / 2, -1), F.softmax(t / 2, -1), reduction="batchmean") * 4
     torch.testing.assert_close(loss.detach(), 0.7 * F.cross_entropy(s, y) + 0.3 * kl)
+
+
+def test_dgd_mean_is_the_sum_per_row_distance_and_bounded():
+    torch.manual_seed(0)
+    B, H, N, d = 2, 3, 7, 4
+    student = [(torch.randn(B, H, N, d), torch.randn(B, H, N, d)) for _ in range(2)]
+    teacher = [(torch.randn(B, H, N, d), torch.randn(B, H, N, d)) for _ in range(2)]
+    total = dgd_loss(student, teacher, "sum")
+    mean = dgd_loss(student, teacher, "mean")
+    # 2 layers x H heads x (q, k) Frobenius distances of N x N matrices, each divided by sqrt(N)
+    torch.testing.assert_close(mean, total / (2 * H * 2 * N**0.5))
+    assert 0 < float(mean) <= 2.0
+    opposite = [(-q, -k) for q, k in student]  # G of -t is G of t: DGD only sees the similarity pattern
+    assert float(dgd_loss(student, opposite, "mean")) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="reduction"):
+        dgd_loss(student, teacher, "max")

@@ -1,0 +1,368 @@
+"""`make experiments`: the Q-ViT ablation on Fashion-MNIST, resumable, then its tables and plots.
+
+    python -m qvit.experiments run [--jobs 2] [--seeds 0,1] [--epochs 1]   # train what is missing
+    python -m qvit.experiments report                                      # docs/results.md + plots
+
+The grid (GRID below) is the paper's: a full-precision distilled DeiT teacher, then QAT from it
+at W4A4 / W3A3 / W2A2 for the fully quantized LSQ baseline (logit distillation only) and Q-ViT
+(IRM + DGD), and at W2A2 also +IRM only and +DGD only; plus Q-ViT with the size-independent DGD
+reduction (`--dgd-reduce mean`). Every run is one `qvit train` command (printed, and logged under
+runs/exp/); a run that is complete is skipped, an interrupted one resumes from its last checkpoint,
+so the command can be stopped and started again across sessions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNS = Path("runs/exp")
+RESULTS_MD = Path("docs/results.md")
+IMG = Path("docs/img")
+BEGIN, END = "<!-- experiments:begin -->", "<!-- experiments:end -->"
+
+MODEL = ["--model", "deit_tiny_distilled_patch4_28", "--model-arg", "depth=4", "--model-arg", "embed_dim=96"]
+DATA = ["--data", "fashion-mnist", "--batch-size", "128", "--no-progress"]
+# Short CPU schedules are in the underfitting regime: no random erasing, no drop-path.
+LIGHT_AUG = ["--re-prob", "0", "--drop-path", "0"]
+# The teacher continues the shipped full-precision model (models/fmnist_deit_tiny_fp, 4 epochs;
+# docs/results.md has its command) for 6 more epochs.
+TEACHER_ARGS = ["--init-from", "models/fmnist_deit_tiny_fp", "--lr", "5e-4", "--warmup-epochs", "0.2"]
+TEACHER_EPOCHS = 6
+
+# name: (label, extra flags); the student always distils the teacher's logits (hard, dist token).
+VARIANTS = {
+    "base": ("LSQ baseline (logit distillation)", ["--no-irm", "--dgd", "0"]),
+    "irm": ("+ IRM", ["--dgd", "0"]),
+    "dgd": ("+ DGD", ["--no-irm"]),
+    "qvit": ("Q-ViT (IRM + DGD)", []),
+    "qvit_mean": ("Q-ViT, DGD averaged (`--dgd-reduce mean`)", ["--dgd-reduce", "mean"]),
+}
+# Order = priority: the first seed of every row before the second seed of any.
+GRID = [
+    (2, "base"),
+    (2, "qvit"),
+    (4, "base"),
+    (4, "qvit"),
+    (3, "base"),
+    (3, "qvit"),
+    (2, "irm"),
+    (2, "dgd"),
+    (2, "qvit_mean"),
+]
+
+
+@dataclass
+class Run:
+    name: str
+    args: list[str]
+    epochs: int
+    threads: int
+    bits: int | None = None
+    variant: str | None = None
+    seed: int = 0
+    after: list[str] = field(default_factory=list)
+
+    @property
+    def out(self) -> Path:
+        return RUNS / self.name
+
+    def command(self) -> list[str]:
+        return [
+            "qvit",
+            "train",
+            *self.args,
+            "--epochs",
+            str(self.epochs),
+            "--threads",
+            str(self.threads),
+            "--seed",
+            str(self.seed),
+            "--out",
+            str(self.out),
+        ]
+
+    def history(self) -> list[dict]:
+        log = self.out / "log.json"
+        return json.loads(log.read_text()) if log.exists() else []
+
+    def done(self) -> bool:
+        h = self.history()
+        return bool(h) and h[-1]["epoch"] >= self.epochs
+
+
+def plan(seeds: list[int], epochs: int, jobs: int) -> list[Run]:
+    teacher = Run("teacher", [*MODEL, *DATA, *LIGHT_AUG, *TEACHER_ARGS], TEACHER_EPOCHS, max(jobs, 1))
+    ckpt = str(teacher.out / "best")
+    runs = [teacher]
+    for seed in seeds:
+        for bits, variant in GRID:
+            args = [
+                *MODEL,
+                *DATA,
+                *LIGHT_AUG,
+                "--bits",
+                str(bits),
+                "--init-from",
+                ckpt,
+                "--teacher",
+                ckpt,
+                "--lr",
+                "2e-4",
+                *VARIANTS[variant][1],
+            ]
+            runs.append(
+                Run(f"w{bits}a{bits}_{variant}_s{seed}", args, epochs, 1, bits, variant, seed, ["teacher"])
+            )
+    return runs
+
+
+# ----------------------------------------------------------------------------------------------
+# run
+
+
+def _launch(run: Run) -> subprocess.Popen:
+    run.out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = run.command()
+    exe = [str(Path(sys.executable).parent / "qvit"), *cmd[1:]]
+    log = open(RUNS / f"{run.name}.log", "a")
+    log.write(f"$ {shlex.join(cmd)}\n")
+    log.flush()
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(run.threads))
+    return subprocess.Popen(exe, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def run_all(runs: list[Run], jobs: int, dry_run: bool) -> int:
+    todo = [r for r in runs if not r.done()]
+    for r in runs:
+        state = "done" if r.done() else ("resume" if (r.out / "last").exists() else "new")
+        print(f"{state:6s} {r.name:22s} {shlex.join(r.command())}")
+    if dry_run or not todo:
+        return 0
+    running: dict[str, subprocess.Popen] = {}
+    failed: list[str] = []
+    stop = False
+
+    def interrupt(signum, frame):  # let every run save its checkpoint, then leave
+        nonlocal stop
+        stop = True
+        for p in running.values():
+            p.send_signal(signal.SIGINT)
+
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
+    t0 = time.time()
+    while (todo or running) and not (stop and not running):
+        for name, p in list(running.items()):
+            if p.poll() is not None:
+                del running[name]
+                ok = p.returncode == 0 and next(r for r in runs if r.name == name).done()
+                print(f"[{(time.time() - t0) / 60:6.1f} min] {name}: {'finished' if ok else 'FAILED'}")
+                if not ok and not stop:
+                    failed.append(name)
+        busy = sum(r.threads for r in runs if r.name in running)
+        for r in list(todo):
+            if stop or any(a in running or a in failed or a in [t.name for t in todo] for a in r.after):
+                continue
+            if busy and busy + r.threads > jobs:
+                break
+            todo.remove(r)
+            running[r.name] = _launch(r)
+            busy += r.threads
+            print(f"[{(time.time() - t0) / 60:6.1f} min] {r.name}: started (log {RUNS / (r.name + '.log')})")
+        if not running and todo and not stop:  # what is left waits on a failed run
+            failed += [r.name for r in todo]
+            break
+        time.sleep(2)
+    if failed:
+        print(f"failed: {', '.join(failed)} (see their logs under {RUNS}/)")
+        return 1
+    return 130 if stop else 0
+
+
+# ----------------------------------------------------------------------------------------------
+# report
+
+
+def _top1(run: Run) -> float | None:
+    h = run.history()
+    return h[-1]["val_top1"] if run.done() else None
+
+
+def _fmt(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.2f} (1 seed)"
+    return f"**{statistics.mean(values):.2f}** ({', '.join(f'{v:.2f}' for v in values)})"
+
+
+def collect(runs: list[Run]) -> dict:
+    table: dict[tuple[int, str], list[float]] = {}
+    for r in runs:
+        if r.bits is not None and (v := _top1(r)) is not None:
+            table.setdefault((r.bits, r.variant), []).append(v)
+    return table
+
+
+def write_plots(runs: list[Run], table: dict, teacher_top1: float | None) -> tuple[list[str], list[dict]]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    IMG.mkdir(parents=True, exist_ok=True)
+    made = []
+    fig, ax = plt.subplots(figsize=(5, 3.6), dpi=120)
+    for variant, style in (("base", "o--"), ("qvit", "s-"), ("qvit_mean", "^:")):
+        pts = sorted((b, vals) for (b, v), vals in table.items() if v == variant)
+        if not pts:
+            continue
+        xs = [b for b, _ in pts]
+        mean = [statistics.mean(v) for _, v in pts]
+        err = [[m - min(v) for m, (_, v) in zip(mean, pts)], [max(v) - m for m, (_, v) in zip(mean, pts)]]
+        ax.errorbar(xs, mean, yerr=err, fmt=style, capsize=3, label=VARIANTS[variant][0].replace("`", ""))
+    if teacher_top1 is not None:
+        ax.axhline(teacher_top1, color="gray", lw=1, label=f"FP32 teacher ({teacher_top1:.2f} %)")
+    ax.set_xticks([2, 3, 4], ["W2A2", "W3A3", "W4A4"])
+    ax.set_ylabel("top-1 on 10k test images (%)")
+    ax.set_title("Fashion-MNIST, DeiT-tiny/4 (4 blocks, dim 96)", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(IMG / "accuracy_vs_bits.png")
+    plt.close(fig)
+    made.append("accuracy_vs_bits.png")
+    pair = {
+        VARIANTS[r.variant][0]: str(r.out / "best")
+        for r in runs
+        if r.bits == 2 and r.seed == runs[1].seed and r.variant in ("base", "irm") and r.done()
+    }
+    qk_rows: list[dict] = []
+    if len(pair) == 2:
+        from qvit.qk_stats import plot_qk_distributions
+
+        qk_rows = plot_qk_distributions(pair, IMG / "qk_distributions.png")
+        made.append("qk_distributions.png")
+    return made, qk_rows
+
+
+def report(runs: list[Run], epochs: int) -> str:
+    teacher = runs[0]
+    t_hist = teacher.history()
+    t_top1 = t_hist[-1]["val_top1"] if teacher.done() else None
+    table = collect(runs)
+    plots, qk_rows = write_plots(runs, table, t_top1)
+    seeds = sorted({r.seed for r in runs[1:]})
+    lines = [
+        BEGIN,
+        "<!-- written by `python -m qvit.experiments report`; edit qvit/experiments.py, not this block -->",
+        "",
+        f"Teacher (full precision, `runs/exp/teacher`): **{t_top1:.2f} %** top-1 "
+        f"after {TEACHER_EPOCHS} more epochs"
+        if t_top1 is not None
+        else "Teacher: not trained yet.",
+        "",
+        f"Every student: QAT for {epochs} epoch(s) from the teacher, hard distillation through the dist "
+        "token, "
+        f"seeds {', '.join(map(str, seeds))}. Top-1 on the full 10k test set after the last epoch: "
+        "**mean** (each seed).",
+        "",
+        "| bits (W/A) | "
+        + " | ".join(VARIANTS[v][0] for v in ("base", "qvit", "qvit_mean"))
+        + " | Q-ViT - baseline |",
+        "|---|---|---|---|---|",
+    ]
+    for bits in (4, 3, 2):
+        base, qv, qm = (table.get((bits, v), []) for v in ("base", "qvit", "qvit_mean"))
+        gap = f"{statistics.mean(qv) - statistics.mean(base):+.2f}" if base and qv else "-"
+        lines.append(f"| W{bits}A{bits} | {_fmt(base)} | {_fmt(qv)} | {_fmt(qm)} | {gap} |")
+    lines += [
+        "",
+        "The ablation at W2A2 (the paper's Table: IRM and DGD one at a time):",
+        "",
+        "| W2A2 | IRM | DGD | top-1 |",
+        "|---|---|---|---|",
+    ]
+    for v, irm, dgd in (
+        ("base", "-", "-"),
+        ("irm", "yes", "-"),
+        ("dgd", "-", "sum"),
+        ("qvit", "yes", "sum"),
+        ("qvit_mean", "yes", "mean"),
+    ):
+        lines.append(f"| {VARIANTS[v][0]} | {irm} | {dgd} | {_fmt(table.get((2, v), []))} |")
+    if plots:
+        lines += [""] + [f"![{p}](img/{p})" for p in plots]
+    if qk_rows:
+        labels = list(dict.fromkeys(r["label"] for r in qk_rows))
+        lines += [
+            "",
+            "Entropy of the 2-bit q / k codes per layer (bits, at most 2; 512 test images, seed "
+            f"{runs[1].seed}; `qvit/qk_stats.py`):",
+            "",
+            "| layer | " + " | ".join(f"{lab}: q / k" for lab in labels) + " |",
+            "|---|" + "---|" * len(labels),
+        ]
+        for layer in sorted({r["layer"] for r in qk_rows}):
+            cells = [
+                next(
+                    f"{r['q']:.2f} / {r['k']:.2f}"
+                    for r in qk_rows
+                    if r["label"] == lab and r["layer"] == layer
+                )
+                for lab in labels
+            ]
+            lines.append(f"| {layer + 1} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Commands (`python -m qvit.experiments run --dry-run` prints them with their state):",
+        "",
+        "```bash",
+    ]
+    lines += [shlex.join(r.command()) for r in runs if r.seed == seeds[0] or r is teacher]
+    lines += ["```", "", END]
+    return "\n".join(lines)
+
+
+def write_report(block: str) -> None:
+    text = RESULTS_MD.read_text()
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + block + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n## The ablation (`make experiments`)\n\n" + block + "\n"
+    RESULTS_MD.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m qvit.experiments", description=__doc__.splitlines()[0])
+    p.add_argument("action", choices=["run", "report", "all"])
+    p.add_argument("--jobs", type=int, default=2, help="runs (threads) at a time")
+    p.add_argument("--seeds", default="0,1")
+    p.add_argument("--epochs", type=int, default=1, help="QAT epochs per run")
+    p.add_argument("--dry-run", action="store_true", help="print the commands and their state only")
+    args = p.parse_args(argv)
+    os.chdir(ROOT)
+    runs = plan([int(s) for s in args.seeds.split(",")], args.epochs, args.jobs)
+    rc = 0
+    if args.action in ("run", "all"):
+        rc = run_all(runs, args.jobs, args.dry_run)
+    if args.action in ("report", "all") and rc == 0 and not args.dry_run:
+        write_report(report(runs, args.epochs))
+        print(f"wrote {RESULTS_MD} and {IMG}/")
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""What the attention quantizers see: q and k in code units, and the entropy of their codes.
+
+Q-ViT's argument for IRM is informational: a low-bit quantizer keeps the most information about q
+and k when their codes are evenly used (entropy near `bits`), and the rectified q~, k~ (a learned
+LayerNorm per head) get there where the raw q, k do not. This measures it on trained models: for
+every attention layer, the pre-quantization values in code units u = x / step + zp (so the code
+boundaries sit at 0.5, 1.5, ... for every model) and the entropy in bits of the codes
+clamp(round(u), 0, 2^b - 1), pooled over heads.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from qvit.attention import QuantAttentionCore
+from qvit.checkpoint import load_model
+from qvit.data import load_dataset
+from qvit.distill import record_qk
+from qvit.train import iterate
+
+
+@torch.no_grad()
+def qk_code_units(checkpoint: str, images: int = 512) -> tuple[list[dict], dict]:
+    """Per attention layer {"q": u, "k": u, "q_codes", "k_codes", "bits"} (flattened code units and
+    codes) and the checkpoint config."""
+    model, config = load_model(checkpoint)
+    model.eval()
+    cores = [m for m in model.modules() if isinstance(m, QuantAttentionCore)]
+    if not cores:
+        raise ValueError(f"{checkpoint} has no quantized attention")
+    ds = load_dataset(config["train"]["data"], "val")
+    x, _ = next(iterate(ds, config["data"]["img_size"], images, train=False, limit=images))
+    with record_qk(model) as store:
+        model(x)
+    layers = []
+    for core, (q, k) in zip(cores, store):
+        units = {}
+        for name, t, act in (("q", q, core.q_act), ("k", k, core.k_act)):
+            p = act.int_params()
+            step = torch.from_numpy(p["step"]).view(1, -1, 1, 1)
+            zp = torch.from_numpy(p["zp"]).float().view(1, -1, 1, 1)
+            units[name] = (t / step + zp).flatten()
+            # the quantizer's own rounding (round(x / step) + zp differs from round(u) at odd-zp ties)
+            units[name + "_codes"] = torch.clamp(torch.round(t / step) + zp, 0, (1 << act.bits) - 1).flatten()
+        units["bits"] = core.a_bits
+        layers.append(units)
+    return layers, config
+
+
+def code_entropy(u: torch.Tensor, bits: int) -> float:
+    """Entropy in bits of the codes clamp(round(u), 0, 2^b - 1)."""
+    codes = torch.clamp(torch.round(u), 0, (1 << bits) - 1).long()
+    p = torch.bincount(codes, minlength=1 << bits).double() / codes.numel()
+    return float(-(p[p > 0] * p[p > 0].log2()).sum())
+
+
+def entropy_table(layers: list[dict]) -> list[dict]:
+    return [
+        {
+            "layer": i,
+            "q": code_entropy(layer["q"], layer["bits"]),
+            "k": code_entropy(layer["k"], layer["bits"]),
+        }
+        for i, layer in enumerate(layers)
+    ]
+
+
+def plot_qk_distributions(checkpoints: dict[str, str], path: Path, layer: int = -1) -> list[dict]:
+    """Histograms of q and k (code units) of one layer for each labelled checkpoint; returns the
+    per-layer code entropies of each: [{"label", "layer", "q", "k"}]."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2), dpi=120)
+    rows = []
+    for label, ckpt in checkpoints.items():
+        layers, _ = qk_code_units(ckpt)
+        table = entropy_table(layers)
+        rows += [{"label": label, **r} for r in table]
+        chosen = layers[layer]
+        qmax = (1 << chosen["bits"]) - 1
+        for ax, name in zip(axes, ("q", "k")):
+            u = chosen[name].clamp(-3, qmax + 3).numpy()
+            h = table[layer][name]
+            ax.hist(
+                u,
+                bins=120,
+                range=(-3, qmax + 3),
+                histtype="step",
+                density=True,
+                lw=1.2,
+                label=f"{label}: H(codes) = {h:.2f} bit",
+            )
+    n_layers = len(rows) // max(len(checkpoints), 1)
+    for ax, name in zip(axes, ("q", "k")):
+        for b in range(qmax):
+            ax.axvline(b + 0.5, color="gray", lw=0.6, ls=":")
+        ax.set_title(f"{name} of layer {layer % n_layers + 1} before {chosen['bits']}-bit Q_a", fontsize=9)
+        ax.set_xlabel("x / step + zero point (code units; dotted: code boundaries)", fontsize=8)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return rows
+
+
+def max_entropy(bits: int) -> float:
+    return math.log2(1 << bits)

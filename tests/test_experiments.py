@@ -1,0 +1,90 @@
+"""The ablation driver (qvit/experiments.py) and the q/k code statistics (qvit/qk_stats.py)."""
+
+import argparse
+import json
+import math
+
+import pytest
+import torch
+
+from qvit import cmd_train, experiments
+from qvit.qk_stats import code_entropy, entropy_table, qk_code_units
+from qvit.quantizers import ActQuant
+
+
+def test_every_planned_run_is_a_valid_qvit_train_command():
+    runs = experiments.plan([0, 1], epochs=1, jobs=2)
+    parser = argparse.ArgumentParser()
+    cmd_train.add_arguments(parser)
+    names = {r.name for r in runs}
+    assert len(names) == len(runs) == 1 + 2 * len(experiments.GRID)
+    for r in runs:
+        cmd = r.command()
+        assert cmd[:2] == ["qvit", "train"]
+        a = parser.parse_args(cmd[2:])
+        assert a.out == str(r.out) and a.seed == r.seed
+        if r.bits is None:  # the teacher: full precision, continues the shipped FP model
+            assert a.bits is None and a.teacher is None and a.epochs == experiments.TEACHER_EPOCHS
+            continue
+        assert a.bits == r.bits and a.epochs == 1 and a.threads == 1
+        assert a.teacher == a.init_from == "runs/exp/teacher/best"
+        assert a.no_irm == (r.variant in ("base", "dgd"))
+        assert (a.dgd > 0) == (r.variant in ("dgd", "qvit", "qvit_mean"))
+        assert a.dgd_reduce == ("mean" if r.variant == "qvit_mean" else "sum")
+
+
+def test_a_run_is_done_only_when_its_log_reaches_the_last_epoch(tmp_path, monkeypatch):
+    monkeypatch.setattr(experiments, "RUNS", tmp_path)
+    run = experiments.plan([0], epochs=2, jobs=1)[1]
+    assert not run.done()
+    run.out.mkdir(parents=True)
+    (run.out / "log.json").write_text(json.dumps([{"epoch": 1, "val_top1": 50.0}]))
+    assert not run.done()
+    (run.out / "log.json").write_text(
+        json.dumps([{"epoch": 1, "val_top1": 50.0}, {"epoch": 2, "val_top1": 60.0}])
+    )
+    assert run.done() and experiments._top1(run) == 60.0
+
+
+def test_report_block_replaces_only_its_own_section(tmp_path, monkeypatch):
+    md = tmp_path / "results.md"
+    md.write_text(f"# Results\n\nbefore\n\n{experiments.BEGIN}\nold\n{experiments.END}\n\nafter\n")
+    monkeypatch.setattr(experiments, "RESULTS_MD", md)
+    experiments.write_report(f"{experiments.BEGIN}\nnew\n{experiments.END}")
+    assert md.read_text() == f"# Results\n\nbefore\n\n{experiments.BEGIN}\nnew\n{experiments.END}\n\nafter\n"
+
+
+def test_code_entropy():
+    assert code_entropy(torch.tensor([0.0, 1.0, 2.0, 3.0] * 10), 2) == pytest.approx(2.0)
+    assert code_entropy(torch.full((50,), 7.3), 2) == pytest.approx(0.0)  # all clamp to code 3
+    assert code_entropy(torch.tensor([0.2, -0.4, 0.9, 1.2]), 2) == pytest.approx(1.0)  # codes 0, 0, 1, 1
+
+
+def test_code_units_round_to_the_codes_the_attention_quantizers_produce(monkeypatch):
+    seen = []  # the codes Q_a of every attention layer puts out, from its dequantized output
+    real_forward = ActQuant.forward
+
+    def forward(self, x):
+        y = real_forward(self, x)
+        if self.channels is not None:
+            p = self.int_params()
+            step = torch.from_numpy(p["step"]).view(1, -1, 1, 1)
+            seen.append(torch.round(y / step + torch.from_numpy(p["zp"]).view(1, -1, 1, 1)).flatten())
+        return y
+
+    monkeypatch.setattr(ActQuant, "forward", forward)
+    layers, config = qk_code_units("models/fmnist_deit_tiny_w2a2", images=32)
+    assert len(layers) == config["model"]["timm_kwargs"]["depth"]
+    for i, layer in enumerate(layers):
+        assert layer["bits"] == 2
+        for j, name in enumerate(("q", "k")):
+            u = layer[name]
+            assert u.numel() == 32 * 51 * 96  # images x tokens x (heads x head_dim)
+            codes = layer[name + "_codes"]
+            assert torch.allclose(codes, torch.clamp(torch.round(u), 0, 3))  # up to odd-zp ties
+            assert len(torch.unique(codes)) > 1
+            # q_act, k_act, v_act, p_act run in this order in each layer
+            assert torch.equal(codes, seen[4 * i + j])
+    table = entropy_table(layers)
+    assert all(0 < r["q"] <= 2 + 1e-9 and 0 < r["k"] <= 2 + 1e-9 for r in table)
+    assert math.isfinite(sum(r["q"] for r in table))
