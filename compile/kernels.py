@@ -1,7 +1,10 @@
 """TE definitions of every kernel a compiled Q-ViT runs (batch-1 static shapes).
 
 Each builder returns (inputs, outputs) TE tensors; `schedules.py` turns them into scheduled
-PrimFuncs. Quantization follows qvit_edge.quant exactly: codes = clip(rint(x / step) + zp, 0, 2^b-1)
+PrimFuncs. Two are te.extern loops whose body calls a C micro-kernel (compile/csrc, compiled for the
+target and linked into model.so by package.py): `pack_act` (quantize + pack, with the LayerNorm) and
+`attention` (the whole attention op per head); TVM still checks their arguments and runs the loop
+parallel. Quantization follows qvit_edge.quant exactly: codes = clip(rint(x / step) + zp, 0, 2^b-1)
 (nearbyint is round-half-to-even), unsigned activation codes, signed weight codes.
 
 Bit-serial layout. A K-long vector of b-bit codes becomes b bit planes of KW = ceil(K / 64) uint64
@@ -17,11 +20,19 @@ from tvm import te, tirx
 WORD = 64  # bits per packed word
 U64 = "uint64"
 NV = 16  # output channels per weight-panel (vector lanes of the GEMM)
-MTILE = 4  # activation rows per GEMM tile; activation planes are padded to a multiple (zero rows)
+MTILE = 4  # activation rows per GEMM tile
+ROW_PAD = 8  # activation planes are padded to a multiple of this many rows (zero rows), >= any tile
+
+
+def gemm_tile(epilogue: str) -> tuple[int, int]:
+    """(rows, channels) of the bit-serial GEMM's output tile. Measured on DeiT-S proj (K = N = 384,
+    residual epilogue, 1 thread, Zen 4): 8 x 8 took 0.145 ms, 4 x 16 0.171 ms; fc2 (K = 1536) the
+    same either way; fc1 (GELU epilogue) 0.97 vs 0.75 ms, so 4 x 16 elsewhere."""
+    return (8, 8) if epilogue == "add" else (MTILE, NV)
 
 
 def rows_padded(m: int) -> int:
-    return -(-m // MTILE) * MTILE
+    return -(-m // ROW_PAD) * ROW_PAD
 
 
 def linear_words(k: int) -> int:
@@ -40,26 +51,6 @@ def _code(x, step, zp, bits):
     q = tirx.nearbyint(x / step) + zp.astype("float32")
     q = tirx.max(tirx.min(q, tirx.const(float((1 << bits) - 1), "float32")), tirx.const(0.0, "float32"))
     return q.astype("int32")
-
-
-def _pack(shape_lead, nbits, k_len, code_fn, name, kw=None):
-    """Pack codes code_fn(*lead, k) (int32, k < k_len) into planes [nbits, *lead, KW] of uint64."""
-    kw = kw or words(k_len)
-    t = te.reduce_axis((0, WORD), name="t")
-
-    def bit(i, lead, w):
-        k = w * WORD + t
-        c = code_fn(*lead, tirx.min(k, k_len - 1))
-        on = tirx.all(k < k_len, ((c >> i) & 1) == 1)
-        return tirx.if_then_else(on, tirx.const(1, U64) << t.astype(U64), tirx.const(0, U64))
-
-    return te.compute((nbits, *shape_lead, kw), lambda i, *r: te.sum(bit(i, r[:-1], r[-1]), axis=t),
-                      name=name)
-
-
-def _code_sum(shape_lead, k_len, code_fn, name):
-    k = te.reduce_axis((0, k_len), name="k")
-    return te.compute(shape_lead, lambda *r: te.sum(code_fn(*r, k), axis=k), name=name)
 
 
 # ---------------------------------------------------------------------------------------------- #
@@ -82,7 +73,31 @@ def _act_input(m: int, k: int, ln_eps: float | None):
     return ins, src, step, zp
 
 
+def _pack(shape_lead, nbits, k_len, code_fn, name, kw=None):
+    """Pack codes code_fn(*lead, k) (int32, k < k_len) into planes [nbits, *lead, KW] of uint64."""
+    kw = kw or words(k_len)
+    t = te.reduce_axis((0, WORD), name="t")
+
+    def bit(i, lead, w):
+        k = w * WORD + t
+        c = code_fn(*lead, tirx.min(k, k_len - 1))
+        on = tirx.all(k < k_len, ((c >> i) & 1) == 1)
+        return tirx.if_then_else(on, tirx.const(1, U64) << t.astype(U64), tirx.const(0, U64))
+
+    return te.compute((nbits, *shape_lead, kw), lambda i, *r: te.sum(bit(i, r[:-1], r[-1]), axis=t),
+                      name=name)
+
+
 def pack_act(m: int, k: int, bits: int, ln_eps: float | None = None):
+    """The faster of the two forms of quantize + pack, as measured on DeiT-S (1 thread, Zen 4): without
+    LayerNorm the C micro-kernel (fc2's input, K = 1536: 84 vs 115 us per call; proj, K = 384: the
+    layer 0.146 vs 0.171 ms), with it the TE kernel (qkv / fc1 inputs, K = 384: 37 vs 45 us)."""
+    if ln_eps is None:
+        return pack_act_c(m, k, bits)
+    return pack_act_te(m, k, bits, ln_eps)
+
+
+def pack_act_te(m: int, k: int, bits: int, ln_eps: float | None = None):
     """x [M, K] float -> activation planes [bits, Mpad, KW] (rows >= M are 0). With ln_eps, a LayerNorm
     (weight, bias) runs first and its float output never hits memory (LayerNorm -> quantize -> pack)."""
     ins, src, step, zp = _act_input(m, k, ln_eps)
@@ -93,14 +108,45 @@ def pack_act(m: int, k: int, bits: int, ln_eps: float | None = None):
     return ins + [step, zp], [planes]
 
 
+PACK_ROWS = "qvit_pack_rows"  # compile/csrc/pack.c
+PACK_BLOCK = 8  # rows per parallel iteration of the pack kernel
+
+
+def pack_act_c(m: int, k: int, bits: int, ln_eps: float | None = None):
+    """x [M, K] float -> activation planes [bits, Mpad, KW] (rows >= M are 0). With ln_eps, a LayerNorm
+    (weight, bias) runs first and its float output never hits memory (LayerNorm -> quantize -> pack).
+    A parallel loop over blocks of PACK_BLOCK rows calling the C micro-kernel qvit_pack_rows
+    (compile/csrc/pack.c)."""
+    ins, _, step, zp = _act_input(m, k, None)
+    if ln_eps is not None:
+        ins += [te.placeholder((k,), "float32", name="ln_w"), te.placeholder((k,), "float32", name="ln_b")]
+    ins += [step, zp]
+    mp, kw = rows_padded(m), linear_words(k)
+
+    def body(bufs, outs):
+        blk = tirx.Var("block", "int32")
+        x = bufs[0]
+        g, b = (bufs[1], bufs[2]) if ln_eps is not None else (x, x)  # unused when no LayerNorm
+        i32 = lambda v: tirx.const(int(v), "int32")  # noqa: E731
+        r0 = blk * PACK_BLOCK
+        call = tirx.call_extern("int32", PACK_ROWS, r0, r0 + PACK_BLOCK, i32(m), i32(mp), i32(k), i32(kw),
+                                i32(bits), i32(ln_eps is not None),
+                                tirx.const(float(ln_eps or 0.0), "float32"), x.data, g.data, b.data,
+                                bufs[-2].data, bufs[-1].data, outs[0].data)
+        return tirx.For(blk, 0, -(-mp // PACK_BLOCK), tirx.ForKind.PARALLEL, tirx.Evaluate(call))
+
+    planes = te.extern([(bits, mp, kw)], ins, body, name="planes", dtype=[U64])
+    return ins, [planes]
+
+
 def bitserial_linear(m: int, n: int, k: int, a_bits: int, w_bits: int, epilogue: str = "none",
-                     gelu_clip: float | None = None):
-    """planes [ab, Mpad, KW] x weight panels [N/NV, wb, KW, NV] -> y [M, N] float32.
+                     gelu_clip: float | None = None, nv: int = NV):
+    """planes [ab, Mpad, KW] x weight panels [N/nv, wb, KW, nv] -> y [M, N] float32.
     y = scale[n] * (acc - corr[n]) + bias[n], corr[n] = z_a * sum_k w[n, k] (precomputed), then the
     epilogue: "gelu" (erf GELU, optional clip) or "add" (residual: + r[m, n])."""
-    kw, npad, mp = linear_words(k), -(-n // NV) * NV, rows_padded(m)
+    kw, npad, mp = linear_words(k), -(-n // nv) * nv, rows_padded(m)
     ap = te.placeholder((a_bits, mp, kw), U64, name="planes")
-    wp = te.placeholder((npad // NV, w_bits, kw, NV), U64, name="wpanel")
+    wp = te.placeholder((npad // nv, w_bits, kw, nv), U64, name="wpanel")
     scale = te.placeholder((n,), "float32", name="scale")
     corr = te.placeholder((n,), "int32", name="corr")
     bias = te.placeholder((n,), "float32", name="bias")
@@ -108,7 +154,7 @@ def bitserial_linear(m: int, n: int, k: int, a_bits: int, w_bits: int, epilogue:
     # 512 bits); the plane weights 2^(i+j) and the sign plane apply once per output, not per word.
     w = te.reduce_axis((0, kw), name="w")
     part = te.compute((a_bits, w_bits, mp, npad), lambda i, j, r, c: te.sum(
-        tirx.popcount(ap[i, r, w] & wp[c // NV, j, w, c % NV]), axis=w), name="part")
+        tirx.popcount(ap[i, r, w] & wp[c // nv, j, w, c % nv]), axis=w), name="part")
     i = te.reduce_axis((0, a_bits), name="i")
     j = te.reduce_axis((0, w_bits), name="j")
     ins = [ap, wp, scale, corr, bias]
@@ -193,133 +239,54 @@ def im2col(c: int, h: int, w: int, patch: int):
 # Attention: IRM + quantize + pack, bit-serial Q K^T + softmax + quantize, bit-serial P V
 # ---------------------------------------------------------------------------------------------- #
 
-def attn_prep(bp: int, t: int, heads: int, d: int, bits: int, irm: bool, eps: float):
-    """qkv [B', T, 3D] -> Q, K planes [B', H, b, T, DW], V planes (transposed) [B', H, b, d, TW] and code
-    sums: qs, ks [B', H, T] (over d), vs [B', H, d] (over T)."""
+ATTENTION_ITEM = "qvit_attention_item"  # compile/csrc/attention.c, linked into model.so
+
+
+def attention(bp: int, t: int, heads: int, d: int, bits: int, irm: bool, eps: float, scale: float,
+              n_bias: bool, n_mask: int):
+    """The whole attention op as one kernel: a parallel loop over the B' * H (batch, head) items, each
+    calling the C micro-kernel qvit_attention_item (compile/csrc/attention.c) that runs IRM LayerNorm,
+    quantize + pack of q, k, v, bit-serial Q K^T, softmax, quantize + pack of P and bit-serial P V for
+    one head while it is in cache (the three TE kernels this replaced spent 0.93 ms per DeiT-S block,
+    mostly in scalar float glue). Outputs: Q, K planes [B', H, b, T, DW], V planes (transposed)
+    [B', H, b, d, TW], code sums qs, ks [B', H, T] (over d), vs [B', H, d] (over T), probability planes
+    [B', H, b, T, TW] and sums [B', H, T], and out [B', T, H*d]."""
     dim = heads * d
+    dw, tw = words(d), words(t)
     qkv = te.placeholder((bp, t, 3 * dim), "float32", name="qkv")
-    steps = [te.placeholder((heads,), "float32", name=f"{s}_step") for s in "qkv"]
-    zps = [te.placeholder((heads,), "int32", name=f"{s}_zp") for s in "qkv"]
     ins = [qkv]
-    q = te.compute((bp, heads, t, d), lambda b, h, r, e: qkv[b, r, h * d + e], name="q")
-    k = te.compute((bp, heads, t, d), lambda b, h, r, e: qkv[b, r, dim + h * d + e], name="k")
-    v = te.compute((bp, heads, t, d), lambda b, h, r, e: qkv[b, r, 2 * dim + h * d + e], name="v")
     if irm:
-        nw = [te.placeholder((d,), "float32", name=n) for n in ("nq_w", "nq_b", "nk_w", "nk_b")]
-        ins += nw
-        q = _layernorm(q, nw[0], nw[1], eps)
-        k = _layernorm(k, nw[2], nw[3], eps)
-    ins += [steps[0], zps[0], steps[1], zps[1], steps[2], zps[2]]
-    qc = te.compute((bp, heads, t, d), lambda b, h, r, e: _code(q[b, h, r, e], steps[0][h], zps[0][h], bits),
-                    name="qc")
-    kc = te.compute((bp, heads, t, d), lambda b, h, r, e: _code(k[b, h, r, e], steps[1][h], zps[1][h], bits),
-                    name="kc")
-    vc = te.compute((bp, heads, d, t), lambda b, h, e, r: _code(v[b, h, r, e], steps[2][h], zps[2][h], bits),
-                    name="vc")
-    qp = _pack_rows(bp, heads, t, d, bits, qc, "qp")
-    kp = _pack_rows(bp, heads, t, d, bits, kc, "kp")
-    vp = _pack_rows(bp, heads, d, t, bits, vc, "vp")
-    qs = _rowsum(bp, heads, t, d, qc, "qs")
-    ks = _rowsum(bp, heads, t, d, kc, "ks")
-    vs = _rowsum(bp, heads, d, t, vc, "vs")
-    return ins, [qp, kp, vp, qs, ks, vs]
-
-
-def _pack_rows(bp, heads, rows, length, bits, codes, name):
-    tt = te.reduce_axis((0, WORD), name="t")
-    kw = words(length)
-
-    def bit(b, h, i, r, w):
-        kk = w * WORD + tt
-        c = codes[b, h, r, tirx.min(kk, length - 1)]
-        on = tirx.all(kk < length, ((c >> i) & 1) == 1)
-        return tirx.if_then_else(on, tirx.const(1, U64) << tt.astype(U64), tirx.const(0, U64))
-
-    return te.compute((bp, heads, bits, rows, kw), lambda b, h, i, r, w: te.sum(bit(b, h, i, r, w), axis=tt),
-                      name=name)
-
-
-def _rowsum(bp, heads, rows, length, codes, name):
-    kk = te.reduce_axis((0, length), name="k")
-    return te.compute((bp, heads, rows), lambda b, h, r: te.sum(codes[b, h, r, kk], axis=kk), name=name)
-
-
-def _bitserial_aa(xp, yp, bits_x, bits_y, nwords, shape, name):
-    """sum_{i,j,w} 2^(i+j) popcount(X_i & Y_j) for two unsigned operands packed [B', H, b, rows, W]."""
-    i = te.reduce_axis((0, bits_x), name="i")
-    j = te.reduce_axis((0, bits_y), name="j")
-    w = te.reduce_axis((0, nwords), name="w")
-    return te.compute(shape, lambda b, h, r, c: te.sum(
-        tirx.popcount(xp[b, h, i, r, w] & yp[b, h, j, c, w]).astype("int32") << (i + j), axis=[i, j, w]),
-        name=name)
-
-
-def attn_scores(bp: int, t: int, heads: int, d: int, bits: int, scale: float, n_bias: bool, n_mask: int):
-    """Q K^T (bit-serial) -> S = scale q_step k_step acc (+ rel_pos_bias) (+ mask) -> softmax -> P codes
-    packed along keys [B', H, b, T, TW] and their row sums [B', H, T]."""
-    dw = words(d)
-    qp = te.placeholder((bp, heads, bits, t, dw), U64, name="qp")
-    kp = te.placeholder((bp, heads, bits, t, dw), U64, name="kp")
-    qs = te.placeholder((bp, heads, t), "int32", name="qs")
-    ks = te.placeholder((bp, heads, t), "int32", name="ks")
-    q_step = te.placeholder((heads,), "float32", name="q_step")
-    q_zp = te.placeholder((heads,), "int32", name="q_zp")
-    k_step = te.placeholder((heads,), "float32", name="k_step")
-    k_zp = te.placeholder((heads,), "int32", name="k_zp")
-    p_step = te.placeholder((heads,), "float32", name="p_step")
-    p_zp = te.placeholder((heads,), "int32", name="p_zp")
-    ins = [qp, kp, qs, ks, q_step, q_zp, k_step, k_zp, p_step, p_zp]
-    raw = _bitserial_aa(qp, kp, bits, bits, dw, (bp, heads, t, t), "qk")
-    bias = mask = None
+        ins += [te.placeholder((d,), "float32", name=n) for n in ("nq_w", "nq_b", "nk_w", "nk_b")]
+    for s in "qkvp":
+        ins += [te.placeholder((heads,), "float32", name=f"{s}_step"),
+                te.placeholder((heads,), "int32", name=f"{s}_zp")]
     if n_bias:
-        bias = te.placeholder((heads, t, t), "float32", name="rel_pos_bias")
-        ins.append(bias)
+        ins.append(te.placeholder((heads, t, t), "float32", name="rel_pos_bias"))
     if n_mask:
-        mask = te.placeholder((n_mask, t, t), "float32", name="mask")
-        ins.append(mask)
+        ins.append(te.placeholder((n_mask, t, t), "float32", name="mask"))
+    shapes = [(bp, heads, bits, t, dw), (bp, heads, bits, t, dw), (bp, heads, bits, d, tw),
+              (bp, heads, t), (bp, heads, t), (bp, heads, d), (bp, heads, bits, t, tw), (bp, heads, t),
+              (bp, t, dim)]
+    dtypes = [U64, U64, U64, "int32", "int32", "int32", U64, "int32", "float32"]
 
-    def s_val(b, h, r, c):
-        acc = raw[b, h, r, c] - k_zp[h] * qs[b, h, r] - q_zp[h] * ks[b, h, c] + d * q_zp[h] * k_zp[h]
-        s = tirx.const(scale, "float32") * q_step[h] * k_step[h] * acc.astype("float32")
-        if bias is not None:
-            s = s + bias[h, r, c]
-        if mask is not None:
-            s = s + mask[b % n_mask, r, c]
-        return s
+    def body(bufs, outs):
+        it = tirx.Var("item", "int32")
+        b = list(bufs)
+        x, rest = b[0], b[1:]
+        nw = rest[:4] if irm else [x] * 4  # unused pointers when absent: any valid address
+        rest = rest[4:] if irm else rest
+        qz = rest[:8]
+        bias = rest[8] if n_bias else x
+        mask = rest[8 + int(n_bias)] if n_mask else x
+        i32, f32 = (lambda v: tirx.const(int(v), "int32")), (lambda v: tirx.const(float(v), "float32"))
+        call = tirx.call_extern(
+            "int32", ATTENTION_ITEM, it, i32(t), i32(heads), i32(d), i32(bits), i32(irm), f32(eps),
+            f32(scale), i32(n_bias), i32(n_mask), x.data, *[v.data for v in nw], *[v.data for v in qz],
+            bias.data, mask.data, *[o.data for o in outs])
+        return tirx.For(it, 0, bp * heads, tirx.ForKind.PARALLEL, tirx.Evaluate(call))
 
-    s = te.compute((bp, heads, t, t), s_val, name="s")
-    c1 = te.reduce_axis((0, t), name="c1")
-    mx = te.compute((bp, heads, t), lambda b, h, r: te.max(s[b, h, r, c1], axis=c1), name="mx")
-    e = te.compute((bp, heads, t, t), lambda b, h, r, c: _exp(s[b, h, r, c] - mx[b, h, r]), name="e")
-    c2 = te.reduce_axis((0, t), name="c2")
-    den = te.compute((bp, heads, t), lambda b, h, r: te.sum(e[b, h, r, c2], axis=c2), name="den")
-    pc = te.compute((bp, heads, t, t), lambda b, h, r, c: _code(e[b, h, r, c] / den[b, h, r], p_step[h],
-                                                                 p_zp[h], bits), name="pc")
-    pp = _pack_rows(bp, heads, t, t, bits, pc, "pp")
-    ps = _rowsum(bp, heads, t, t, pc, "ps")
-    return ins, [pp, ps]
-
-
-def attn_pv(bp: int, t: int, heads: int, d: int, bits: int):
-    """P V (bit-serial over keys) -> out [B', T, H*d] = p_step v_step acc."""
-    tw = words(t)
-    pp = te.placeholder((bp, heads, bits, t, tw), U64, name="pp")
-    vp = te.placeholder((bp, heads, bits, d, tw), U64, name="vp")
-    ps = te.placeholder((bp, heads, t), "int32", name="ps")
-    vs = te.placeholder((bp, heads, d), "int32", name="vs")
-    p_step = te.placeholder((heads,), "float32", name="p_step")
-    p_zp = te.placeholder((heads,), "int32", name="p_zp")
-    v_step = te.placeholder((heads,), "float32", name="v_step")
-    v_zp = te.placeholder((heads,), "int32", name="v_zp")
-    raw = _bitserial_aa(pp, vp, bits, bits, tw, (bp, heads, t, d), "pv")
-
-    def o_val(b, r, c):
-        h, e = c // d, c % d
-        acc = raw[b, h, r, e] - v_zp[h] * ps[b, h, r] - p_zp[h] * vs[b, h, e] + t * p_zp[h] * v_zp[h]
-        return p_step[h] * v_step[h] * acc.astype("float32")
-
-    out = te.compute((bp, t, heads * d), o_val, name="out")
-    return [pp, vp, ps, vs, p_step, p_zp, v_step, v_zp], [out]
+    outs = te.extern(shapes, ins, body, name="attention", dtype=dtypes)
+    return ins, list(outs)
 
 
 # ---------------------------------------------------------------------------------------------- #
@@ -365,21 +332,6 @@ def _layernorm(x, g, b, eps):
     return te.compute(shape, lambda *r: centred(r[:-1], r[-1])
                       / tirx.sqrt(sq[r[:-1]] / tirx.const(float(n), "float32") + tirx.const(eps, "float32"))
                       * g[r[-1]] + b[r[-1]], name="ln")
-
-
-def _exp(x):
-    """float32 exp by Cody-Waite range reduction and Cephes' degree-7 polynomial (<= 1 ulp of libm's
-    expf for softmax inputs, which are <= 0): vectorizes, where tirx.exp is one libm call each."""
-    f = lambda v: tirx.const(v, "float32")  # noqa: E731
-    x = tirx.max(tirx.min(x, f(88.3762626647949)), f(-87.3365478515625))
-    n = tirx.floor(x * f(1.44269504088896341) + f(0.5))
-    r = x - n * f(0.693359375) - n * f(-2.12194440e-4)
-    p = f(1.9875691500e-4)
-    for c in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
-        p = p * r + f(c)
-    p = p * r * r + r + f(1.0)
-    two_n = tirx.reinterpret("float32", (n.astype("int32") + 127) << 23)
-    return p * two_n
 
 
 def _erf(x):

@@ -191,13 +191,14 @@ class Lowering:
             planes = p.act(f"{op['out']}.planes", (ab, K.rows_padded(m), K.linear_words(k)), "uint64")
             kid = self._generic(("pack", m, k, ab, eps), "pack", K.pack_act, m, k, ab, eps)
             p.step(kid, kind, [x2, *ln_args, a_step, a_zp, planes], op["out"])
-            panel = p.const(f"{name}.wpanel", packing.weight_panel(wt, wb))
+            mtile, nv = K.gemm_tile(epi)
+            panel = p.const(f"{name}.wpanel", packing.weight_panel(wt, wb, nv))
             corr = p.const(f"{name}.corr", packing.zero_point_correction(wt, int(prm["a_zp"])))
 
             def build(fname):
-                ins, outs = K.bitserial_linear(m, n, k, ab, wb, epi, clip_v)
+                ins, outs = K.bitserial_linear(m, n, k, ab, wb, epi, clip_v, nv)
                 func = schedules.prim_func(fname, ins, outs)
-                return schedules.bitserial_linear(func, fname, m, n, self.target_kind)
+                return schedules.bitserial_linear(func, fname, m, n, self.target_kind, mtile, nv)
             kid = p.kernel(("bsgemm", m, n, k, ab, wb, epi, clip_v), "bitserial_gemm", build)
             p.step(kid, kind, [planes, panel, scale, corr, bias, *res, y2], op["out"])
         else:
@@ -228,10 +229,6 @@ class Lowering:
         if irm:
             irm_args = [p.const(f"{name}.{s}", prm[s]) for s in ("norm_q.weight", "norm_q.bias",
                                                                   "norm_k.weight", "norm_k.bias")]
-        kid = self._generic(("attn_prep", bp, t, h, d, bits, irm, eps), "attn_prep", K.attn_prep,
-                            bp, t, h, d, bits, irm, eps)
-        p.step(kid, "attention", [op["in"], *irm_args, c["q_step"], c["q_zp"], c["k_step"], c["k_zp"],
-                                  c["v_step"], c["v_zp"], qp, kp, vp, qs, ks, vs], o)
         extra = []
         has_bias = "rel_pos_bias" in prm
         n_mask = 0
@@ -242,14 +239,14 @@ class Lowering:
             extra.append(p.const(f"{name}.mask", prm["mask"]))
         pp = p.act(f"{o}.pp", (bp, h, bits, t, tw), "uint64")
         ps = p.act(f"{o}.ps", (bp, h, t), "int32")
-        scale = float(op["scale"])
-        kid = self._generic(("attn_scores", bp, t, h, d, bits, scale, has_bias, n_mask), "attn_softmax",
-                            K.attn_scores, bp, t, h, d, bits, scale, has_bias, n_mask)
-        p.step(kid, "attention", [qp, kp, qs, ks, c["q_step"], c["q_zp"], c["k_step"], c["k_zp"],
-                                  c["p_step"], c["p_zp"], *extra, pp, ps], o)
         out = p.act(o, (bp, t, h * d))
-        kid = self._generic(("attn_pv", bp, t, h, d, bits), "attn_pv", K.attn_pv, bp, t, h, d, bits)
-        p.step(kid, "attention", [pp, vp, ps, vs, c["p_step"], c["p_zp"], c["v_step"], c["v_zp"], out], o)
+        scale = float(op["scale"])
+        key = ("attention", bp, t, h, d, bits, irm, eps, scale, has_bias, n_mask)
+        kid = p.kernel(key, "attention", lambda fname: schedules.prim_func(
+            fname, *K.attention(bp, t, h, d, bits, irm, eps, scale, has_bias, n_mask)))
+        p.step(kid, "attention", [op["in"], *irm_args, c["q_step"], c["q_zp"], c["k_step"], c["k_zp"],
+                                  c["v_step"], c["v_zp"], c["p_step"], c["p_zp"], *extra,
+                                  qp, kp, vp, qs, ks, vs, pp, ps, out], o)
 
     # --------------------------------------------------------------------------------- float ops
     def _layernorm(self, op):

@@ -141,6 +141,7 @@ def build(plan: Plan, meta: dict, target: Target, out_path: str, progress=print)
             f.write(glue)
         with open(os.path.join(tmp, "blob.S"), "w") as f:
             f.write(_ASM)
+        objs += [compile_csrc(cc, target, src, tmp) for src in CSRC]
         progress(f"  linking {os.path.basename(out_path)} with {os.path.basename(cc)}")
         tmp_out = os.path.join(tmp, "model.so")
         cmd = [cc, "-shared", "-fPIC", "-O2", "-o", tmp_out, *objs, "glue.c", "blob.S", "-lm",
@@ -151,6 +152,44 @@ def build(plan: Plan, meta: dict, target: Target, out_path: str, progress=print)
             raise UserError(f"linking model.so failed: {err}")
         os.replace(tmp_out, out_path) if _same_fs(tmp, out_path) else _copy(tmp_out, out_path)
     return meta
+
+
+# C micro-kernels the TVM kernels call (call_extern), compiled for the target and linked in.
+CSRC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
+CSRC = [os.path.join(CSRC_DIR, f) for f in ("attention.c", "pack.c")]
+# Exact float32 as the reference computes it: no FMA contraction, no fast-math reassociation.
+# (-fno-trapping-math only lets gcc if-convert float selects so those loops vectorize.)
+CFLAGS = ["-O3", "-fPIC", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math"]
+
+
+def cpu_flags(cc: str, target: Target) -> list:
+    """gcc flags for the target CPU: TVM's (LLVM's) -mcpu name when gcc knows it too; otherwise the
+    compiling machine's CPU when that is the target (x86_64 default), else a baseline."""
+    opt = "-march" if target.arch == "x86_64" else "-mcpu"
+    tries = [[f"{opt}={target.mcpu}"]]
+    if target.arch == "x86_64":
+        from .targets import host_x86_cpu
+        if target.mcpu == host_x86_cpu():
+            tries.append(["-march=native"])
+        tries.append(["-march=x86-64-v3"] if target.mcpu != "x86-64" else ["-march=x86-64"])
+    else:
+        tries.append(["-march=armv8-a"])
+    for flags in tries:
+        r = subprocess.run([cc, *flags, "-x", "c", "-c", "-o", os.devnull, "-"], input="int x;\n",
+                           capture_output=True, text=True)
+        if r.returncode == 0:
+            return flags
+    return []
+
+
+def compile_csrc(cc: str, target: Target, src: str, folder: str) -> str:
+    obj = os.path.join(folder, os.path.basename(src)[:-2] + ".o")
+    r = subprocess.run([cc, *CFLAGS, *cpu_flags(cc, target), "-c", src, "-o", obj], capture_output=True,
+                       text=True)
+    if r.returncode != 0:
+        err = (r.stderr.strip().splitlines() or ["?"])[-1]
+        raise UserError(f"compiling {os.path.basename(src)} failed: {err}")
+    return obj
 
 
 def _same_fs(a: str, b: str) -> bool:

@@ -33,14 +33,14 @@ def weight_bits(w: np.ndarray, bits: int) -> np.ndarray:
     return w & ((1 << bits) - 1)
 
 
-def weight_panel(w: np.ndarray, bits: int) -> np.ndarray:
-    """Signed codes [N, K] -> panels [ceil(N / NV), bits, KW, NV] uint64 (padded channels are 0)."""
+def weight_panel(w: np.ndarray, bits: int, nv: int = NV) -> np.ndarray:
+    """Signed codes [N, K] -> panels [ceil(N / nv), bits, KW, nv] uint64 (padded channels are 0)."""
     planes = bit_planes(weight_bits(w, bits), bits, linear_words(w.shape[1]))  # [bits, N, KW]
     n, kw = planes.shape[1], planes.shape[2]
-    npad = -(-n // NV) * NV
+    npad = -(-n // nv) * nv
     full = np.zeros((bits, npad, kw), np.uint64)
     full[:, :n] = planes
-    return np.ascontiguousarray(full.reshape(bits, npad // NV, NV, kw).transpose(1, 0, 3, 2))
+    return np.ascontiguousarray(full.reshape(bits, npad // nv, nv, kw).transpose(1, 0, 3, 2))
 
 
 def zero_point_correction(w: np.ndarray, a_zp: int) -> np.ndarray:

@@ -25,9 +25,8 @@ def _is_reduction(sch, blk) -> bool:
     return any(iv.iter_type == 2 for iv in sch.get(blk).iter_vars)  # CommReduce
 
 
-# Stages computed once into a buffer rather than inlined: integer codes are read by every bit
-# plane of a pack (inlining would redo LayerNorm / exp per plane), exp() by the sum and the codes.
-MATERIALIZE = ("codes", "qc", "kc", "vc", "e", "pc")
+# Stages computed once into a buffer rather than inlined (the int16 codes of the 8-bit layers).
+MATERIALIZE = ("codes",)
 
 
 def auto_inline(sch, func_name: str, keep: tuple = ()) -> None:
@@ -91,6 +90,8 @@ def vector_partials(sch, func_name: str) -> None:
 
 
 def generic(func: tvm.tirx.PrimFunc, name: str, keep: tuple = ()) -> tvm.tirx.PrimFunc:
+    if func.body.block.name_hint != "root":
+        return func  # a te.extern kernel (a loop calling C, compile/csrc): nothing to schedule
     sch = s_tir.Schedule(tvm.IRModule({name: func}))
     auto_inline(sch, name, keep)
     vector_partials(sch, name)
@@ -98,9 +99,10 @@ def generic(func: tvm.tirx.PrimFunc, name: str, keep: tuple = ()) -> tvm.tirx.Pr
     return sch.mod[name]
 
 
-def bitserial_linear(func, name: str, m: int, n: int, target_kind: str, mtile: int = kernels.MTILE):
-    """Output tile mtile rows x NV channels: per (i, j) plane pair, broadcast one activation word, AND
-    with NV weight words, popcount, accumulate in uint64 lanes over K; then weigh the plane pair into
+def bitserial_linear(func, name: str, m: int, n: int, target_kind: str, mtile: int = kernels.MTILE,
+                     nv: int = kernels.NV):
+    """Output tile mtile rows x nv channels: per (i, j) plane pair, broadcast one activation word, AND
+    with nv weight words, popcount, accumulate in uint64 lanes over K; then weigh the plane pair into
     the int32 tile, and run the float epilogue on the tile while it is hot."""
     sch = s_tir.Schedule(tvm.IRModule({name: func}))
     auto_inline(sch, name)
@@ -110,7 +112,7 @@ def bitserial_linear(func, name: str, m: int, n: int, target_kind: str, mtile: i
     loops = sch.get_loops(acc)
     r, c, red = loops[0], loops[1], loops[2:]
     ro, ri = sch.split(r, factors=[None, mtile])
-    co, ci = sch.split(c, factors=[None, kernels.NV])
+    co, ci = sch.split(c, factors=[None, nv])
     sch.reorder(co, ro, *red, ri, ci)
     fused = sch.fuse(co, ro)
     sch.parallel(fused)
@@ -129,7 +131,7 @@ def bitserial_linear(func, name: str, m: int, n: int, target_kind: str, mtile: i
     except Exception:  # no such block for b >= 2 bit weights
         pass
     sch.reverse_compute_at(y, fused)
-    if n % kernels.NV == 0 and m % mtile == 0:  # the float epilogue over the tile's NV channels
+    if n % nv == 0 and m % mtile == 0:  # the float epilogue over the tile's nv channels
         # (not with a row predicate: TVM 0.27 then stored the vector for padded rows too -> overflow)
         sch.vectorize(sch.get_loops(y)[-1])
     sch.vectorize(ci)

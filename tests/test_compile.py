@@ -13,11 +13,22 @@ import pytest
 tvm = pytest.importorskip("tvm")
 
 from qvit_compile import kernels as K  # noqa: E402
-from qvit_compile import packing, schedules, targets  # noqa: E402
+from qvit_compile import package, packing, schedules, targets  # noqa: E402
 from qvit_edge import quant  # noqa: E402
 
 HOST = targets.get("x86_64", "x86-64-v3")
 DEV = tvm.cpu()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def csrc_loaded(tmp_path_factory):
+    """The C micro-kernels (compile/csrc) as a shared library loaded RTLD_GLOBAL, so the kernels TVM
+    JIT-compiles here resolve their call_extern symbols (in a model.so they are linked in)."""
+    import ctypes
+    out = str(tmp_path_factory.mktemp("csrc") / "csrc.so")
+    objs = [package.compile_csrc("gcc", HOST, src, os.path.dirname(out)) for src in package.CSRC]
+    subprocess.run(["gcc", "-shared", "-o", out, *objs, "-lm"], check=True)
+    return ctypes.CDLL(out, mode=ctypes.RTLD_GLOBAL)
 
 
 def _t(a):
@@ -25,15 +36,15 @@ def _t(a):
 
 
 @pytest.fixture(scope="module", params=[(7, 21, 77), (5, 16, 40)], ids=["k77", "k40"])
-def linear_kernels(request):
+def linear_kernels(request, csrc_loaded):
     """One build with pack + bit-serial GEMM for every (a_bits, w_bits) in 1..4 (ragged M, N and K so
     the padding paths run; K <= 64 is the single-word case)."""
     m, n, k = request.param
     funcs = {}
     for ab in range(1, 5):
-        name = f"pack{ab}"
-        ins, outs = K.pack_act(m, k, ab)
-        funcs[name] = schedules.generic(schedules.prim_func(name, ins, outs), name)
+        for name, build in ((f"pack{ab}", K.pack_act_c), (f"packte{ab}", K.pack_act_te)):
+            ins, outs = build(m, k, ab)
+            funcs[name] = schedules.generic(schedules.prim_func(name, ins, outs), name)
         for wb in range(1, 5):
             name = f"gemm{ab}{wb}"
             ins, outs = K.bitserial_linear(m, n, k, ab, wb)
@@ -52,10 +63,11 @@ def test_bitserial_linear_is_exact(linear_kernels, ab, wb):
     x = rng.normal(0, 1.5, (m, k)).astype(np.float32)
     w = rng.choice(quant.weight_levels(wb), size=(n, k)).astype(np.int8)
     codes = quant.quantize_act(x, step, zp, ab)
-    planes = _t(np.zeros((ab, K.rows_padded(m), K.linear_words(k)), np.uint64))
-    mod[f"pack{ab}"](_t(x), _t(np.array([step], np.float32)), _t(np.array([zp], np.int32)), planes)
-    np.testing.assert_array_equal(planes.numpy()[:, :m], packing.bit_planes(codes, ab, K.linear_words(k)))
-    assert not planes.numpy()[:, m:].any()  # padded rows are zero
+    for pack in (f"packte{ab}", f"pack{ab}"):  # the TE and the C form give the same planes
+        planes = _t(np.full((ab, K.rows_padded(m), K.linear_words(k)), 7, np.uint64))
+        mod[pack](_t(x), _t(np.array([step], np.float32)), _t(np.array([zp], np.int32)), planes)
+        np.testing.assert_array_equal(planes.numpy()[:, :m], packing.bit_planes(codes, ab, K.linear_words(k)))
+        assert not planes.numpy()[:, m:].any()  # padded rows are zero
     y = _t(np.zeros((m, n), np.float32))
     ones, zeros = np.ones(n, np.float32), np.zeros(n, np.float32)
     mod[f"gemm{ab}{wb}"](planes, _t(packing.weight_panel(w, wb)), _t(ones),
@@ -64,52 +76,50 @@ def test_bitserial_linear_is_exact(linear_kernels, ab, wb):
     np.testing.assert_array_equal(y.numpy(), quant.int_linear(codes, zp, w).astype(np.float32))
 
 
-def test_attention_kernels_are_exact():
-    """Q K^T and P V of one head group, bit-serial, against quant.int_matmul_act."""
+@pytest.mark.parametrize("irm", [False, True])
+def test_attention_kernel_is_exact(irm):
+    """The attention kernel (C micro-kernel per head) on one head group: q, k, v and probability codes
+    and planes, code sums and the P V output against qvit_edge.quant / reference arithmetic."""
+    from qvit_edge import reference
     bp, t, h, d, bits = 2, 9, 2, 5, 3
-    funcs = {}
-    for name, (ins, outs) in {"prep": K.attn_prep(bp, t, h, d, bits, False, 1e-6),
-                              "scores": K.attn_scores(bp, t, h, d, bits, 0.5, False, 0),
-                              "pv": K.attn_pv(bp, t, h, d, bits)}.items():
-        funcs[name] = schedules.generic(schedules.prim_func(name, ins, outs), name)
-    mod = tvm.compile(tvm.IRModule(funcs), target=HOST.tvm()).mod
+    ins, outs = K.attention(bp, t, h, d, bits, irm, 1e-6, 0.5, False, 0)
+    mod = tvm.compile(tvm.IRModule({"att": schedules.prim_func("att", ins, outs)}), target=HOST.tvm()).mod
     rng = np.random.default_rng(3)
     qkv = rng.normal(0, 1, (bp, t, 3 * h * d)).astype(np.float32)
     st = {s: rng.uniform(0.2, 0.6, h).astype(np.float32) for s in "qkvp"}
     st["p"] = np.full(h, 1 / 7, np.float32)
     zp = {s: rng.integers(0, 1 << bits, h).astype(np.int32) for s in "qkv"}
     zp["p"] = np.zeros(h, np.int32)
-    shapes = [(bp, h, bits, t, 1), (bp, h, bits, t, 1), (bp, h, bits, d, 1),
-              (bp, h, t), (bp, h, t), (bp, h, d)]
-    outs = [_t(np.zeros(s, np.uint64 if len(s) == 5 else np.int32)) for s in shapes]
-    mod["prep"](_t(qkv), _t(st["q"]), _t(zp["q"]), _t(st["k"]), _t(zp["k"]), _t(st["v"]), _t(zp["v"]), *outs)
-    qp, kp, vp, qs, ks, vs = outs
-    q, k, v = qkv.reshape(bp, t, 3, h, d).transpose(2, 0, 3, 1, 4)
+    nw = [rng.uniform(0.5, 1.5, d).astype(np.float32), rng.normal(0, 0.2, d).astype(np.float32)] * 2
+    args = [qkv, *(nw if irm else [])]
+    for s in "qkvp":
+        args += [st[s], zp[s]]
+    res = [_t(np.full([int(v) for v in o.shape], 7, str(o.dtype))) for o in outs]
+    mod["att"](*[_t(a) for a in args], *res)
+    qp, kp, vp, qs, ks, vs, pp, ps, out = [r.numpy() for r in res]
+    q, k, v = reference.split_qkv(qkv, h, d)
+    if irm:
+        q = reference.layernorm(q, nw[0], nw[1], 1e-6)
+        k = reference.layernorm(k, nw[2], nw[3], 1e-6)
     qc = quant.quantize_act(q, st["q"][:, None, None], zp["q"][:, None, None], bits)
     kc = quant.quantize_act(k, st["k"][:, None, None], zp["k"][:, None, None], bits)
     vc = quant.quantize_act(v, st["v"][:, None, None], zp["v"][:, None, None], bits)
-    for planes, codes in ((qp, qc), (kp, kc), (vp, np.swapaxes(vc, -1, -2))):
-        got = planes.numpy()
+    for planes, sums, codes in ((qp, qs, qc), (kp, ks, kc), (vp, vs, np.swapaxes(vc, -1, -2))):
         want = np.stack([packing.bit_planes(c, bits) for c in codes.reshape(-1, *codes.shape[2:])])
-        np.testing.assert_array_equal(got.reshape(want.shape[0], bits, *got.shape[3:]), want)
-    pp = _t(np.zeros((bp, h, bits, t, 1), np.uint64))
-    ps = _t(np.zeros((bp, h, t), np.int32))
-    mod["scores"](qp, kp, qs, ks, _t(st["q"]), _t(zp["q"]), _t(st["k"]), _t(zp["k"]),
-                  _t(st["p"]), _t(zp["p"]), pp, ps)
+        np.testing.assert_array_equal(planes.reshape(want.shape[0], bits, *planes.shape[3:]), want)
+        np.testing.assert_array_equal(sums, codes.sum(-1))
     s_acc = quant.int_matmul_act(qc, zp["q"], kc, zp["k"])
     s = s_acc.astype(np.float32) * (np.float32(0.5) * st["q"] * st["k"]).astype(np.float32)[:, None, None]
-    e = np.exp(s - s.max(-1, keepdims=True))
-    pc = quant.quantize_act(e / e.sum(-1, keepdims=True), st["p"][:, None, None], 0, bits)
-    got_p = np.stack([[[[int(pp.numpy()[b, hh, i, r, 0]) >> c & 1 for c in range(t)] for r in range(t)]
+    pc = quant.quantize_act(reference.softmax(s), st["p"][:, None, None], 0, bits)
+    got_p = np.stack([[[[int(pp[b, hh, i, r, 0]) >> c & 1 for c in range(t)] for r in range(t)]
                        for i in range(bits)] for b in range(bp) for hh in range(h)])
     want_p = np.stack([[(pc[b, hh] >> i) & 1 for i in range(bits)] for b in range(bp) for hh in range(h)])
     assert (got_p != want_p).mean() < 0.01  # exp() may differ in the last ulp at a rounding boundary
-    out = _t(np.zeros((bp, t, h * d), np.float32))
     pc_got = (got_p * (1 << np.arange(bits))[None, :, None, None]).sum(1).reshape(bp, h, t, t)
-    mod["pv"](pp, vp, ps, vs, _t(st["p"]), _t(zp["p"]), _t(st["v"]), _t(zp["v"]), out)
+    np.testing.assert_array_equal(ps, pc_got.sum(-1))
     o_acc = quant.int_matmul_act(pc_got, zp["p"], np.swapaxes(vc, -1, -2), zp["v"])
     want_o = o_acc.astype(np.float32) * (st["p"] * st["v"]).astype(np.float32)[:, None, None]
-    np.testing.assert_allclose(out.numpy(), want_o.transpose(0, 2, 1, 3).reshape(bp, t, h * d), rtol=1e-6)
+    np.testing.assert_allclose(out, want_o.transpose(0, 2, 1, 3).reshape(bp, t, h * d), rtol=1e-6)
 
 
 def test_weight_panel_layout():

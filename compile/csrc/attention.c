@@ -1,0 +1,204 @@
+/* qvit_compile: the attention micro-kernel linked into every model.so that has attention.
+ *
+ * The TVM kernel `attention` (compile/kernels.py: attention) checks its tensor arguments and runs
+ * a parallel loop over the (window-batch b, head h) items; each iteration calls qvit_attention_item
+ * below for one item, which does all of that head's work while it is in cache:
+ *
+ *   q, k rows -> IRM LayerNorm (optional) -> codes -> bit planes + code sums
+ *   v rows    -> codes -> bit planes along tokens (V^T) + code sums
+ *   Q K^T bit-serial (AND + popcount) -> zero-point corrections -> scores (+ rel_pos_bias, + mask)
+ *   -> softmax -> probability codes -> bit planes + code sums
+ *   P V bit-serial -> zero-point corrections -> float output [B', T, H*d]
+ *
+ * Arithmetic and vector conventions: common.h. The bit-serial products use AVX-512 VPOPCNTDQ
+ * intrinsics where the target has them. The planes and sums are written to the tensors the plan
+ * declares (tests read them).
+ */
+#include "common.h"
+
+/* planes [bits][rows][nw] -> [bits][nw][rpad] (rows padded with zero words) */
+static void transpose_planes(const uint64_t *src, int bits, int rows, int nw, int rpad, uint64_t *dst) {
+  memset(dst, 0, sizeof(uint64_t) * (size_t)bits * nw * rpad);
+  for (int j = 0; j < bits; j++)
+    for (int r = 0; r < rows; r++)
+      for (int w = 0; w < nw; w++) dst[((int64_t)j * nw + w) * rpad + r] = src[((int64_t)j * rows + r) * nw + w];
+}
+
+/* out[c] = sum_{i, j < bits, w < nw} popcount(a[i * a_stride + w] & bt[(j * nw + w) * cpad + c]) << (i + j)
+ * for c < cpad (a multiple of 32): one row of a bit-serial product against a transposed operand
+ * (bt: [bits][nw][cpad], zero padded). The plane weights 2^(i+j) are applied Horner-style over
+ * s = i + j (a doubling per s, not a shift per plane pair). */
+static void bs_row(const uint64_t *a, int64_t a_stride, int nw, int bits, const uint64_t *bt, int cpad,
+                   int32_t *out) {
+#if defined(__AVX512F__) && defined(__AVX512VPOPCNTDQ__)
+  for (int c = 0; c < cpad; c += 32) { /* 4 independent accumulators share each broadcast word */
+    __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+    for (int s = 2 * bits - 2; s >= 0; s--) {
+      a0 = _mm512_add_epi64(a0, a0);
+      a1 = _mm512_add_epi64(a1, a1);
+      a2 = _mm512_add_epi64(a2, a2);
+      a3 = _mm512_add_epi64(a3, a3);
+      for (int i = s < bits ? 0 : s - bits + 1; i <= s && i < bits; i++) {
+        const uint64_t *bj = bt + (int64_t)(s - i) * nw * cpad + c;
+        for (int w = 0; w < nw; w++) {
+          const __m512i aw = _mm512_set1_epi64((long long)a[i * a_stride + w]);
+          const uint64_t *bw = bj + (int64_t)w * cpad;
+          a0 = _mm512_add_epi64(a0, _mm512_popcnt_epi64(_mm512_and_si512(aw, _mm512_loadu_si512(bw))));
+          a1 = _mm512_add_epi64(a1, _mm512_popcnt_epi64(_mm512_and_si512(aw, _mm512_loadu_si512(bw + 8))));
+          a2 = _mm512_add_epi64(a2, _mm512_popcnt_epi64(_mm512_and_si512(aw, _mm512_loadu_si512(bw + 16))));
+          a3 = _mm512_add_epi64(a3, _mm512_popcnt_epi64(_mm512_and_si512(aw, _mm512_loadu_si512(bw + 24))));
+        }
+      }
+    }
+    _mm256_storeu_si256((__m256i *)(out + c), _mm512_cvtepi64_epi32(a0));
+    _mm256_storeu_si256((__m256i *)(out + c + 8), _mm512_cvtepi64_epi32(a1));
+    _mm256_storeu_si256((__m256i *)(out + c + 16), _mm512_cvtepi64_epi32(a2));
+    _mm256_storeu_si256((__m256i *)(out + c + 24), _mm512_cvtepi64_epi32(a3));
+  }
+#else
+  for (int c = 0; c < cpad; c += 8) {
+    uint32_t acc[8] = {0}; /* gcc vectorizes the 8 lanes where the target has vector popcount */
+    for (int s = 2 * bits - 2; s >= 0; s--) {
+      for (int l = 0; l < 8; l++) acc[l] += acc[l];
+      for (int i = s < bits ? 0 : s - bits + 1; i <= s && i < bits; i++) {
+        const int j = s - i;
+        for (int w = 0; w < nw; w++) {
+          const uint64_t aw = a[i * a_stride + w];
+          const uint64_t *b = bt + ((int64_t)j * nw + w) * cpad + c;
+          for (int l = 0; l < 8; l++) acc[l] += (uint32_t)__builtin_popcountll(aw & b[l]);
+        }
+      }
+    }
+    for (int l = 0; l < 8; l++) out[c + l] = (int32_t)acc[l];
+  }
+#endif
+}
+
+/* ------------------------------------------------------------------------------- one item */
+
+/* One softmax row: scores from the accumulators, max, exp, numpy-order sum, probability codes.
+ * Returns the code sum; codes[0, T) written. */
+static int32_t softmax_row(const int32_t *acc, int T, int32_t rc, int32_t qz, const int32_t *ks, float s_scale,
+                           const float *bias_r, const float *mask_r, float p_step, int32_t p_zp, int bits,
+                           float *s, float *e, uint8_t *codes) {
+  int c = 0;
+  for (; c + VL <= T; c += VL) {
+    vi a = loadi(acc + c) + rc - qz * loadi(ks + c);
+    storef(s + c, s_scale * __builtin_convertvector(a, vf));
+  }
+  for (; c < T; c++) s[c] = s_scale * (float)(acc[c] + rc - qz * ks[c]);
+  if (bias_r)
+    for (c = 0; c < T; c++) s[c] = s[c] + bias_r[c];
+  if (mask_r)
+    for (c = 0; c < T; c++) s[c] = s[c] + mask_r[c];
+  float mx = s[0];
+  c = 0;
+  if (T >= VL) {
+    vf m = loadf(s);
+    for (c = VL; c + VL <= T; c += VL) {
+      vf v = loadf(s + c);
+      m = sel(v > m, v, m);
+    }
+    for (int l = 0; l < VL; l++) mx = m[l] > mx ? m[l] : mx;
+  }
+  for (; c < T; c++) mx = s[c] > mx ? s[c] : mx;
+  for (c = 0; c + VL <= T; c += VL) storef(e + c, exp_v(loadf(s + c) - mx));
+  for (; c < T; c++) e[c] = exp_f(s[c] - mx);
+  const float den = pairwise_sum(e, T);
+  for (c = 0; c + VL <= T; c += VL) storef(s + c, loadf(e + c) / den);
+  for (; c < T; c++) s[c] = e[c] / den;
+  return quantize_row(s, T, p_step, p_zp, bits, codes);
+}
+
+/* One item (b, h) of attention over T tokens, head_dim d, `bits`-bit codes everywhere.
+ * Tensors (shapes as the plan declares them, batch b' = item / H):
+ *   qkv [B', T, 3 H d]; steps / zero points [H]; nq_w, nq_b, nk_w, nk_b [d] (irm);
+ *   bias [H, T, T] (has_bias), mask [n_mask, T, T] (n_mask > 0);
+ *   qp, kp [B', H, bits, T, DW], vp [B', H, bits, d, TW], qs, ks [B', H, T], vs [B', H, d],
+ *   pp [B', H, bits, T, TW], ps [B', H, T], out [B', T, H d].
+ * Returns 0, or -1 when scratch memory cannot be had. */
+int32_t qvit_attention_item(int32_t item, int32_t T, int32_t H, int32_t d, int32_t bits, int32_t irm,
+                            float eps, float scale, int32_t has_bias, int32_t n_mask,
+                            const float *qkv, const float *nq_w, const float *nq_b, const float *nk_w,
+                            const float *nk_b, const float *q_step, const int32_t *q_zp,
+                            const float *k_step, const int32_t *k_zp, const float *v_step,
+                            const int32_t *v_zp, const float *p_step, const int32_t *p_zp,
+                            const float *bias, const float *mask, uint64_t *qp, uint64_t *kp,
+                            uint64_t *vp, int32_t *qs, int32_t *ks, int32_t *vs, uint64_t *pp,
+                            int32_t *ps, float *out) {
+  const int b = item / H, h = item % H, D = H * d;
+  const int DW = words(d), TW = words(T), dpad = DW * WORD, tpad = TW * WORD;
+  const int T8 = (T + 31) / 32 * 32, d8 = (d + 31) / 32 * 32; /* bs_row's column blocks */
+  /* scratch: K planes transposed [bits][DW][T8], V planes transposed [bits][TW][d8], two float
+   * rows and int32 accumulators [fl], codes of one row [cl], V^T codes [d][tpad] */
+  const int fl = d8 > T8 ? d8 : T8, cl = dpad > tpad ? dpad : tpad;
+  const size_t n_kt = (size_t)bits * DW * T8, n_vt = (size_t)bits * TW * d8;
+  size_t bytes = sizeof(uint64_t) * (n_kt + n_vt) + sizeof(float) * 3 * (size_t)fl + (size_t)cl +
+                 (size_t)d * tpad;
+  char *mem = (char *)malloc(bytes);
+  if (!mem) return -1;
+  uint64_t *kt = (uint64_t *)mem, *vt = kt + n_kt; /* first: 8-byte aligned */
+  float *f0 = (float *)(vt + n_vt), *f1 = f0 + fl;
+  int32_t *acc = (int32_t *)(f1 + fl);
+  uint8_t *codes = (uint8_t *)(acc + fl), *vc = codes + cl;
+
+  const float *base = qkv + (int64_t)b * T * 3 * D;
+  const int64_t pq = (int64_t)T * DW, pv = (int64_t)d * TW, pt = (int64_t)T * TW;
+  uint64_t *qpi = qp + (int64_t)item * bits * pq, *kpi = kp + (int64_t)item * bits * pq;
+  uint64_t *vpi = vp + (int64_t)item * bits * pv, *ppi = pp + (int64_t)item * bits * pt;
+  int32_t *qsi = qs + (int64_t)item * T, *ksi = ks + (int64_t)item * T, *vsi = vs + (int64_t)item * d;
+  int32_t *psi = ps + (int64_t)item * T;
+
+  /* ---- q, k, v codes ---- */
+  memset(codes, 0, (size_t)cl);
+  memset(vc, 0, (size_t)d * tpad);
+  for (int r = 0; r < T; r++) {
+    const float *row = base + (int64_t)r * 3 * D + h * d;
+    for (int s = 0; s < 2; s++) { /* q, k */
+      const float *x = row + s * D;
+      if (irm) {
+        layernorm_row(x, d, s ? nk_w : nq_w, s ? nk_b : nq_b, eps, f0);
+        x = f0;
+      }
+      (s ? ksi : qsi)[r] = quantize_row(x, d, (s ? k_step : q_step)[h], (s ? k_zp : q_zp)[h], bits, codes);
+      pack_row(codes, DW, bits, (s ? kpi : qpi) + (int64_t)r * DW, pq);
+    }
+    quantize_row(row + 2 * D, d, v_step[h], v_zp[h], bits, codes);
+    for (int e = 0; e < d; e++) vc[(int64_t)e * tpad + r] = codes[e];
+  }
+  for (int e = 0; e < d; e++) {
+    int32_t sum = 0;
+    for (int r = 0; r < T; r++) sum += vc[(int64_t)e * tpad + r];
+    vsi[e] = sum;
+    pack_row(vc + (int64_t)e * tpad, TW, bits, vpi + (int64_t)e * TW, pv);
+  }
+  /* K and V planes transposed: the products' inner loops run over contiguous keys / channels */
+  transpose_planes(kpi, bits, T, DW, T8, kt);
+  transpose_planes(vpi, bits, d, TW, d8, vt);
+
+  /* ---- scores, softmax, probability codes ---- */
+  const float s_scale = scale * q_step[h] * k_step[h];
+  const int32_t qz = q_zp[h], kz = k_zp[h];
+  const float *bias_h = has_bias ? bias + (int64_t)h * T * T : 0;
+  const float *mask_b = n_mask ? mask + (int64_t)(b % n_mask) * T * T : 0;
+  memset(codes, 0, (size_t)cl);
+  for (int r = 0; r < T; r++) {
+    bs_row(qpi + (int64_t)r * DW, pq, DW, bits, kt, T8, acc);
+    psi[r] = softmax_row(acc, T, -kz * qsi[r] + d * qz * kz, qz, ksi, s_scale,
+                         bias_h ? bias_h + (int64_t)r * T : 0, mask_b ? mask_b + (int64_t)r * T : 0, p_step[h],
+                         p_zp[h], bits, f0, f1, codes);
+    pack_row(codes, TW, bits, ppi + (int64_t)r * TW, pt);
+  }
+
+  /* ---- P V ---- */
+  const float o_scale = p_step[h] * v_step[h];
+  const int32_t pz = p_zp[h], vz = v_zp[h];
+  for (int r = 0; r < T; r++) {
+    bs_row(ppi + (int64_t)r * TW, pt, TW, bits, vt, d8, acc);
+    const int32_t rc = -vz * psi[r] + T * pz * vz;
+    float *o = out + ((int64_t)b * T + r) * D + h * d;
+    for (int e = 0; e < d; e++) o[e] = o_scale * (float)(acc[e] + rc - pz * vsi[e]);
+  }
+  free(mem);
+  return 0;
+}
