@@ -101,29 +101,21 @@ class Run:
         return bool(h) and h[-1]["epoch"] >= self.epochs
 
 
-def plan(seeds: list[int], epochs: int, jobs: int) -> list[Run]:
+def plan(seeds: list[int], epochs: int, jobs: int, only: list[str] | None = None) -> list[Run]:
+    """The teacher, then GRID per seed; `only` keeps the rows named like "w2a2_base"; runs of
+    other than 1 epoch are named ..._e<epochs>_s<seed>."""
     teacher = Run("teacher", [*MODEL, *DATA, *LIGHT_AUG, *TEACHER_ARGS], TEACHER_EPOCHS, max(jobs, 1))
     ckpt = str(teacher.out / "best")
     runs = [teacher]
     for seed in seeds:
         for bits, variant in GRID:
-            args = [
-                *MODEL,
-                *DATA,
-                *LIGHT_AUG,
-                "--bits",
-                str(bits),
-                "--init-from",
-                ckpt,
-                "--teacher",
-                ckpt,
-                "--lr",
-                "2e-4",
-                *VARIANTS[variant][1],
-            ]
-            runs.append(
-                Run(f"w{bits}a{bits}_{variant}_s{seed}", args, epochs, 1, bits, variant, seed, ["teacher"])
-            )
+            row = f"w{bits}a{bits}_{variant}"
+            if only and row not in only:
+                continue
+            name = f"{row}_s{seed}" if epochs == 1 else f"{row}_e{epochs}_s{seed}"
+            flags = ["--bits", str(bits), "--init-from", ckpt, "--teacher", ckpt, "--lr", "2e-4"]
+            args = [*MODEL, *DATA, *LIGHT_AUG, *flags, *VARIANTS[variant][1]]
+            runs.append(Run(name, args, epochs, 1, bits, variant, seed, ["teacher"]))
     return runs
 
 
@@ -215,6 +207,39 @@ def collect(runs: list[Run]) -> dict:
     return table
 
 
+INIT_POINTS = [(8, False), (8, True), (4, False), (4, True), (2, False), (2, True)]
+
+
+def init_accuracy(cache: Path = RUNS / "init_accuracy.json") -> list[dict]:
+    """Top-1 (10k test images) of the students before QAT: the teacher's weights with the
+    quantizers initialised from the first training batch, exactly as `qvit train` starts (seed 0).
+    It shows what IRM costs at the start: a LayerNorm on q and k that the teacher did not have."""
+    rows = json.loads(cache.read_text()) if cache.exists() else []
+    if len(rows) == len(INIT_POINTS):
+        return rows
+    import torch
+
+    from qvit.data import load_dataset, shard_order
+    from qvit.models import build
+    from qvit.train import TrainConfig, evaluate, iterate, model_config
+
+    torch.set_num_threads(1)
+    train, val = load_dataset("fashion-mnist", "train"), load_dataset("fashion-mnist", "val")
+    rows = []
+    for bits, irm in INIT_POINTS:
+        cfg = TrainConfig(model=MODEL[1], bits=bits, irm=irm, model_args={"depth": 4, "embed_dim": 96})
+        model = build(model_config(cfg, train), init_from=str(RUNS / "teacher" / "best"))
+        idx = shard_order(len(train), 0, cfg.seed)[: cfg.batch_size]
+        x, _ = next(iterate(train, 28, cfg.batch_size, train=False, order=idx))
+        model.train()
+        with torch.no_grad():
+            model(x)
+        rows.append({"bits": bits, "irm": irm, "top1": evaluate(model, val, 28)["top1"]})
+        print(f"before QAT: W{bits}A{bits} irm={irm}: {rows[-1]['top1']:.2f} %")
+    cache.write_text(json.dumps(rows, indent=1))
+    return rows
+
+
 def write_plots(runs: list[Run], table: dict, teacher_top1: float | None) -> tuple[list[str], list[dict]]:
     import matplotlib
 
@@ -257,7 +282,11 @@ def write_plots(runs: list[Run], table: dict, teacher_top1: float | None) -> tup
     return made, qk_rows
 
 
-def report(runs: list[Run], epochs: int) -> str:
+LONGER = (3,)  # QAT schedules reported besides the 1-epoch grid when their runs exist
+
+
+def report(runs: list[Run]) -> str:
+    epochs = runs[1].epochs
     teacher = runs[0]
     t_hist = teacher.history()
     t_top1 = t_hist[-1]["val_top1"] if teacher.done() else None
@@ -351,18 +380,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=2, help="runs (threads) at a time")
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--epochs", type=int, default=1, help="QAT epochs per run")
+    p.add_argument("--only", help="comma-separated rows to run, e.g. w2a2_base,w2a2_qvit")
     p.add_argument("--dry-run", action="store_true", help="print the commands and their state only")
     args = p.parse_args(argv)
     os.chdir(ROOT)
-    runs = plan([int(s) for s in args.seeds.split(",")], args.epochs, args.jobs)
+    only = args.only.split(",") if args.only else None
+    if only and (unknown := set(only) - {f"w{b}a{b}_{v}" for b, v in GRID}):
+        p.error(f"unknown rows {', '.join(sorted(unknown))}")
+    runs = plan([int(s) for s in args.seeds.split(",")], args.epochs, args.jobs, only)
     rc = 0
     if args.action in ("run", "all"):
         rc = run_all(runs, args.jobs, args.dry_run)
     if args.action in ("report", "all") and rc == 0 and not args.dry_run:
-        write_report(report(runs, args.epochs))
+        write_report(report(plan([int(s) for s in args.seeds.split(",")], 1, args.jobs)))
         print(f"wrote {RESULTS_MD} and {IMG}/")
     return rc
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except BrokenPipeError:  # `... --dry-run | head`
+        sys.stderr.close()
+        sys.exit(0)

@@ -33,6 +33,14 @@ def test_every_planned_run_is_a_valid_qvit_train_command():
         assert a.dgd_reduce == ("mean" if r.variant == "qvit_mean" else "sum")
 
 
+def test_longer_schedules_get_their_own_run_names_and_only_selects_rows():
+    runs = experiments.plan([0], epochs=3, jobs=2, only=["w2a2_base", "w2a2_qvit"])
+    assert [r.name for r in runs] == ["teacher", "w2a2_base_e3_s0", "w2a2_qvit_e3_s0"]
+    assert all(r.epochs == 3 for r in runs[1:]) and runs[0].epochs == experiments.TEACHER_EPOCHS
+    with pytest.raises(SystemExit):
+        experiments.main(["run", "--dry-run", "--only", "w2a2_nope"])
+
+
 def test_a_run_is_done_only_when_its_log_reaches_the_last_epoch(tmp_path, monkeypatch):
     monkeypatch.setattr(experiments, "RUNS", tmp_path)
     run = experiments.plan([0], epochs=2, jobs=1)[1]
