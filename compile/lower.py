@@ -198,17 +198,24 @@ class Lowering:
             def build(fname):
                 ins, outs = K.bitserial_linear(m, n, k, ab, wb, epi, clip_v, nv)
                 func = schedules.prim_func(fname, ins, outs)
-                return schedules.bitserial_linear(func, fname, m, n, self.target_kind, mtile, nv)
+                return schedules.bitserial_linear(func, fname, m, n, self.target_kind, mtile, nv,
+                                                  panel_epilogue=epi != "add")
             kid = p.kernel(("bsgemm", m, n, k, ab, wb, epi, clip_v), "bitserial_gemm", build)
             p.step(kid, kind, [planes, panel, scale, corr, bias, *res, y2], op["out"])
         else:
             codes = p.act(f"{op['out']}.codes", (m, k), "int16")
             kid = self._generic(("quant", m, k, ab, eps), "quantize", K.quant_codes, m, k, ab, eps)
             p.step(kid, kind, [x2, *ln_args, a_step, a_zp, codes], op["out"])
-            w8 = p.const(f"{name}.weight", wt.astype(np.int8))
-            kid = self._generic(("igemm", m, n, k, epi, clip_v), "int_gemm", K.int_linear,
-                                m, n, k, epi, clip_v)
-            p.step(kid, kind, [codes, w8, scale, bias, *res, y2], op["out"])
+            if epi == "none" and n % 16 == 0 and k % 2 == 0:  # the C micro-kernel (csrc/igemm.c)
+                w16 = p.const(f"{name}.weight16", packing.int16_panel(wt))
+                kid = p.kernel(("igemm_c", m, n, k), "int_gemm",
+                               lambda fname: schedules.prim_func(fname, *K.int_linear_c(m, n, k)))
+                p.step(kid, kind, [codes, w16, scale, bias, y2], op["out"])
+            else:
+                w8 = p.const(f"{name}.weight", wt.astype(np.int8))
+                kid = self._generic(("igemm", m, n, k, epi, clip_v), "int_gemm", K.int_linear,
+                                    m, n, k, epi, clip_v)
+                p.step(kid, kind, [codes, w8, scale, bias, *res, y2], op["out"])
 
     def _attention(self, op):
         p, prm = self.plan, self._prm(op)

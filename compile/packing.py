@@ -47,3 +47,10 @@ def zero_point_correction(w: np.ndarray, a_zp: int) -> np.ndarray:
     """corr[n] = z_a * sum_k w[n, k] (int32): sum_k (a - z_a) w = sum_k a w - corr."""
     s = np.asarray(w, np.int64).sum(axis=1) * int(a_zp)
     return s.astype(np.int32)
+
+
+def int16_panel(w: np.ndarray) -> np.ndarray:
+    """int8 weights [N, K] (N % 16 == 0, K even) -> int16 pairs [N/16, K/2, 16, 2] for
+    csrc/igemm.c: element [p, k2, l, t] = w[16 p + l, 2 k2 + t]."""
+    n, k = w.shape
+    return np.ascontiguousarray(np.asarray(w, np.int16).reshape(n // 16, 16, k // 2, 2).transpose(0, 2, 1, 3))

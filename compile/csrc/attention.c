@@ -28,8 +28,9 @@ static void transpose_planes(const uint64_t *src, int bits, int rows, int nw, in
  * for c < cpad (a multiple of 32): one row of a bit-serial product against a transposed operand
  * (bt: [bits][nw][cpad], zero padded). The plane weights 2^(i+j) are applied Horner-style over
  * s = i + j (a doubling per s, not a shift per plane pair). */
-static void bs_row(const uint64_t *a, int64_t a_stride, int nw, int bits, const uint64_t *bt, int cpad,
-                   int32_t *out) {
+static inline __attribute__((always_inline)) void bs_row_k(const uint64_t *a, int64_t a_stride, const int nw,
+                                                           const int bits, const uint64_t *bt, int cpad,
+                                                           int32_t *out) {
 #if defined(__AVX512F__) && defined(__AVX512VPOPCNTDQ__)
   for (int c = 0; c < cpad; c += 32) { /* 4 independent accumulators share each broadcast word */
     __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
@@ -74,40 +75,53 @@ static void bs_row(const uint64_t *a, int64_t a_stride, int nw, int bits, const 
 #endif
 }
 
+/* bs_row with the plane count and row words as compile-time constants for the common shapes (the
+ * loops unroll and the broadcast words stay in registers), else as run-time values. */
+static void bs_row(const uint64_t *a, int64_t a_stride, int nw, int bits, const uint64_t *bt, int cpad, int32_t *out) {
+#define BS_CASE(B, W) \
+  if (bits == (B) && nw == (W)) {                  \
+    bs_row_k(a, a_stride, W, B, bt, cpad, out);     \
+    return;                                         \
+  }
+  BS_CASE(2, 1) BS_CASE(2, 2) BS_CASE(2, 4) BS_CASE(3, 1) BS_CASE(3, 4) BS_CASE(4, 1) BS_CASE(4, 4)
+#undef BS_CASE
+  bs_row_k(a, a_stride, nw, bits, bt, cpad, out);
+}
+
 /* ------------------------------------------------------------------------------- one item */
 
-/* One softmax row: scores from the accumulators, max, exp, numpy-order sum, probability codes.
- * Returns the code sum; codes[0, T) written. */
-static int32_t softmax_row(const int32_t *acc, int T, int32_t rc, int32_t qz, const int32_t *ks, float s_scale,
-                           const float *bias_r, const float *mask_r, float p_step, int32_t p_zp, int bits,
-                           float *s, float *e, uint8_t *codes) {
+/* One softmax row: scores from the accumulators (+ bias, + mask), max, exp, numpy-order sum,
+ * probability codes into codes[0, T). */
+static void softmax_row(const int32_t *acc, int T, int32_t rc, int32_t qz, const int32_t *ks, float s_scale,
+                        const float *bias_r, const float *mask_r, float p_step, int32_t p_zp, int bits, float *s,
+                        float *e, uint8_t *codes) {
   int c = 0;
+  vf m = splat(-3.4e38f);
   for (; c + VL <= T; c += VL) {
-    vi a = loadi(acc + c) + rc - qz * loadi(ks + c);
-    storef(s + c, s_scale * __builtin_convertvector(a, vf));
+    vf v = s_scale * __builtin_convertvector(loadi(acc + c) + rc - qz * loadi(ks + c), vf);
+    if (bias_r) v = v + loadf(bias_r + c);
+    if (mask_r) v = v + loadf(mask_r + c);
+    storef(s + c, v);
+    m = sel(v > m, v, m);
   }
-  for (; c < T; c++) s[c] = s_scale * (float)(acc[c] + rc - qz * ks[c]);
-  if (bias_r)
-    for (c = 0; c < T; c++) s[c] = s[c] + bias_r[c];
-  if (mask_r)
-    for (c = 0; c < T; c++) s[c] = s[c] + mask_r[c];
-  float mx = s[0];
-  c = 0;
-  if (T >= VL) {
-    vf m = loadf(s);
-    for (c = VL; c + VL <= T; c += VL) {
-      vf v = loadf(s + c);
-      m = sel(v > m, v, m);
-    }
-    for (int l = 0; l < VL; l++) mx = m[l] > mx ? m[l] : mx;
+  float mx = m[0];
+  for (int l = 1; l < VL; l++) mx = m[l] > mx ? m[l] : mx;
+  for (; c < T; c++) {
+    float v = s_scale * (float)(acc[c] + rc - qz * ks[c]);
+    if (bias_r) v = v + bias_r[c];
+    if (mask_r) v = v + mask_r[c];
+    s[c] = v;
+    mx = v > mx ? v : mx;
   }
-  for (; c < T; c++) mx = s[c] > mx ? s[c] : mx;
   for (c = 0; c + VL <= T; c += VL) storef(e + c, exp_v(loadf(s + c) - mx));
   for (; c < T; c++) e[c] = exp_f(s[c] - mx);
   const float den = pairwise_sum(e, T);
-  for (c = 0; c + VL <= T; c += VL) storef(s + c, loadf(e + c) / den);
-  for (; c < T; c++) s[c] = e[c] / den;
-  return quantize_row(s, T, p_step, p_zp, bits, codes);
+  const float hi = (float)((1 << bits) - 1), fz = (float)p_zp;
+  for (c = 0; c + VL <= T; c += VL) {
+    vb cb = __builtin_convertvector(code_of_v(loadf(e + c) / den, p_step, fz, hi), vb);
+    memcpy(codes + c, &cb, sizeof cb);
+  }
+  for (; c < T; c++) codes[c] = (uint8_t)code_of(e[c] / den, p_step, fz, hi);
 }
 
 /* One item (b, h) of attention over T tokens, head_dim d, `bits`-bit codes everywhere.
@@ -160,17 +174,17 @@ int32_t qvit_attention_item(int32_t item, int32_t T, int32_t H, int32_t d, int32
         layernorm_row(x, d, s ? nk_w : nq_w, s ? nk_b : nq_b, eps, f0);
         x = f0;
       }
-      (s ? ksi : qsi)[r] = quantize_row(x, d, (s ? k_step : q_step)[h], (s ? k_zp : q_zp)[h], bits, codes);
-      pack_row(codes, DW, bits, (s ? kpi : qpi) + (int64_t)r * DW, pq);
+      quantize_row(x, d, (s ? k_step : q_step)[h], (s ? k_zp : q_zp)[h], bits, codes);
+      uint64_t *dst = (s ? kpi : qpi) + (int64_t)r * DW;
+      pack_row(codes, DW, bits, dst, pq);
+      (s ? ksi : qsi)[r] = plane_sum(dst, pq, DW, bits);
     }
     quantize_row(row + 2 * D, d, v_step[h], v_zp[h], bits, codes);
     for (int e = 0; e < d; e++) vc[(int64_t)e * tpad + r] = codes[e];
   }
   for (int e = 0; e < d; e++) {
-    int32_t sum = 0;
-    for (int r = 0; r < T; r++) sum += vc[(int64_t)e * tpad + r];
-    vsi[e] = sum;
     pack_row(vc + (int64_t)e * tpad, TW, bits, vpi + (int64_t)e * TW, pv);
+    vsi[e] = plane_sum(vpi + (int64_t)e * TW, pv, TW, bits);
   }
   /* K and V planes transposed: the products' inner loops run over contiguous keys / channels */
   transpose_planes(kpi, bits, T, DW, T8, kt);
@@ -184,10 +198,10 @@ int32_t qvit_attention_item(int32_t item, int32_t T, int32_t H, int32_t d, int32
   memset(codes, 0, (size_t)cl);
   for (int r = 0; r < T; r++) {
     bs_row(qpi + (int64_t)r * DW, pq, DW, bits, kt, T8, acc);
-    psi[r] = softmax_row(acc, T, -kz * qsi[r] + d * qz * kz, qz, ksi, s_scale,
-                         bias_h ? bias_h + (int64_t)r * T : 0, mask_b ? mask_b + (int64_t)r * T : 0, p_step[h],
-                         p_zp[h], bits, f0, f1, codes);
+    softmax_row(acc, T, -kz * qsi[r] + d * qz * kz, qz, ksi, s_scale, bias_h ? bias_h + (int64_t)r * T : 0,
+                mask_b ? mask_b + (int64_t)r * T : 0, p_step[h], p_zp[h], bits, f0, f1, codes);
     pack_row(codes, TW, bits, ppi + (int64_t)r * TW, pt);
+    psi[r] = plane_sum(ppi + (int64_t)r * TW, pt, TW, bits);
   }
 
   /* ---- P V ---- */

@@ -98,28 +98,42 @@ static inline vi code_of_v(vf x, float step, float fz, float hi) {
   return __builtin_convertvector(q, vi);
 }
 
-/* codes of n values into uint8 (zero padding after n is the caller's); returns their sum */
-static inline int32_t quantize_row(const float *x, int n, float step, int32_t zp, int bits, uint8_t *codes) {
+/* codes of n values into uint8 (zero padding after n is the caller's) */
+static inline void quantize_row(const float *x, int n, float step, int32_t zp, int bits, uint8_t *codes) {
   const float hi = (float)((1 << bits) - 1), fz = (float)zp;
-  vi sv = {0};
   int i = 0;
   for (; i + VL <= n; i += VL) {
-    vi c = code_of_v(loadf(x + i), step, fz, hi);
-    sv += c;
-    vb cb = __builtin_convertvector(c, vb);
+    vb cb = __builtin_convertvector(code_of_v(loadf(x + i), step, fz, hi), vb);
     memcpy(codes + i, &cb, sizeof cb);
   }
-  int32_t s = 0;
-  for (int l = 0; l < VL; l++) s += sv[l];
-  for (; i < n; i++) {
-    codes[i] = (uint8_t)code_of(x[i], step, fz, hi);
-    s += codes[i];
-  }
-  return s;
+  for (; i < n; i++) codes[i] = (uint8_t)code_of(x[i], step, fz, hi);
 }
 
 /* reference.layernorm over one row of n (mean, variance: numpy's float32 mean), into out */
+static inline float hsum8(vf8 r) { return ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7])); }
+static inline vf8 load8(const float *p) {
+  vf8 v;
+  memcpy(&v, p, sizeof v);
+  return v;
+}
+
 static inline void layernorm_row(const float *x, int n, const float *w, const float *b, float eps, float *out) {
+  if (n % 8 == 0 && n >= 8 && n <= 128) { /* one pairwise block: the 8 accumulators in registers */
+    vf8 r = load8(x);
+    for (int i = 8; i < n; i += 8) r += load8(x + i);
+    const float mu = hsum8(r) / (float)n;
+    vf8 c = load8(x) - mu, q = c * c;
+    for (int i = 8; i < n; i += 8) {
+      c = load8(x + i) - mu;
+      q += c * c;
+    }
+    const float den = __builtin_sqrtf(hsum8(q) / (float)n + eps);
+    for (int i = 0; i < n; i += 8) {
+      vf8 o = (load8(x + i) - mu) / den * load8(w + i) + load8(b + i);
+      memcpy(out + i, &o, sizeof o);
+    }
+    return;
+  }
   const float mu = pairwise_sum(x, n) / (float)n;
   int i = 0;
   for (; i + VL <= n; i += VL) {
@@ -201,6 +215,14 @@ static inline uint64_t plane_word(const uint8_t *c, int i) {
 static inline void pack_row(const uint8_t *codes, int nw, int bits, uint64_t *dst, int64_t plane_stride) {
   for (int i = 0; i < bits; i++)
     for (int w = 0; w < nw; w++) dst[i * plane_stride + w] = plane_word(codes + w * WORD, i);
+}
+
+/* sum of the codes packed in one row of planes (plane i at planes + i * plane_stride) */
+static inline int32_t plane_sum(const uint64_t *planes, int64_t plane_stride, int nw, int bits) {
+  int32_t s = 0;
+  for (int i = 0; i < bits; i++)
+    for (int w = 0; w < nw; w++) s += __builtin_popcountll(planes[i * plane_stride + w]) << i;
+  return s;
 }
 
 #endif

@@ -1,0 +1,49 @@
+/* qvit_compile: the 8-bit integer GEMM (patch embedding) as a C micro-kernel behind the TVM kernel
+ * `int_gemm` (compile/kernels.py: int_linear_c), for layers without a fused epilogue.
+ *
+ * y[m, n] = scale[n] * float(sum_k a[m, k] w[n, k]) + bias[n], a the int16 codes minus zero point,
+ * w the int8 weights stored as int16 pairs [N / 16][K / 2][16][2] (compile/packing.py: int16_panel),
+ * so one multiply-add of 16 lanes x 2 takes a broadcast pair of a row's codes against 16 channels
+ * (AVX-512 VNNI vpdpwssd / AVX-512BW vpmaddwd; plain C elsewhere). The integer sums are exact; the
+ * epilogue is the reference's float32 order. One call computes one 16-channel panel for all rows.
+ */
+#include "common.h"
+
+int32_t qvit_int_gemm_panel(int32_t panel, int32_t M, int32_t N, int32_t K, const int16_t *a, const int16_t *wp,
+                            const float *scale, const float *bias, float *y) {
+  const int K2 = K / 2, c0 = panel * 16;
+  const int16_t *w = wp + (int64_t)panel * K2 * 32;
+  int r = 0;
+#if defined(__AVX512BW__)
+  const __m512 sc = _mm512_loadu_ps(scale + c0), bi = _mm512_loadu_ps(bias + c0);
+  for (; r + 4 <= M; r += 4) {
+    __m512i acc[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(),
+                      _mm512_setzero_si512()};
+    const int16_t *ar = a + (int64_t)r * K;
+    for (int k = 0; k < K2; k++) {
+      const __m512i wv = _mm512_loadu_si512((const void *)(w + (int64_t)k * 32));
+      for (int i = 0; i < 4; i++) {
+        int32_t pair;
+        memcpy(&pair, ar + (int64_t)i * K + 2 * k, 4);
+#if defined(__AVX512VNNI__)
+        acc[i] = _mm512_dpwssd_epi32(acc[i], _mm512_set1_epi32(pair), wv);
+#else
+        acc[i] = _mm512_add_epi32(acc[i], _mm512_madd_epi16(_mm512_set1_epi32(pair), wv));
+#endif
+      }
+    }
+    for (int i = 0; i < 4; i++)
+      _mm512_storeu_ps(y + (int64_t)(r + i) * N + c0,
+                       _mm512_add_ps(_mm512_mul_ps(sc, _mm512_cvtepi32_ps(acc[i])), bi));
+  }
+#endif
+  for (; r < M; r++) {
+    int32_t acc[16] = {0};
+    const int16_t *ar = a + (int64_t)r * K;
+    for (int k = 0; k < K2; k++)
+      for (int l = 0; l < 16; l++)
+        acc[l] += (int32_t)ar[2 * k] * w[(int64_t)k * 32 + 2 * l] + (int32_t)ar[2 * k + 1] * w[(int64_t)k * 32 + 2 * l + 1];
+    for (int l = 0; l < 16; l++) y[(int64_t)r * N + c0 + l] = scale[c0 + l] * (float)acc[l] + bias[c0 + l];
+  }
+  return 0;
+}
