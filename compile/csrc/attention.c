@@ -102,7 +102,7 @@ static void softmax_row(const int32_t *acc, int T, int32_t rc, int32_t qz, const
     if (bias_r) v = v + loadf(bias_r + c);
     if (mask_r) v = v + loadf(mask_r + c);
     storef(s + c, v);
-    m = sel(v > m, v, m);
+    m = vmax(v, m);
   }
   float mx = m[0];
   for (int l = 1; l < VL; l++) mx = m[l] > mx ? m[l] : mx;

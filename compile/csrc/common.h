@@ -41,6 +41,21 @@ static inline vi loadi(const int32_t *p) {
 static inline void storef(float *p, vf v) { memcpy(p, &v, sizeof v); }
 static inline vf splat(float x) { return (vf){0} + x; }
 static inline vf sel(vi m, vf a, vf b) { return (vf)(((vi)a & m) | ((vi)b & ~m)); }
+/* a > b ? a : b and a < b ? a : b (one instruction on AVX-512: maxps / minps are defined so) */
+static inline vf vmax(vf a, vf b) {
+#if defined(__AVX512F__)
+  return (vf)_mm512_max_ps((__m512)a, (__m512)b);
+#else
+  return sel(a > b, a, b);
+#endif
+}
+static inline vf vmin(vf a, vf b) {
+#if defined(__AVX512F__)
+  return (vf)_mm512_min_ps((__m512)a, (__m512)b);
+#else
+  return sel(a < b, a, b);
+#endif
+}
 
 /* ---------------------------------------------------------------------------- float helpers */
 
@@ -80,8 +95,7 @@ static inline float round_even(float x) {
 }
 static inline vf round_even_v(vf x) {
   const vf big = splat(4194304.0f), nbig = splat(-4194304.0f), magic = splat(12582912.0f);
-  x = sel(x < nbig, nbig, x);
-  x = sel(x > big, big, x);
+  x = vmin(vmax(x, nbig), big);
   return (x + magic) - magic;
 }
 
@@ -93,8 +107,7 @@ static inline int32_t code_of(float x, float step, float fz, float hi) {
 }
 static inline vi code_of_v(vf x, float step, float fz, float hi) {
   vf q = round_even_v(x / step) + fz;
-  q = sel(q < 0.0f, splat(0.0f), q);
-  q = sel(q > hi, splat(hi), q);
+  q = vmin(vmax(q, splat(0.0f)), splat(hi));
   return __builtin_convertvector(q, vi);
 }
 
@@ -128,7 +141,9 @@ static inline void layernorm_row(const float *x, int n, const float *w, const fl
       q += c * c;
     }
     const float den = __builtin_sqrtf(hsum8(q) / (float)n + eps);
-    for (int i = 0; i < n; i += 8) {
+    int i = 0;
+    for (; i + VL <= n; i += VL) storef(out + i, (loadf(x + i) - mu) / den * loadf(w + i) + loadf(b + i));
+    for (; i < n; i += 8) {
       vf8 o = (load8(x + i) - mu) / den * load8(w + i) + load8(b + i);
       memcpy(out + i, &o, sizeof o);
     }
@@ -169,12 +184,14 @@ static inline float exp_f(float x) {
 }
 static inline vf exp_v(vf x) {
   const vf hi = splat(88.3762626647949f), lo = splat(-87.3365478515625f);
-  x = sel(x > hi, hi, x);
-  x = sel(x < lo, lo, x);
+  x = vmax(vmin(x, hi), lo);
   vf t = x * 1.44269504088896341f + 0.5f;
-  vi ti = __builtin_convertvector(t, vi);
-  vf n = __builtin_convertvector(ti, vf);
+#if defined(__AVX512F__)
+  vf n = (vf)_mm512_roundscale_ps((__m512)t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC); /* floor */
+#else
+  vf n = __builtin_convertvector(__builtin_convertvector(t, vi), vf);
   n = sel(n > t, n - 1.0f, n);
+#endif
   vf r = x - n * 0.693359375f - n * -2.12194440e-4f;
   vf p = splat(1.9875691500e-4f);
   p = p * r + 1.3981999507e-3f;
