@@ -42,6 +42,12 @@ def compiled(tmp_path_factory):
         # the same model with every intermediate kept (no shared arena), for layer-by-layer checks
         compiler.compile_model(m, "x86_64", path + ".keep.so", mcpu="x86-64-v3", progress=lambda *a: None,
                                keep_intermediates=True)
+    # deit_w2 for this machine's CPU too: the C micro-kernels' AVX-512 paths (VPOPCNTDQ, VNNI) where
+    # the CPU has them (x86-64-v3 above runs their AVX2 / plain C paths)
+    m = MODELS["deit_w2"]()
+    path = str(d / "deit_w2_host.so")
+    compiler.compile_model(m, "x86_64", path + ".keep.so", progress=lambda *a: None, keep_intermediates=True)
+    out["deit_w2_host"] = (m, path)
     return out
 
 
@@ -69,7 +75,7 @@ def _codes(planes: np.ndarray) -> np.ndarray:
     return (bits * weights).sum(axis=-3)
 
 
-@pytest.mark.parametrize("name", ["deit_w2", "swin_w4"])
+@pytest.mark.parametrize("name", ["deit_w2", "swin_w4", "deit_w2_host"])
 def test_every_layer_integer_codes_equal_reference(compiled, name):
     """For every quantized op: the activation codes the compiled kernels packed (linear inputs;
     q, k, v and the attention probabilities) equal the reference's, and its float output matches."""
