@@ -73,50 +73,17 @@ def _act_input(m: int, k: int, ln_eps: float | None):
     return ins, src, step, zp
 
 
-def _pack(shape_lead, nbits, k_len, code_fn, name, kw=None):
-    """Pack codes code_fn(*lead, k) (int32, k < k_len) into planes [nbits, *lead, KW] of uint64."""
-    kw = kw or words(k_len)
-    t = te.reduce_axis((0, WORD), name="t")
-
-    def bit(i, lead, w):
-        k = w * WORD + t
-        c = code_fn(*lead, tirx.min(k, k_len - 1))
-        on = tirx.all(k < k_len, ((c >> i) & 1) == 1)
-        return tirx.if_then_else(on, tirx.const(1, U64) << t.astype(U64), tirx.const(0, U64))
-
-    return te.compute((nbits, *shape_lead, kw), lambda i, *r: te.sum(bit(i, r[:-1], r[-1]), axis=t),
-                      name=name)
-
-
-def pack_act(m: int, k: int, bits: int, ln_eps: float | None = None):
-    """The faster of the two forms of quantize + pack, as measured on DeiT-S (1 thread, Zen 4): without
-    LayerNorm the C micro-kernel (fc2's input, K = 1536: 84 vs 115 us per call; proj, K = 384: the
-    layer 0.146 vs 0.171 ms), with it the TE kernel (qkv / fc1 inputs, K = 384: 37 vs 45 us)."""
-    if ln_eps is None:
-        return pack_act_c(m, k, bits)
-    return pack_act_te(m, k, bits, ln_eps)
-
-
-def pack_act_te(m: int, k: int, bits: int, ln_eps: float | None = None):
-    """x [M, K] float -> activation planes [bits, Mpad, KW] (rows >= M are 0). With ln_eps, a LayerNorm
-    (weight, bias) runs first and its float output never hits memory (LayerNorm -> quantize -> pack)."""
-    ins, src, step, zp = _act_input(m, k, ln_eps)
-    codes = te.compute((m, k), lambda r, kk: _code(src[r, kk], step[0], zp[0], bits), name="codes")
-    mp = rows_padded(m)
-    planes = _pack((mp,), bits, k, lambda r, kk: tirx.if_then_else(r < m, codes[tirx.min(r, m - 1), kk], 0),
-                   "planes", linear_words(k))
-    return ins + [step, zp], [planes]
-
-
 PACK_ROWS = "qvit_pack_rows"  # compile/csrc/pack.c
 PACK_BLOCK = 8  # rows per parallel iteration of the pack kernel
 
 
-def pack_act_c(m: int, k: int, bits: int, ln_eps: float | None = None):
+def pack_act(m: int, k: int, bits: int, ln_eps: float | None = None):
     """x [M, K] float -> activation planes [bits, Mpad, KW] (rows >= M are 0). With ln_eps, a LayerNorm
     (weight, bias) runs first and its float output never hits memory (LayerNorm -> quantize -> pack).
     A parallel loop over blocks of PACK_BLOCK rows calling the C micro-kernel qvit_pack_rows
-    (compile/csrc/pack.c)."""
+    (compile/csrc/pack.c). The TE form it replaced (a 64-step bit reduction per word, LayerNorm as
+    separate reductions) took, on DeiT-S (Zen 4), 115 vs 84 us per call at K = 1536 (1 thread) and
+    0.73-2.5 vs 0.52 ms per run for the LayerNorm-fused packs at 2 threads."""
     ins, _, step, zp = _act_input(m, k, None)
     if ln_eps is not None:
         ins += [te.placeholder((k,), "float32", name="ln_w"), te.placeholder((k,), "float32", name="ln_b")]
