@@ -293,6 +293,7 @@ def report(runs: list[Run]) -> str:
     table = collect(runs)
     plots, qk_rows = write_plots(runs, table, t_top1)
     seeds = sorted({r.seed for r in runs[1:]})
+    seeds_done = sorted({r.seed for r in runs[1:] if r.done()})
     lines = [
         BEGIN,
         "<!-- written by `python -m qvit.experiments report`; edit qvit/experiments.py, not this block -->",
@@ -302,10 +303,9 @@ def report(runs: list[Run]) -> str:
         if t_top1 is not None
         else "Teacher: not trained yet.",
         "",
-        f"Every student: QAT for {epochs} epoch(s) from the teacher, hard distillation through the dist "
-        "token, "
-        f"seeds {', '.join(map(str, seeds))}. Top-1 on the full 10k test set after the last epoch: "
-        "**mean** (each seed).",
+        f"Every student: QAT for {epochs} epoch(s) from the teacher, hard distillation through the "
+        f"dist token; seeds with results: {', '.join(map(str, seeds_done)) or 'none'}. Top-1 on the "
+        "full 10k test set after the last epoch: **mean** (each seed).",
         "",
         "| bits (W/A) | "
         + " | ".join(VARIANTS[v][0] for v in ("base", "qvit", "qvit_mean"))
@@ -353,6 +353,37 @@ def report(runs: list[Run]) -> str:
                 for lab in labels
             ]
             lines.append(f"| {layer + 1} | " + " | ".join(cells) + " |")
+    for longer in LONGER:
+        long_table = collect(plan(seeds, longer, 1))
+        if not long_table:
+            continue
+        lines += [
+            "",
+            f"A longer QAT schedule, {longer} epochs (`python -m qvit.experiments run --epochs {longer} "
+            "--only ROWS --seeds S`; the same flags otherwise):",
+            "",
+            f"| row | top-1 after {longer} epochs | after 1 epoch (same seeds) |",
+            "|---|---|---|",
+        ]
+        for (bits, variant), vals in sorted(long_table.items(), key=lambda kv: (-kv[0][0], kv[0][1])):
+            short = [
+                v for r in runs if (r.bits, r.variant) == (bits, variant) and (v := _top1(r)) is not None
+            ]
+            lines.append(
+                f"| W{bits}A{bits} {VARIANTS[variant][0]} | {_fmt(vals)} | {_fmt(short[: len(vals)])} |"
+            )
+    if teacher.done():
+        init = {(r["bits"], r["irm"]): r["top1"] for r in init_accuracy()}
+        lines += [
+            "",
+            "Before QAT (the teacher's weights, quantizers initialised from one batch, as `qvit train` "
+            "starts; 10k test images; `init_accuracy` in `qvit/experiments.py`):",
+            "",
+            "| bits (W/A) | no IRM | IRM (LayerNorm on q, k; identity affine) |",
+            "|---|---|---|",
+        ]
+        for bits in sorted({b for b, _ in init}, reverse=True):
+            lines.append(f"| W{bits}A{bits} | {init[(bits, False)]:.2f} % | {init[(bits, True)]:.2f} % |")
     lines += [
         "",
         "Commands (`python -m qvit.experiments run --dry-run` prints them with their state):",
