@@ -59,6 +59,8 @@ GRID = [
     (2, "irm"),
     (2, "dgd"),
     (2, "qvit_mean"),
+    (4, "qvit_mean"),
+    (3, "qvit_mean"),
 ]
 
 
@@ -159,7 +161,8 @@ def run_all(runs: list[Run], jobs: int, dry_run: bool) -> int:
             if p.poll() is not None:
                 del running[name]
                 ok = p.returncode == 0 and next(r for r in runs if r.name == name).done()
-                print(f"[{(time.time() - t0) / 60:6.1f} min] {name}: {'finished' if ok else 'FAILED'}")
+                state = "finished" if ok else "stopped" if stop else "FAILED"
+                print(f"[{(time.time() - t0) / 60:6.1f} min] {name}: {state}")
                 if not ok and not stop:
                     failed.append(name)
         busy = sum(r.threads for r in runs if r.name in running)
