@@ -94,6 +94,9 @@ class Run:
             str(self.out),
         ]
 
+    def started(self) -> bool:
+        return (self.out / "last").exists() or (self.out / "last.old").exists()
+
     def history(self) -> list[dict]:
         log = self.out / "log.json"
         return json.loads(log.read_text()) if log.exists() else []
@@ -128,6 +131,8 @@ def plan(seeds: list[int], epochs: int, jobs: int, only: list[str] | None = None
 def _launch(run: Run) -> subprocess.Popen:
     run.out.parent.mkdir(parents=True, exist_ok=True)
     cmd = run.command()
+    if run.started():
+        cmd.append("--resume")
     exe = [str(Path(sys.executable).parent / "qvit"), *cmd[1:]]
     log = open(RUNS / f"{run.name}.log", "a")
     log.write(f"$ {shlex.join(cmd)}\n")
@@ -139,7 +144,7 @@ def _launch(run: Run) -> subprocess.Popen:
 def run_all(runs: list[Run], jobs: int, dry_run: bool) -> int:
     todo = [r for r in runs if not r.done()]
     for r in runs:
-        state = "done" if r.done() else ("resume" if (r.out / "last").exists() else "new")
+        state = "done" if r.done() else ("resume" if r.started() else "new")
         print(f"{state:6s} {r.name:22s} {shlex.join(r.command())}")
     if dry_run or not todo:
         return 0

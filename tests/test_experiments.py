@@ -96,3 +96,20 @@ def test_code_units_round_to_the_codes_the_attention_quantizers_produce(monkeypa
     table = entropy_table(layers)
     assert all(0 < r["q"] <= 2 + 1e-9 and 0 < r["k"] <= 2 + 1e-9 for r in table)
     assert math.isfinite(sum(r["q"] for r in table))
+
+
+def test_an_interrupted_run_is_relaunched_with_resume(tmp_path, monkeypatch):
+    launched = []
+
+    class FakePopen:  # records the command line instead of training
+        def __init__(self, args, **kw):
+            launched.append(args)
+
+    monkeypatch.setattr(experiments, "RUNS", tmp_path)
+    monkeypatch.setattr(experiments.subprocess, "Popen", FakePopen)
+    run = experiments.plan([0], epochs=1, jobs=1)[1]
+    experiments._launch(run)
+    (run.out / "last").mkdir(parents=True)
+    experiments._launch(run)
+    assert "--resume" not in launched[0] and launched[1][-1] == "--resume"
+    assert launched[0][1:] == run.command()[1:]
