@@ -134,11 +134,11 @@ def _launch(run: Run) -> subprocess.Popen:
     if run.started():
         cmd.append("--resume")
     exe = [str(Path(sys.executable).parent / "qvit"), *cmd[1:]]
-    log = open(RUNS / f"{run.name}.log", "a")
-    log.write(f"$ {shlex.join(cmd)}\n")
-    log.flush()
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(run.threads))
-    return subprocess.Popen(exe, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    with open(RUNS / f"{run.name}.log", "a") as log:  # the child keeps its own copy of the descriptor
+        log.write(f"$ {shlex.join(cmd)}\n")
+        log.flush()
+        return subprocess.Popen(exe, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
 def run_all(runs: list[Run], jobs: int, dry_run: bool) -> int:
