@@ -62,6 +62,29 @@ def test_report_block_replaces_only_its_own_section(tmp_path, monkeypatch):
     assert md.read_text() == f"# Results\n\nbefore\n\n{experiments.BEGIN}\nnew\n{experiments.END}\n\nafter\n"
 
 
+def test_report_tables_runs_and_names_the_teacher_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setattr(experiments, "RUNS", tmp_path)
+    monkeypatch.setattr(experiments, "write_plots", lambda runs, table, t: ([], []))
+    init = [{"bits": b, "irm": i, "top1": 50.0} for b, i in experiments.INIT_POINTS]
+    monkeypatch.setattr(experiments, "init_accuracy", lambda: init)
+
+    def log(name, tops):
+        (tmp_path / name).mkdir()
+        rows = [{"epoch": e + 1, "val_top1": t} for e, t in enumerate(tops)]
+        (tmp_path / name / "log.json").write_text(json.dumps(rows))
+
+    n = experiments.TEACHER_EPOCHS
+    log("teacher", [80.0] * (n - 2) + [89.5, 89.1])  # best/ is the next-to-last epoch
+    log("w2a2_base_s0", [81.0])
+    log("w2a2_base_s1", [82.0])
+    log("w2a2_qvit_s0", [79.5])
+    block = experiments.report(experiments.plan([0, 1], 1, 2))
+    assert f"**89.50 %** top-1, epoch {n - 1} of {n} more (the last: 89.10 %)" in block
+    assert "| W2A2 | **81.50** (81.00, 82.00) | 79.50 (1 seed) | - | -2.00 |" in block
+    assert "| W4A4 | - | - | - | - |" in block
+    assert "| + IRM | yes | - | - |" in block
+
+
 def test_code_entropy():
     assert code_entropy(torch.tensor([0.0, 1.0, 2.0, 3.0] * 10), 2) == pytest.approx(2.0)
     assert code_entropy(torch.full((50,), 7.3), 2) == pytest.approx(0.0)  # all clamp to code 3
