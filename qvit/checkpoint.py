@@ -124,6 +124,13 @@ def save_checkpoint(
         shutil.rmtree(old)
 
 
+def has_run(out: str | os.PathLike) -> bool:
+    """A `qvit train --out` folder holds a run to continue: `last/`, or the `last.old/` an
+    interrupted swap in save_checkpoint leaves."""
+    last = Path(out) / "last"
+    return last.exists() or last.with_name("last.old").exists()
+
+
 def checkpoint_dir(path: str | os.PathLike) -> Path:
     """The checkpoint directory to read, falling back to `.old` if a swap was interrupted."""
     p = Path(path)

@@ -105,6 +105,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args) -> "TrainConfig":  # noqa: F821
+    from qvit.checkpoint import has_run
     from qvit.train import TrainConfig
 
     for name in ("bits", "w_bits", "a_bits"):
@@ -118,9 +119,7 @@ def config_from_args(args) -> "TrainConfig":  # noqa: F821
     for path in (args.init_from, args.teacher):
         if path and not os.path.exists(path):
             raise UserError(f"no such file or directory: {path}")
-    if args.resume and not (
-        os.path.exists(os.path.join(args.out, "last")) or os.path.exists(os.path.join(args.out, "last.old"))
-    ):
+    if args.resume and not has_run(args.out):
         raise UserError(f"--resume: no run to continue in {args.out}")
     if not args.resume and os.path.exists(os.path.join(args.out, "last")):
         raise UserError(f"{args.out} already holds a run: add --resume to continue it, or pick another --out")

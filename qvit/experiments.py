@@ -97,7 +97,9 @@ class Run:
         ]
 
     def started(self) -> bool:
-        return (self.out / "last").exists() or (self.out / "last.old").exists()
+        from qvit.checkpoint import has_run
+
+        return has_run(self.out)
 
     def history(self) -> list[dict]:
         log = self.out / "log.json"

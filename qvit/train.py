@@ -392,7 +392,7 @@ def run(cfg: TrainConfig) -> dict:
     device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
     out = Path(cfg.out)
     last_dir = out / "last"
-    resume = (out / "last").exists() or (out / "last.old").exists()
+    resume = ckpt.has_run(out)
 
     train_ds = load_dataset(cfg.data, "train")
     val_ds = load_dataset(cfg.data, "val")

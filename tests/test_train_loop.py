@@ -266,3 +266,11 @@ def test_sigterm_saves_the_current_step_and_stops(tmp_path, monkeypatch):
     state = json.loads((tmp_path / "t" / "last" / "train_state.json").read_text())
     assert state["step"] == 3 and state["in_epoch"]
     assert signal.getsignal(signal.SIGTERM) == before  # the previous handler is back
+
+
+def test_a_run_interrupted_while_swapping_its_checkpoint_can_still_be_resumed(tmp_path):
+    from qvit.checkpoint import has_run
+
+    assert not has_run(tmp_path)
+    (tmp_path / "last.old").mkdir()  # save_checkpoint moved last/ aside and was killed
+    assert has_run(tmp_path)
