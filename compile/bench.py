@@ -12,12 +12,15 @@ python -m qvit_compile.bench --threads 1,2 --arch deit_small_patch16_224 --bits 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import os
 import platform
 import sys
 import tempfile
 import time
+import warnings
 
 import numpy as np
 
@@ -96,16 +99,17 @@ class OrtInt8(Contender):
         int8 = os.path.join(folder, f"{arch}.int8.onnx")
         if not os.path.exists(int8):
             model = timm.create_model(arch, pretrained=False).eval()
-            with torch.no_grad():
+            with quiet(os.path.join(folder, "onnx-export.log")), torch.no_grad():
                 torch.onnx.export(model, torch.from_numpy(x), fp32, input_names=["x"], output_names=["y"],
                                   opset_version=17, dynamo=False)
-            quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8)
+                quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8)
         self.path = int8
         self.sessions = {}
 
     def set_threads(self, n):
         if n not in self.sessions:
             so = self.ort.SessionOptions()
+            so.log_severity_level = 3  # errors only: its graph-optimizer notes are not results
             so.intra_op_num_threads = n
             so.inter_op_num_threads = 1
             so.execution_mode = self.ort.ExecutionMode.ORT_SEQUENTIAL
@@ -114,6 +118,39 @@ class OrtInt8(Contender):
 
     def run(self, x):
         self.sess.run(None, {"x": x})
+
+
+@contextlib.contextmanager
+def quiet(log_path: str):
+    """Send what the baselines' exporters print (TorchScript tracer warnings, ONNX Runtime's
+    quantization advice; Python warnings, logging and C-level output alike) to log_path, so the
+    benchmark's own lines are what the terminal shows. On failure the log's tail is shown."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    root = logging.getLogger()
+    level = root.level
+    with open(log_path, "w") as log, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        root.setLevel(logging.ERROR)
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            with open(log_path) as f:
+                sys.stderr.write("".join(f.readlines()[-20:]))
+            raise
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            root.setLevel(level)
 
 
 SETTLE_S = 0.2
@@ -238,6 +275,7 @@ def main(argv=None) -> int:
     from .compiler import compile_model
 
     so_path = os.path.join(args.out, f"{args.arch}_w{args.bits}a{args.bits}.x86_64.so")
+    print(f"bench: on {_cpu_name()}, {os.cpu_count()} logical CPUs", flush=True)
     print(f"bench: compiling {args.arch} W{args.bits}A{args.bits} (random weights) -> {so_path}", flush=True)
     model, _ = export_random(args.arch, args.bits)
     compile_model(model, "x86_64", so_path, progress=lambda s: print(s, flush=True))
@@ -245,10 +283,11 @@ def main(argv=None) -> int:
     x = np.random.default_rng(0).standard_normal((1, c, h, w)).astype(np.float32)
     contenders = [ModelSo(so_path)]
     if not args.no_baselines:
-        print("bench: PyTorch FP32 and ONNX Runtime int8 baselines (exporting ONNX once)", flush=True)
         contenders.append(TorchFP32(args.arch))
         with tempfile.TemporaryDirectory() as tmp:
             folder = args.out if os.access(args.out, os.W_OK) else tmp
+            print("bench: PyTorch FP32 and ONNX Runtime int8 baselines (exporting ONNX once; its log: "
+                  f"{os.path.join(folder, 'onnx-export.log')})", flush=True)
             contenders.append(OrtInt8(args.arch, folder, x))
             res = measure(contenders, args.threads, x, args.rounds, args.warmup)
     else:

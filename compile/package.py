@@ -16,7 +16,7 @@ import tempfile
 
 import numpy as np
 
-from qvit_edge.clikit import UserError
+from qvit_edge.clikit import UserError, compiler_error
 
 from .lower import Plan
 from .targets import Target, check_compiler
@@ -148,8 +148,8 @@ def build(plan: Plan, meta: dict, target: Target, out_path: str, progress=print)
                "-Wl,-Bsymbolic", "-Wl,-z,noexecstack"]
         r = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True)
         if r.returncode != 0:
-            err = (r.stderr.strip().splitlines() or ["?"])[-1]
-            raise UserError(f"linking model.so failed: {err}")
+            raise UserError(f"linking model.so with {os.path.basename(cc)} failed: "
+                            f"{compiler_error(r.stdout + r.stderr)}")
         os.replace(tmp_out, out_path) if _same_fs(tmp, out_path) else _copy(tmp_out, out_path)
     return meta
 
@@ -187,8 +187,11 @@ def compile_csrc(cc: str, target: Target, src: str, folder: str) -> str:
     r = subprocess.run([cc, *CFLAGS, *cpu_flags(cc, target), "-c", src, "-o", obj], capture_output=True,
                        text=True)
     if r.returncode != 0:
-        err = (r.stderr.strip().splitlines() or ["?"])[-1]
-        raise UserError(f"compiling {os.path.basename(src)} failed: {err}")
+        err = compiler_error(r.stdout + r.stderr)
+        hint = ""
+        if target.arch == "aarch64" and "No such file" in err:  # the cross gcc came without its libc
+            hint = " (Debian: apt-get install libc6-dev-arm64-cross; make system-deps does)"
+        raise UserError(f"compiling {os.path.basename(src)} with {os.path.basename(cc)} failed: {err}{hint}")
     return obj
 
 

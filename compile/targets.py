@@ -58,6 +58,8 @@ def get(arch: str, mcpu: str | None = None) -> Target:
 def check_compiler(t: Target) -> str:
     path = shutil.which(t.cc)
     if path is None:
-        hint = " (Debian: apt-get install gcc-aarch64-linux-gnu)" if t.arch == "aarch64" else ""
+        hint = ""
+        if t.arch == "aarch64":
+            hint = " (Debian: apt-get install gcc-aarch64-linux-gnu libc6-dev-arm64-cross)"
         raise UserError(f"C compiler {t.cc!r} for target {t.arch} not found{hint}")
     return path

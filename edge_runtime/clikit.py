@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 from dataclasses import dataclass
 
@@ -34,15 +35,19 @@ def _load(verb: Verb):
         raise
 
 
-def build_parser(prog: str, description: str, verbs: list[Verb], version: str) -> argparse.ArgumentParser:
+def build_parser(prog: str, description: str, verbs: list[Verb], version: str,
+                 argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser for `argv` (default: sys.argv[1:]). Only the verb argv names gets its module
+    imported and its arguments registered, so `--help` never imports torch or TVM."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    chosen = argv[0] if argv else None
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--version", action="version", version=f"{prog} {version}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for verb in verbs:
         p = sub.add_parser(verb.name, help=verb.help, description=verb.help)
         p.set_defaults(_verb=verb)
-        # Only the chosen verb's module is imported (argv peek), so --help stays light.
-        if len(sys.argv) > 1 and sys.argv[1] == verb.name:
+        if chosen == verb.name:
             mod = _load(verb)
             if mod is not None:
                 mod.add_arguments(p)
@@ -52,7 +57,8 @@ def build_parser(prog: str, description: str, verbs: list[Verb], version: str) -
 
 
 def main(prog: str, description: str, verbs: list[Verb], version: str, argv: list[str] | None = None) -> int:
-    parser = build_parser(prog, description, verbs, version)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(prog, description, verbs, version, argv)
     args = parser.parse_args(argv)
     verb: Verb | None = getattr(args, "_verb", None)
     if verb is None:
@@ -76,3 +82,23 @@ def main(prog: str, description: str, verbs: list[Verb], version: str, argv: lis
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+
+
+_CC_ERROR = re.compile(r"(fatal error|error):|undefined reference|cannot find -l|multiple definition")
+
+
+def compiler_error(output: str) -> str:
+    """The first real error line of a C compiler's or linker's output (`x.c:3:10: fatal error: ...`),
+    not its last ("compilation terminated.", "collect2: error: ld returned 1 exit status")."""
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    for ln in lines:
+        if _CC_ERROR.search(ln) and not ln.startswith("collect2:"):
+            return ln
+    return lines[-1] if lines else "no output from the compiler"
+
+
+if __name__ == "__main__":
+    # `python3 edge_runtime/clikit.py compiler-error < build.log`: the same line for shell scripts.
+    if sys.argv[1:] != ["compiler-error"]:
+        sys.exit("usage: clikit.py compiler-error < compiler-output")
+    print(compiler_error(sys.stdin.read()))

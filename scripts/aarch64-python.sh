@@ -12,7 +12,7 @@
 # Everything is cached under build/aarch64-python/ (gitignored). The downloads happen once
 # (a stamp keyed on this script and the pinned versions); later runs only relink the
 # runtime and rebuild the native extension when its sources changed, so they take well
-# under a second. Needs: qemu-user, gcc-aarch64-linux-gnu, apt-get + dpkg-deb (any
+# under a second. Needs: qemu-user, gcc-aarch64-linux-gnu + libc6-dev-arm64-cross, apt-get + dpkg-deb (any
 # Debian/Ubuntu host: apt runs on a private state directory, so no
 # `dpkg --add-architecture` and no root), and network access on the first run.
 set -euo pipefail
@@ -36,7 +36,7 @@ log() { echo "aarch64-python: $*" >&2; }
 die() { echo "aarch64-python: error: $*" >&2; exit 1; }
 
 for tool in qemu-aarch64 "$CC" apt-get dpkg-deb; do
-  command -v "$tool" >/dev/null || die "$tool not found (make system-deps installs qemu-user and gcc-aarch64-linux-gnu)"
+  command -v "$tool" >/dev/null || die "$tool not found (make system-deps installs qemu-user, gcc-aarch64-linux-gnu and libc6-dev-arm64-cross)"
 done
 
 # The device gets the same versions of the runtime's dependencies as the host, so the two
@@ -180,7 +180,8 @@ EOF
   source "$work/plan.sh"
   "$CC" -shared -fPIC -O2 -pthread "${ARGS[@]}" "${INCS[@]}" \
     -I"$SYSROOT/usr/include/python$PYVER" -idirafter "$SYSROOT/usr/include" \
-    "$C_FILE" "${SRCS[@]}" -o "$out.tmp" "${LIBS[@]}" -lm || die "cross-compiling the native extension failed"
+    "$C_FILE" "${SRCS[@]}" -o "$out.tmp" "${LIBS[@]}" -lm >"$work/cc.log" 2>&1 \
+    || die "cross-compiling the native extension failed: $("$HOST_PY" "$ROOT/edge_runtime/clikit.py" compiler-error <"$work/cc.log")"
   mv "$out.tmp" "$out"
 }
 build_native

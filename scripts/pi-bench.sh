@@ -72,8 +72,8 @@ fi
 if ! PYTHONPATH=. "$PY" -c 'import qvit_edge._native' 2>/dev/null; then
   say "building the native library for this Python (gcc + python3-dev)"
   rm -f qvit_edge/_native.*.so
-  PYTHONPATH=. "$PY" -c 'import sys; sys.path.insert(0, "native"); import build_ffi; build_ffi.ffibuilder.compile(tmpdir=".")' >&2 \
-    || { say "error: building the native library failed (sudo apt install gcc python3-dev)"; exit 2; }
+  PYTHONPATH=. "$PY" -c 'import sys; sys.path.insert(0, "native"); import build_ffi; build_ffi.ffibuilder.compile(tmpdir=".")' >build.log 2>&1 \
+    || { say "error: building the native library failed: $("$PY" qvit_edge/clikit.py compiler-error <build.log) (sudo apt install gcc python3-dev)"; exit 2; }
 fi
 PYTHONPATH=. exec "$PY" -m qvit_edge bench model.so --json "$@"
 EOF

@@ -19,6 +19,8 @@ ROOT = os.path.dirname(NATIVE)
 sys.path.insert(0, NATIVE)
 import build_ffi  # noqa: E402  (source list and flags shared with the cffi build)
 
+from qvit_edge.clikit import compiler_error  # noqa: E402
+
 KERNEL_SOURCES = [s for s in build_ffi.SOURCES if not s.endswith(build_ffi.TVM_BACKEND)]
 SKIP = 77
 
@@ -47,7 +49,12 @@ def build(mode: str, out_dir: str) -> str | None:
     flags = [f for f in build_ffi.CFLAGS if not f.startswith("-O")] + cfg["flags"]
     cmd = [cc, *flags, "-I", NATIVE, os.path.join(HERE, "test_native.c"), *KERNEL_SOURCES,
            "-o", exe, "-lm", "-pthread"]
-    subprocess.run(cmd, check=True)
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.stderr.write(r.stdout + r.stderr)
+        print(f"error: building the native tests with {cc} failed: {compiler_error(r.stdout + r.stderr)}",
+              file=sys.stderr)
+        sys.exit(1)
     return exe
 
 
