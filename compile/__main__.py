@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 
-from qvit_edge.clikit import UserError
+from qvit_edge.clikit import UserError, creatable_file_path, int_range, parse_args, safe_stdio
 
 from . import targets
 
@@ -21,10 +21,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--mcpu", help="LLVM CPU (default: cortex-a72 for aarch64, this machine's CPU for x86_64)")
     p.add_argument("--model", help="integer model file (*.qvit.safetensors) or a `qvit train` checkpoint dir")
     p.add_argument("--arch", help="with --random: a named architecture, e.g. deit_small_patch16_224")
-    p.add_argument("--bits", type=int, help="with --random: bits of the blocks (1-4)")
+    p.add_argument("--bits", type=int_range(1, 8), help="with --random: bits of the blocks (1-4 usual, 1-8)")
     p.add_argument("--random", action="store_true", help="random-init weights (benchmarks)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="model.so to write")
+    p.add_argument("--seed", type=int_range(0, 2**32 - 1), default=0)
+    # checked while parsing: an unwritable --out must fail before the compile, not after it
+    p.add_argument("--out", required=True, type=creatable_file_path, help="model.so to write")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     return p
 
@@ -63,7 +64,10 @@ def load_source(args):
 
 
 def main(argv=None) -> int:
-    args = parser().parse_args(argv)
+    safe_stdio()
+    args = parse_args(parser(), argv, prefix="qvit_compile")
+    if args is None:
+        return 2
     try:
         t = targets.get(args.target, args.mcpu)
         targets.check_compiler(t)

@@ -1,28 +1,34 @@
 """Plan -> one self-contained model.so: TVM object code + weight blob + metadata + glue (docs/model-so.md).
 
 TVM compiles the plan's PrimFuncs into one LLVM object (lib0.o). We link it ourselves, with
-  * blob.S: `.incbin` of the packed weights (64-byte aligned) and of the JSON metadata + plan,
+  * blob.S: `.incbin` of the packed weights (64-byte aligned) and of the JSON metadata + plan, and
+    the checksum's 64 hex digits,
   * glue.c: the kernel table, the backend slots the generated code calls through, and
     TVMFFIErrorSetRaisedFromCStrParts (the one function generated code imports),
-so the result needs libc and libm only: no TVM library on the device.
+so the result needs libc and libm only: no TVM library on the device. After linking, the checksum
+(model_sha256: SHA-256 of every loadable segment, its own digits read as '0') is written into the
+file in place.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import shlex
 import subprocess
 import tempfile
 
 import numpy as np
 
+from qvit_edge import model_schema as schema
+from qvit_edge import preflight
 from qvit_edge.clikit import UserError, compiler_error
 
 from .lower import Plan
 from .targets import Target, check_compiler
 
-FORMAT = "qvit-model-so"
-FORMAT_VERSION = 1
+FORMAT = schema.FORMAT
+FORMAT_VERSION = schema.FORMAT_VERSION  # 2: with the checksum over the whole loadable image
 ABI_VERSION = 1
 ALIGN = 64
 
@@ -79,6 +85,12 @@ qvit_model_meta:
     .incbin "meta.json"
     .byte 0
     .size qvit_model_meta, . - qvit_model_meta
+    .globl qvit_model_sha256
+    .type qvit_model_sha256, %object
+qvit_model_sha256:
+    .ascii "0000000000000000000000000000000000000000000000000000000000000000"
+    .byte 0
+    .size qvit_model_sha256, . - qvit_model_sha256
     .section .note.GNU-stack,"",%progbits
 """
 
@@ -111,6 +123,12 @@ def build(plan: Plan, meta: dict, target: Target, out_path: str, progress=print)
     doc = dict(meta)
     doc["plan"] = {"input": "image", "output": "logits", "kernels": plan.kernels,
                    "tensors": plan.tensors, "steps": plan.steps}
+    # What the runtime will refuse must not be written: the same schema, checked here.
+    try:
+        meta_json = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
+        schema.validate(json.loads(meta_json), len(blob), len(plan.kernels))
+    except (ValueError, schema.SchemaError) as e:
+        raise UserError(f"the model's metadata cannot be written: {e}") from None
 
     progress(f"  TVM: compiling {len(plan.kernels)} kernels for {target.arch} ({target.mcpu})")
     mod = tvm.IRModule(plan.funcs)
@@ -128,8 +146,8 @@ def build(plan: Plan, meta: dict, target: Target, out_path: str, progress=print)
         objs = [os.path.join(tmp, os.path.basename(f)) for f in objects]
         with open(os.path.join(tmp, "blob.bin"), "wb") as f:
             f.write(blob)
-        with open(os.path.join(tmp, "meta.json"), "w") as f:
-            json.dump(doc, f, separators=(",", ":"))
+        with open(os.path.join(tmp, "meta.json"), "wb") as f:
+            f.write(meta_json)
         decls = "\n".join(f"extern int __tvm_ffi_{k}(void *, const qvit_any *, int32_t, qvit_any *);"
                           for k in plan.kernels)
         table = ", ".join(f"(void *)__tvm_ffi_{k}" for k in plan.kernels)
@@ -144,12 +162,13 @@ def build(plan: Plan, meta: dict, target: Target, out_path: str, progress=print)
         objs += [compile_csrc(cc, target, src, tmp) for src in CSRC]
         progress(f"  linking {os.path.basename(out_path)} with {os.path.basename(cc)}")
         tmp_out = os.path.join(tmp, "model.so")
-        cmd = [cc, "-shared", "-fPIC", "-O2", "-o", tmp_out, *objs, "glue.c", "blob.S", "-lm",
-               "-Wl,-Bsymbolic", "-Wl,-z,noexecstack"]
+        cmd = [cc, "-shared", "-fPIC", "-O2", *extra_cflags(), "-o", tmp_out, *objs, "glue.c", "blob.S",
+               "-lm", "-Wl,-Bsymbolic", "-Wl,-z,noexecstack"]
         r = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True)
         if r.returncode != 0:
             raise UserError(f"linking model.so with {os.path.basename(cc)} failed: "
                             f"{compiler_error(r.stdout + r.stderr)}")
+        write_checksum(tmp_out)
         os.replace(tmp_out, out_path) if _same_fs(tmp, out_path) else _copy(tmp_out, out_path)
     return meta
 
@@ -160,6 +179,12 @@ CSRC = [os.path.join(CSRC_DIR, f) for f in ("attention.c", "pack.c", "igemm.c")]
 # Exact float32 as the reference computes it: no FMA contraction, no fast-math reassociation.
 # (-fno-trapping-math only lets gcc if-convert float selects so those loops vectorize.)
 CFLAGS = ["-O3", "-fPIC", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math"]
+
+
+def extra_cflags() -> list:
+    """QVIT_CSRC_CFLAGS: flags added to the micro-kernels, the glue and the link, e.g. the
+    sanitizers (native/tests/sanitize_models.py). Empty for a normal build."""
+    return shlex.split(os.environ.get("QVIT_CSRC_CFLAGS", ""))
 
 
 def cpu_flags(cc: str, target: Target) -> list:
@@ -184,8 +209,8 @@ def cpu_flags(cc: str, target: Target) -> list:
 
 def compile_csrc(cc: str, target: Target, src: str, folder: str) -> str:
     obj = os.path.join(folder, os.path.basename(src)[:-2] + ".o")
-    r = subprocess.run([cc, *CFLAGS, *cpu_flags(cc, target), "-c", src, "-o", obj], capture_output=True,
-                       text=True)
+    r = subprocess.run([cc, *CFLAGS, *cpu_flags(cc, target), *extra_cflags(), "-c", src, "-o", obj],
+                       capture_output=True, text=True)
     if r.returncode != 0:
         err = compiler_error(r.stdout + r.stderr)
         hint = ""
@@ -193,6 +218,22 @@ def compile_csrc(cc: str, target: Target, src: str, folder: str) -> str:
             hint = " (Debian: apt-get install libc6-dev-arm64-cross; make system-deps does)"
         raise UserError(f"compiling {os.path.basename(src)} with {os.path.basename(cc)} failed: {err}{hint}")
     return obj
+
+
+def write_checksum(path: str) -> str:
+    """Fills in model_sha256 (qvit_model_sha256's 64 hex digits, linked as '0's) in a linked model.so."""
+    try:
+        at, n = preflight.checksum_range(path)
+        digest = preflight.compute_checksum(path)
+    except preflight.PreflightError as e:
+        raise UserError(f"the linked model.so cannot be checksummed: {e}") from None
+    with open(path, "r+b") as f:
+        f.seek(at)
+        if f.read(n) != b"0" * n:
+            raise UserError(f"{path}: the checksum's place does not hold its placeholder")
+        f.seek(at)
+        f.write(digest.encode())
+    return digest
 
 
 def _same_fs(a: str, b: str) -> bool:

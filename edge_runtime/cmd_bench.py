@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from qvit_edge.clikit import UserError
+from qvit_edge.clikit import UserError, nonneg_int, positive_int
 from qvit_edge.preflight import check_threads, host_machine, open_model
 
 SCHEMA = "qvit-edge.bench/1"
@@ -25,9 +25,10 @@ SCHEMA = "qvit-edge.bench/1"
 
 def add_arguments(p):
     p.add_argument("model", help="a model.so written by `make compile`")
-    p.add_argument("--threads", default=1, help="worker threads (default 1)")
-    p.add_argument("--warmup", type=int, default=5, help="untimed runs first (default 5)")
-    p.add_argument("--runs", type=int, default=50, help="timed runs (default 50)")
+    # >= 1 while parsing; the upper bound (the CPUs here) is check_threads' at run time
+    p.add_argument("--threads", type=positive_int, default=1, help="worker threads (default 1)")
+    p.add_argument("--warmup", type=nonneg_int, default=5, help="untimed runs first (default 5)")
+    p.add_argument("--runs", type=positive_int, default=50, help="timed runs (default 50)")
     p.add_argument("--no-profile", dest="profile", action="store_false",
                    help="leave the per-operator timers off")
     p.add_argument("--json", action="store_true", help="print one JSON object (docs/runtime.md)")

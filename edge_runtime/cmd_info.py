@@ -1,14 +1,15 @@
 """`qvit-edge info model.so [--json]`: what a model.so holds, read from the file without loading it.
 
 No code in the model runs, so it also inspects models built for another CPU (an aarch64
-model.so on the x86_64 build machine) and still checks the format version and the weights
-checksum. JSON schema: docs/runtime.md.
+model.so on the x86_64 build machine) and still checks all a load would check first: the ELF
+structure, the format version, the checksum over code, metadata, plan and weights, and the
+schema of the metadata and plan (qvit_edge.preflight.verify_model_file). JSON schema: docs/runtime.md.
 """
 from __future__ import annotations
 
 import json
 
-from qvit_edge.preflight import check_model_file, host_machine, read_elf, read_model_doc
+from qvit_edge.preflight import host_machine, verify_model_file
 
 SCHEMA = "qvit-edge.info/1"
 
@@ -20,14 +21,15 @@ def add_arguments(p):
 
 def describe(path: str) -> dict:
     """The info JSON object for a model file (raises PreflightError)."""
-    info = read_elf(path)
-    check_model_file(path, machine=info.machine)  # every check but the CPU one
-    doc = read_model_doc(path)
+    verified = verify_model_file(path, machine="any")  # every check but the CPU one
+    info = verified.elf
+    doc = {k: v for k, v in verified.doc.items() if k != "plan"}
     keys = ("format", "format_version", "arch", "family", "bits", "target", "input", "num_classes",
             "classes", "weights_sha256")
     out = {"schema": SCHEMA, "path": path, "size_bytes": info.size, "machine": info.machine,
            "runs_here": info.machine == host_machine()}
     out.update({k: doc.get(k) for k in keys})
+    out["model_sha256"] = verified.sha256
     out["extra"] = {k: v for k, v in doc.items() if k not in keys}
     return out
 
@@ -58,7 +60,9 @@ def run(args) -> int:
         ("built for", f"{d['machine']}; runs here: {here}"),
         ("input", _fmt(d["input"])),
         ("classes", f"{d['num_classes']}: {shown}"),
-        ("weights sha256", f"{d['weights_sha256']} (verified)"),
+        ("weights sha256", d["weights_sha256"]),
+        # "verified": the checksum over everything the loader maps held, not only the weights'
+        ("checksum", f"sha256 {d['model_sha256']} of code, metadata, plan and weights (verified)"),
     ]
     w = max(len(k) for k, _ in rows)
     for k, v in rows:

@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 
+from qvit_edge.clikit import positive_int
 from qvit_edge.preflight import check_threads, open_model
 from qvit_edge.preprocess import ImageError, InputSpec, load_image
 
@@ -24,8 +25,9 @@ SCHEMA = "qvit-edge.run/1"
 def add_arguments(p):
     p.add_argument("model", help="a model.so written by `make compile`")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, WebP, BMP, ...)")
-    p.add_argument("--topk", type=int, default=5, help="classes to show per image (default 5)")
-    p.add_argument("--threads", default=1, help="worker threads (default 1)")
+    p.add_argument("--topk", type=positive_int, default=5, help="classes to show per image (default 5)")
+    # >= 1 while parsing; the upper bound (the CPUs here) is check_threads' at run time
+    p.add_argument("--threads", type=positive_int, default=1, help="worker threads (default 1)")
     p.add_argument("--json", action="store_true", help="print one JSON object (docs/runtime.md)")
 
 

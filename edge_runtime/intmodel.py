@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import struct
 from dataclasses import dataclass, field
@@ -28,6 +29,9 @@ from qvit_edge.clikit import UserError
 FORMAT = "qvit-int"
 FORMAT_VERSION = 1
 FAMILIES = ("deit", "swin")
+BIT_KEYS = ("weight", "act", "embed", "head")
+CHANNELS = (1, 3)  # what the runtime's image preprocessing gives (gray, RGB)
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
 
 
 class IntModelError(UserError):
@@ -83,11 +87,13 @@ def read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     for name, info in header.items():
         try:
             dt = np.dtype(_DTYPES[info["dtype"]])
-            shape = tuple(int(s) for s in info["shape"])
-            start, end = (int(o) for o in info["data_offsets"])
+            shape = tuple(info["shape"])
+            start, end = info["data_offsets"]
+            if not all(_is_int(v) for v in (*shape, start, end)):
+                raise TypeError
         except (KeyError, TypeError, ValueError):
             raise IntModelError(f"{path}: tensor {name!r}: bad safetensors entry {info!r}"[:300]) from None
-        count = int(np.prod(shape, dtype=np.int64))
+        count = math.prod(shape)  # Python ints: a hostile shape cannot wrap around to the byte count
         if (
             min(shape, default=0) < 0
             or not (0 <= start <= end <= len(data))
@@ -261,28 +267,50 @@ class IntModel:
 
     # -- validation ---------------------------------------------------------------------------
     def validate(self) -> None:
-        """Raise IntModelError (one line) on anything a consumer could trip over."""
+        """Raise IntModelError (one line) on anything a consumer could trip over: missing or
+        mistyped fields (a bit width must be an int, not true or "two"), values out of range,
+        tensors of the wrong dtype or shape, NaN / Inf anywhere, steps that are not > 0, zero
+        points outside the code range."""
+        try:
+            self._validate()
+        except IntModelError:
+            raise
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError, OverflowError) as e:
+            # a field of a type the checks below do not name one by one: still one line
+            raise IntModelError(f"malformed config ({type(e).__name__}: {e})"[:300]) from None
+
+    def _validate(self) -> None:
         c = self.config
         if not isinstance(c, dict):
             raise IntModelError("config is not a JSON object")
         if c.get("format") != FORMAT:
             raise IntModelError(f"not a qvit integer model (format {c.get('format')!r}, expected {FORMAT!r})")
         v = c.get("format_version")
-        if v != FORMAT_VERSION:
+        if not _is_int(v) or v != FORMAT_VERSION:
             raise IntModelError(
                 f"unknown integer model format_version {v!r} (this reader knows {FORMAT_VERSION})"
             )
         for key in ("arch", "family", "bits", "input", "num_classes", "graph"):
             if key not in c:
                 raise IntModelError(f"config lacks {key!r}")
-        if c["family"] not in FAMILIES:
+        if not isinstance(c["arch"], str) or not c["arch"]:
+            raise IntModelError(f"config arch {c['arch']!r} is not a name")
+        if not isinstance(c["family"], str) or c["family"] not in FAMILIES:
             raise IntModelError(f"unknown family {c['family']!r} (known: {', '.join(FAMILIES)})")
-        for key in ("channels", "size", "mean", "std"):
-            if key not in c["input"]:
-                raise IntModelError(f"config input lacks {key!r}")
+        _check_bits_block(c["bits"])
+        _check_input_block(c["input"])
+        n = c["num_classes"]
+        if not _is_int(n) or n < 1:
+            raise IntModelError(f"config num_classes={n!r} is not a whole number >= 1")
         classes = c.get("classes")
-        if classes is not None and len(classes) != c["num_classes"]:
-            raise IntModelError(f"{len(classes)} class names for num_classes={c['num_classes']}")
+        if classes is not None:
+            if not isinstance(classes, list) or not all(isinstance(x, str) for x in classes):
+                raise IntModelError("config classes must be a list of names")
+            if len(classes) != n:
+                raise IntModelError(f"{len(classes)} class names for num_classes={n}")
+        for key in ("irm", "distilled"):
+            if key in c and not isinstance(c[key], bool):
+                raise IntModelError(f"config {key}={c[key]!r} is not true or false")
         if not isinstance(c["graph"], list) or not c["graph"]:
             raise IntModelError("graph is empty")
         for i, op in enumerate(c["graph"]):
@@ -290,8 +318,59 @@ class IntModel:
         shapes = self.shapes()
         if "logits" not in shapes:
             raise IntModelError("graph never produces 'logits'")
-        if shapes["logits"] != (c["num_classes"],):
-            raise IntModelError(f"'logits' has shape {list(shapes['logits'])}, expected [{c['num_classes']}]")
+        if shapes["logits"] != (n,):
+            raise IntModelError(f"'logits' has shape {list(shapes['logits'])}, expected [{n}]")
+        for name, t in self.tensors.items():
+            if t.dtype.kind == "f" and not np.isfinite(t).all():
+                raise IntModelError(f"tensor {name!r} holds NaN or Inf values")
+
+
+def _is_int(v) -> bool:
+    """A JSON integer: not a bool (true == 1 in Python), not a float."""
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_bits_block(bits) -> None:
+    if not isinstance(bits, dict):
+        raise IntModelError(f"config bits {bits!r} is not an object with {', '.join(BIT_KEYS)}")
+    for k in BIT_KEYS:
+        if k not in bits:
+            raise IntModelError(f"config bits lacks {k!r}")
+        b = bits[k]
+        if not _is_int(b) or not 1 <= b <= quant.MAX_BITS:
+            raise IntModelError(f"config bits.{k}={b!r} is not a bit width in 1..{quant.MAX_BITS}")
+
+
+def _check_input_block(inp) -> None:
+    if not isinstance(inp, dict):
+        raise IntModelError("config input is not an object")
+    for key in ("channels", "size", "mean", "std"):
+        if key not in inp:
+            raise IntModelError(f"config input lacks {key!r}")
+    ch = inp["channels"]
+    if not _is_int(ch) or ch not in CHANNELS:
+        raise IntModelError(f"config input.channels={ch!r} is not 1 (gray) or 3 (RGB)")
+    size = inp["size"]
+    if not isinstance(size, list) or len(size) != 2 or not all(_is_int(v) and v >= 1 for v in size):
+        raise IntModelError(f"config input.size={size!r} is not [height, width] in whole pixels >= 1")
+    for key in ("mean", "std"):
+        v = inp[key]
+        if not isinstance(v, list) or len(v) != ch or not all(_is_number(x) for x in v):
+            raise IntModelError(f"config input.{key}={v!r} is not {ch} finite number(s)")
+    if min(inp["std"]) <= 0:
+        raise IntModelError(f"config input.std={inp['std']!r} must be > 0")
+    interp = inp.get("interpolation", "bicubic")
+    if interp not in INTERPOLATIONS:
+        raise IntModelError(
+            f"config input.interpolation={interp!r} is not one of {', '.join(INTERPOLATIONS)}"
+        )
+    crop = inp.get("crop_pct", 1.0)
+    if not _is_number(crop) or not 0 < crop <= 4:
+        raise IntModelError(f"config input.crop_pct={crop!r} is not a number in (0, 4]")
 
 
 def _need(model: IntModel, where: str, name: str, dtype, shape=None) -> np.ndarray:
@@ -307,9 +386,61 @@ def _need(model: IntModel, where: str, name: str, dtype, shape=None) -> np.ndarr
 
 def _check_bits(where: str, op: dict, key: str) -> int:
     b = op[key]
-    if not isinstance(b, int) or not 1 <= b <= quant.MAX_BITS:
+    if not _is_int(b) or not 1 <= b <= quant.MAX_BITS:
         raise IntModelError(f"{where}: {key}={b!r} is not a bit width in 1..{quant.MAX_BITS}")
     return b
+
+
+def _check_int(where: str, op: dict, key: str, lo: int | None = None) -> int:
+    v = op[key]
+    if not _is_int(v) or (lo is not None and v < lo):
+        at_least = f" >= {lo}" if lo is not None else ""
+        raise IntModelError(f"{where}: {key}={v!r} is not a whole number{at_least}")
+    return v
+
+
+def _check_positive(where: str, op: dict, key: str, optional: bool = False) -> None:
+    v = op[key]
+    if optional and v is None:
+        return
+    if not _is_number(v) or v <= 0:
+        or_null = " (or null)" if optional else ""
+        raise IntModelError(f"{where}: {key}={v!r} is not a finite number > 0{or_null}")
+
+
+def _check_pair(where: str, op: dict, key: str, lo: int) -> tuple[int, int]:
+    """grid / window / shift: an int (square) or [h, w], each >= lo."""
+    v = op[key]
+    vals = v if isinstance(v, list) else [v, v]
+    if len(vals) != 2 or not all(_is_int(x) and x >= lo for x in vals):
+        raise IntModelError(f"{where}: {key}={v!r} is not a whole number >= {lo} or a pair of them")
+    return vals[0], vals[1]
+
+
+def _check_steps(where: str, model: IntModel, name: str) -> None:
+    t = model.tensors[name]
+    if not (np.isfinite(t).all() and (t > 0).all()):
+        bad = t[~(np.isfinite(t) & (t > 0))].ravel()[0]
+        raise IntModelError(f"{where}: tensor {name!r} holds a step of {bad} (steps must be finite and > 0)")
+
+
+def _check_zero_points(where: str, model: IntModel, name: str, bits: int) -> None:
+    t = model.tensors[name]
+    lo, hi = quant.act_range(bits)
+    if t.size and (t.min() < lo or t.max() > hi):
+        raise IntModelError(f"{where}: tensor {name!r} holds zero points outside the {bits}-bit code range")
+
+
+def _check_names(where: str, op: dict) -> None:
+    """in / out name tensors: strings (add and average: a list of two)."""
+    if not isinstance(op["out"], str):
+        raise IntModelError(f"{where}: 'out' must be a tensor name")
+    if op["op"] in ("add", "average"):
+        ins = op["in"]
+        if not isinstance(ins, list) or len(ins) != 2 or not all(isinstance(x, str) for x in ins):
+            raise IntModelError(f"{where}: 'in' must be a list of two tensor names")
+    elif not isinstance(op["in"], str):
+        raise IntModelError(f"{where}: 'in' must be a tensor name")
 
 
 def _check_op(model: IntModel, i: int, op: dict) -> None:
@@ -321,9 +452,14 @@ def _check_op(model: IntModel, i: int, op: dict) -> None:
     if missing:
         raise IntModelError(f"{where}: missing field(s) {', '.join(missing)}")
     kind, p = op["op"], op.get("param")
+    _check_names(where, op)
+    if "param" in OP_FIELDS[kind] and not isinstance(p, str):
+        raise IntModelError(f"{where}: 'param' must be a tensor name prefix")
     if kind in ("patch_embed", "qlinear"):
         wb = _check_bits(where, op, "w_bits")
-        _check_bits(where, op, "a_bits")
+        ab = _check_bits(where, op, "a_bits")
+        if kind == "patch_embed":
+            _check_int(where, op, "patch", 1)
         w = _need(model, where, f"{p}.weight", np.int8)
         if w.ndim != 2:
             raise IntModelError(f"{where}: weight must be [N, K], got {list(w.shape)}")
@@ -336,27 +472,53 @@ def _check_op(model: IntModel, i: int, op: dict) -> None:
         lo, hi = quant.weight_range(wb)
         if w.size and (w.min() < lo or w.max() > hi or (wb == 1 and (w == 0).any())):
             raise IntModelError(f"{where}: weight codes outside the {wb}-bit range")
+        _check_steps(where, model, f"{p}.w_step")
+        _check_steps(where, model, f"{p}.a_step")
+        _check_zero_points(where, model, f"{p}.a_zp", ab)
     elif kind == "layernorm":
+        _check_positive(where, op, "eps")
         wt = _need(model, where, f"{p}.weight", np.float32)
         _need(model, where, f"{p}.bias", np.float32, wt.shape)
+    elif kind == "gelu":
+        _check_positive(where, op, "clip", optional=True)
     elif kind == "attention":
-        h, d = int(op["heads"]), int(op["head_dim"])
-        _check_bits(where, op, "bits")
+        h, d = _check_int(where, op, "heads", 1), _check_int(where, op, "head_dim", 1)
+        bits = _check_bits(where, op, "bits")
+        _check_positive(where, op, "scale")
+        _check_positive(where, op, "eps")
+        if not isinstance(op["irm"], bool):
+            raise IntModelError(f"{where}: irm={op['irm']!r} is not true or false")
         for s in _ATTN_TENSORS:
             _need(model, where, f"{p}.{s}", np.float32 if s.endswith("step") else np.int32, (h,))
+            if s.endswith("step"):
+                _check_steps(where, model, f"{p}.{s}")
+            else:
+                _check_zero_points(where, model, f"{p}.{s}", bits)
         if op["irm"]:
             for s in _IRM_TENSORS:
                 _need(model, where, f"{p}.{s}", np.float32, (d,))
         for s in ("rel_pos_bias", "mask"):
             if f"{p}.{s}" in model.tensors:
                 _need(model, where, f"{p}.{s}", np.float32)
+    elif kind in ("window_partition", "window_reverse"):
+        _check_pair(where, op, "grid", 1)
+        wh, ww = _check_pair(where, op, "window", 1)
+        sh, sw = _check_pair(where, op, "shift", 0)
+        if sh >= wh or sw >= ww:
+            raise IntModelError(f"{where}: shift {op['shift']!r} is not smaller than window {op['window']!r}")
+    elif kind == "patch_merge":
+        _check_pair(where, op, "grid", 1)
+    elif kind == "token":
+        _check_int(where, op, "index")
     elif kind == "prepend":
+        if not isinstance(op["tensors"], list) or not all(isinstance(t, str) for t in op["tensors"]):
+            raise IntModelError(f"{where}: 'tensors' must be a list of tensor names")
         for t in op["tensors"]:
             _need(model, where, t, np.float32)
     elif kind == "add_const":
+        if not isinstance(op["tensor"], str):
+            raise IntModelError(f"{where}: 'tensor' must be a tensor name")
         _need(model, where, op["tensor"], np.float32)
-    if kind in ("add", "average") and (not isinstance(op["in"], list) or len(op["in"]) != 2):
-        raise IntModelError(f"{where}: 'in' must be a list of two tensor names")
 
 
 def _infer_shapes(model: IntModel) -> dict[str, tuple[int, ...]]:

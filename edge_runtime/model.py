@@ -4,8 +4,10 @@ A model.so (written by qvit_compile; its ABI is docs/model-so.md) holds TVM-gene
 packed weights (one blob), and a JSON document with the metadata and the op plan: the tensors, and
 the sequence of kernel calls over them. This module
 
-  1. dlopens the file with cffi (no TVM library of any kind is needed or loaded),
-  2. checks the format version and the weights' SHA-256,
+  1. verifies the file before loading it (qvit_edge.preflight.verify_model_file: ELF structure,
+     format version, the checksum over code, metadata, plan and weights, the plan's schema),
+  2. dlopens it (ctypes: no TVM library of any kind is needed or loaded) and checks the loader
+     resolved the symbols the file was checked for,
   3. binds the runtime's backend (thread pool, workspace, error capture: native/tvm_backend.c)
      into the model's slots,
   4. builds one DLTensor per tensor and one argument array per step, once,
@@ -16,18 +18,20 @@ the sequence of kernel calls over them. This module
 """
 from __future__ import annotations
 
-import hashlib
-import json
+import ctypes
 import os
+import weakref
 
 import numpy as np
 from cffi import FFI
 
+from qvit_edge import model_schema as schema
+from qvit_edge import preflight
 from qvit_edge.clikit import UserError
 
-FORMAT = "qvit-model-so"
-FORMAT_VERSIONS = (1,)
-ABI_VERSIONS = (1,)
+FORMAT = schema.FORMAT
+FORMAT_VERSIONS = schema.FORMAT_VERSIONS
+ABI_VERSIONS = preflight.ABI_VERSIONS
 
 _CDEF = """
 typedef struct { int32_t device_type; int32_t device_id; } DLDevice;
@@ -36,13 +40,6 @@ typedef struct { void *data; DLDevice device; int32_t ndim; DLDataType dtype; in
                  int64_t *strides; uint64_t byte_offset; } DLTensor;
 typedef struct { int32_t type_index; uint32_t zero_padding; void *v_ptr; } qvit_any;
 typedef struct { int32_t kernel; int32_t nargs; const void *args; } qvit_tvm_step;
-extern int32_t qvit_model_abi;
-extern char qvit_model_meta[];
-extern unsigned char qvit_model_blob[];
-extern uint64_t qvit_model_blob_size;
-extern void *qvit_model_kernels[];
-extern int32_t qvit_model_num_kernels;
-void qvit_model_bind(void **table);
 """
 _ffi = FFI()
 _ffi.cdef(_CDEF)
@@ -81,111 +78,164 @@ def _dl_dtype(name: str):
     return _DL_CODES[kind], dt.itemsize * 8
 
 
+_DL_DTYPES = {name: _dl_dtype(name) for name in schema.DTYPES}  # (DLPack type code, bits)
+
+
+def _dlopen(path: str):
+    # ctypes rather than cffi's ffi.dlopen: cffi keeps every library it ever opened (and a class
+    # per library) in lists of its FFI object, about 13 KB per load that dlclose never frees.
+    return ctypes.CDLL(os.path.abspath(path), mode=os.RTLD_NOW | os.RTLD_LOCAL)
+
+
+def _dlclose(handle: int) -> None:
+    try:
+        import _ctypes
+
+        _ctypes.dlclose(handle)
+    except (ImportError, AttributeError, OSError):  # no dlclose: the library just stays mapped
+        pass
+
+
 class Model:
     """A loaded model.so. Not thread-safe: one run at a time per Model."""
 
-    def __init__(self, path: str, threads: int = 1, profile: bool = False):
+    def __init__(self, path: str, threads: int = 1, profile: bool = False,
+                 verified: preflight.ModelFile | None = None):
+        """verified: what preflight.verify_model_file returned for this path (open_model passes it);
+        None: verify here. Raises ModelError (or PreflightError from open_model's checks)."""
         self.path = path
         self.threads = max(1, int(threads))
+        self._lib = None
+        self._arrays: dict[str, np.ndarray] = {}
+        self._tensors: dict = {}
+        self._keep: list = []
+        if verified is None:
+            try:
+                verified = preflight.verify_model_file(path)
+            except preflight.PreflightError as e:
+                raise ModelError(str(e)) from None
         self._nat = _native()
-        try:
-            self._lib = _ffi.dlopen(os.path.abspath(path))
-        except OSError as e:
-            raise ModelError(f"{path}: cannot load ({str(e).splitlines()[0]})") from None
-        try:
-            abi = int(self._lib.qvit_model_abi)
-            meta_c = _ffi.string(self._lib.qvit_model_meta)
-        except AttributeError:
-            raise ModelError(f"{path}: not a qvit-edge model.so (no qvit_model_* symbols)") from None
-        if abi not in ABI_VERSIONS:
-            raise ModelError(f"{path}: model ABI {abi} is not supported by this runtime "
-                             f"(knows {ABI_VERSIONS})")
-        try:
-            doc = json.loads(meta_c.decode())
-        except ValueError:
-            raise ModelError(f"{path}: corrupt metadata") from None
-        if doc.get("format") != FORMAT or doc.get("format_version") not in FORMAT_VERSIONS:
-            raise ModelError(f"{path}: format {doc.get('format')!r} version {doc.get('format_version')!r} "
-                             f"is not supported (this runtime reads {FORMAT} {FORMAT_VERSIONS})")
+        doc = dict(verified.doc)
         self._plan = doc.pop("plan")
         self.meta: dict = doc
-        n_bytes = int(self._lib.qvit_model_blob_size)
-        self._blob = _ffi.buffer(self._lib.qvit_model_blob, n_bytes)
-        digest = hashlib.sha256(self._blob).hexdigest()
-        if digest != doc.get("weights_sha256"):
-            raise ModelError(f"{path}: weights checksum mismatch (file damaged?)")
-        if int(self._lib.qvit_model_num_kernels) != len(self._plan["kernels"]):
-            raise ModelError(f"{path}: kernel table does not match the plan")
-        self._bind_backend()
-        self._build_plan()
+        self.sha256 = verified.sha256
+        try:
+            lib = _dlopen(path)
+        except OSError as e:
+            why = str(e).splitlines()[0] if str(e) else "dlopen failed"
+            raise ModelError(f"{path}: cannot load ({why})") from None
+        self._lib = lib
+        self._close_lib = weakref.finalize(self, _dlclose, lib._handle)
+        self._close_lib.atexit = False
+        try:
+            self._attach(verified)
+            self._bind_backend()
+            self._build_plan()
+        except BaseException:
+            self.close()
+            raise
         self._profiling = bool(profile)
         self._seconds = _ffi.new("double[]", max(1, len(self._steps_kind)))
         self._runs = 0
         self._failed = self._nat.ffi.new("int32_t *")
 
     # ------------------------------------------------------------------ setup
+    def _attach(self, verified: preflight.ModelFile) -> None:
+        """The symbols as the loader resolved them must be the ones verify_model_file checked in the
+        file (same places relative to one load address, same values): the file cannot have changed
+        between the check and the load."""
+        try:
+            addr = {n: ctypes.addressof(ctypes.c_char.in_dll(self._lib, n)) for n in verified.symbols}
+        except ValueError as e:
+            raise ModelError(f"{self.path}: not a qvit-edge model.so ({e})") from None
+        base = addr["qvit_model_abi"] - verified.symbols["qvit_model_abi"]
+        same = all(addr[n] - base == v for n, v in verified.symbols.items()) and \
+            ctypes.c_int32.from_address(addr["qvit_model_abi"]).value == verified.abi and \
+            ctypes.c_int32.from_address(addr["qvit_model_num_kernels"]).value == verified.num_kernels and \
+            ctypes.c_uint64.from_address(addr["qvit_model_blob_size"]).value == verified.blob_size
+        if not same:
+            raise ModelError(f"{self.path}: the library loaded is not the file that was checked "
+                             f"(was it replaced while loading?)")
+        self._num_kernels = verified.num_kernels
+        self._blob_addr = addr["qvit_model_blob"]
+        self._blob = _ffi.buffer(_ffi.cast("char *", self._blob_addr), verified.blob_size)
+        self._kernels_addr = addr["qvit_model_kernels"]
+        self._bind_addr = addr["qvit_model_bind"]
+
     def _bind_backend(self):
         nat = self._nat
-        table_n = nat.ffi.new("void *[8]")
-        nat.lib.qvit_tvm_backend_table(table_n)
-        table = _ffi.new("void *[8]", [_ffi.cast("void *", int(nat.ffi.cast("uintptr_t", table_n[i])))
-                                       for i in range(8)])
-        self._lib.qvit_model_bind(table)
+        table = nat.ffi.new("void *[8]")
+        nat.lib.qvit_tvm_backend_table(table)
+        bind = nat.ffi.cast("void (*)(void **)", self._bind_addr)
+        bind(table)
 
     def _build_plan(self):
+        """DLTensors over the validated plan (model_schema: every offset inside its buffer)."""
         plan = self._plan
-        self._keep = []  # cffi objects that must outlive the pointers into them
-        self._arrays: dict[str, np.ndarray] = {}
-        self._tensors = {}
-        blob_addr = int(_ffi.cast("uintptr_t", self._lib.qvit_model_blob))
+        tensors = plan["tensors"]
         # Activations with an "arena" offset share one buffer (the compiler planned their lifetimes).
-        arena_bytes = max([int(np.prod(t["shape"])) * np.dtype(t["dtype"]).itemsize + int(t["arena"])
-                           for t in plan["tensors"].values() if "arena" in t], default=0)
-        self._arena = np.zeros(arena_bytes + 64, np.uint8)
-        arena_addr = -(-self._arena.ctypes.data // 64) * 64
-        arena_off = arena_addr - self._arena.ctypes.data
-        for name, t in plan["tensors"].items():
-            shape = tuple(int(s) for s in t["shape"])
-            if "offset" in t:
-                data = _ffi.cast("void *", blob_addr + int(t["offset"]))
-            elif "view" in t:  # the same bytes as another tensor, with another shape
-                data = self._tensors[t["view"]].data
-            else:
+        arena_bytes = max([t["arena"] + schema.nbytes(t) for t in tensors.values() if "arena" in t],
+                          default=0)
+        try:
+            self._arena = np.zeros(arena_bytes + 64, np.uint8)
+            arena_off = -self._arena.ctypes.data % 64
+            for name, t in tensors.items():
+                if "offset" in t or "view" in t:
+                    continue
+                shape = tuple(t["shape"])
                 if "arena" in t:
-                    o = arena_off + int(t["arena"])
-                    nbytes = int(np.prod(shape)) * np.dtype(t["dtype"]).itemsize
-                    arr = self._arena[o:o + nbytes].view(t["dtype"]).reshape(shape)
+                    o = arena_off + t["arena"]
+                    arr = self._arena[o:o + schema.nbytes(t)].view(t["dtype"]).reshape(shape)
                 else:
                     arr = _aligned_zeros(shape, t["dtype"])
                 self._arrays[name] = arr
-                data = _ffi.cast("void *", arr.ctypes.data)
-            code, bits = _dl_dtype(t["dtype"])
-            shp = _ffi.new("int64_t[]", list(shape) or [1])
-            dl = _ffi.new("DLTensor *")
-            dl.data = data
+        except MemoryError:
+            raise ModelError(f"{self.path}: not enough memory for the model's activations") from None
+        data = {}
+        for name, t in tensors.items():  # views last: their base may come later in the document
+            if "offset" in t:
+                data[name] = self._blob_addr + t["offset"]
+            elif "view" not in t:
+                data[name] = self._arrays[name].ctypes.data
+        for name, t in tensors.items():
+            if "view" in t:  # the same bytes as another tensor, with another shape
+                data[name] = data[t["view"]]
+        # One cffi allocation per kind (tensors, shapes, arguments), not one per object: loading
+        # stays fast and every pointer below stays inside these three arrays.
+        names = list(tensors)
+        dls = _ffi.new("DLTensor[]", len(names))
+        shapes = _ffi.new("int64_t[]", [s for t in tensors.values() for s in t["shape"]])
+        pos = 0
+        for i, name in enumerate(names):
+            t = tensors[name]
+            dl = dls[i]
+            dl.data = _ffi.cast("void *", data[name])
             dl.device.device_type = 1  # kDLCPU
-            dl.ndim = len(shape)
-            dl.dtype.code, dl.dtype.bits, dl.dtype.lanes = code, bits, 1
-            dl.shape = shp
+            dl.ndim = len(t["shape"])
+            dl.dtype.code, dl.dtype.bits = _DL_DTYPES[t["dtype"]]
+            dl.dtype.lanes = 1
+            dl.shape = shapes + pos
             dl.strides = _ffi.NULL
-            self._keep += [shp, dl]
-            self._tensors[name] = dl
+            pos += len(t["shape"])
+            self._tensors[name] = dls + i
         steps = plan["steps"]
+        anys = _ffi.new("qvit_any[]", sum(len(st["args"]) for st in steps))
+        self._keep = [dls, shapes, anys]
         self._steps = _ffi.new("qvit_tvm_step[]", len(steps))
         self._steps_kind = []
+        k = 0
         for i, st in enumerate(steps):
-            args = _ffi.new("qvit_any[]", len(st["args"]))
-            for a, name in enumerate(st["args"]):
-                args[a].type_index = _K_DLTENSOR_PTR
-                args[a].v_ptr = self._tensors[name]
-            self._keep.append(args)
-            self._steps[i].kernel = int(st["kernel"])
+            self._steps[i].kernel = st["kernel"]
             self._steps[i].nargs = len(st["args"])
-            self._steps[i].args = args
+            self._steps[i].args = anys + k
+            for name in st["args"]:
+                anys[k].type_index = _K_DLTENSOR_PTR
+                anys[k].v_ptr = self._tensors[name]
+                k += 1
             self._steps_kind.append(st["kind"])
-        self._kernels = self._nat.ffi.cast("void *",
-                                           int(_ffi.cast("uintptr_t", self._lib.qvit_model_kernels)))
-        self._steps_n = self._nat.ffi.cast("void *", int(_ffi.cast("uintptr_t", self._steps)))
+        nat = self._nat
+        self._kernels = nat.ffi.cast("void *", self._kernels_addr)
+        self._steps_n = nat.ffi.cast("void *", int(_ffi.cast("uintptr_t", self._steps)))
         self._in = self._arrays[plan["input"]]
         self._out = self._arrays[plan["output"]]
 
@@ -213,13 +263,15 @@ class Model:
             if self._profiling else nat.ffi.NULL
         for b in range(x.shape[0]):
             self._in[0] = x[b]
-            rc = nat.lib.qvit_tvm_run(self._kernels, self._steps_n, len(self._steps_kind), secs, self._failed)
+            rc = nat.lib.qvit_tvm_run(self._kernels, self._num_kernels, self._steps_n, len(self._steps_kind),
+                                      secs, self._failed)
             if rc != 0:
                 i = self._failed[0]
                 msg = nat.ffi.string(nat.lib.qvit_tvm_last_error()).decode(errors="replace")
                 nat.lib.qvit_tvm_clear_error()
                 line = msg.splitlines()[0] if msg else "?"
-                raise ModelError(f"kernel step {i} ({self._steps_kind[i]}) failed: {line}")
+                kind = self._steps_kind[i] if 0 <= i < len(self._steps_kind) else "?"
+                raise ModelError(f"kernel step {i} ({kind}) failed: {line}")
             out[b] = self._out[0]
             self._runs += 1
         return out
@@ -244,27 +296,39 @@ class Model:
         return list(self._plan["steps"])
 
     def tensor(self, name: str) -> np.ndarray:
-        """A copy of an intermediate tensor after the last run (batch row of the last image)."""
-        if name in self._arrays:
-            return self._arrays[name].copy()
+        """A copy of a tensor after the last run (batch row of the last image); constants from the
+        weights blob."""
+        if self._lib is None:
+            raise ModelError("model is closed")
         t = self._plan["tensors"].get(name)
         if t is None:
             raise ModelError(f"no tensor {name!r}")
-        nbytes = int(np.prod(t["shape"])) * np.dtype(t["dtype"]).itemsize
-        raw = bytes(self._blob[int(t["offset"]):int(t["offset"]) + nbytes])
-        return np.frombuffer(raw, t["dtype"]).reshape(t["shape"]).copy()
+        shape, dtype = t["shape"], np.dtype(t["dtype"])
+        n = schema.nbytes(t)
+        if name in self._arrays:
+            return self._arrays[name].copy()
+        if "view" in t:
+            base = t["view"]
+            if base in self._arrays:
+                raw = self._arrays[base].reshape(-1).view(np.uint8)[:n].tobytes()
+            else:
+                o = self._plan["tensors"][base]["offset"]
+                raw = bytes(self._blob[o:o + n])
+        else:
+            raw = bytes(self._blob[t["offset"]:t["offset"] + n])
+        return np.frombuffer(raw, dtype).reshape(shape).copy()
 
     def close(self) -> None:
+        """Frees the buffers and unloads the library (also when the Model is garbage-collected)."""
         if self._lib is not None:
             self._keep = []
             self._tensors = {}
+            self._arrays = {}
             self._steps = None
             self._blob = None
-            lib, self._lib = self._lib, None
-            try:
-                _ffi.dlclose(lib)
-            except (OSError, ValueError):
-                pass
+            self._in = self._out = self._arena = None
+            self._lib = None
+            self._close_lib()
 
     def __enter__(self):
         return self
@@ -274,7 +338,6 @@ class Model:
 
 
 def load(path: str, threads: int = 1, profile: bool = False) -> Model:
-    """Load a model.so; verifies format version and weights checksum. Raises ModelError."""
-    if not os.path.isfile(path):
-        raise ModelError(f"{path}: no such file")
+    """Load a model.so: verifies it first (preflight.verify_model_file: ELF structure, format
+    version, checksum, the plan's schema), then loads it. Raises ModelError (one line)."""
     return Model(path, threads=threads, profile=profile)

@@ -105,8 +105,8 @@ double qv_popcount_probe(int path, int64_t iters);
 # native/tvm_backend.h (plain C types only)
 CDEF_TVM_BACKEND = """
 void qvit_tvm_backend_table(void **table);
-int qvit_tvm_run(const void *kernels, const void *steps, int32_t nsteps, double *seconds,
-                 int32_t *failed_step);
+int qvit_tvm_run(const void *kernels, int32_t nkernels, const void *steps, int32_t nsteps,
+                 double *seconds, int32_t *failed_step);
 const char *qvit_tvm_last_error(void);
 void qvit_tvm_clear_error(void);
 """

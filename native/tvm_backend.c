@@ -4,6 +4,7 @@
 #include "tvm_backend.h"
 
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -140,9 +141,33 @@ static double now(void) {
   return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-int qvit_tvm_run(const void *kernels, const void *steps, int32_t nsteps, double *seconds, int32_t *failed_step) {
+/* Refuses what would index outside the kernel table or the arguments before any step runs: the
+ * Python side validates the plan, this is the last line. Messages go through the error function
+ * kernels use, so the caller reports them the same way. */
+static int step_error(int32_t i, int32_t *failed_step, const char *msg) {
+  const char *parts[1] = {msg};
+  error_set("IndexError", parts, 1);
+  if (failed_step) *failed_step = i;
+  return -1;
+}
+
+int qvit_tvm_run(const void *kernels, int32_t nkernels, const void *steps, int32_t nsteps, double *seconds,
+                 int32_t *failed_step) {
   const qvit_kernel_fn *k = (const qvit_kernel_fn *)kernels;
   const qvit_tvm_step *s = (const qvit_tvm_step *)steps;
+  char msg[160];
+  if (nsteps > 0 && (!k || !s)) return step_error(0, failed_step, "no kernel table or no steps");
+  for (int32_t i = 0; i < nsteps; ++i) {
+    if (s[i].kernel < 0 || s[i].kernel >= nkernels) {
+      snprintf(msg, sizeof msg, "kernel index %d out of range 0..%d", (int)s[i].kernel, (int)nkernels - 1);
+      return step_error(i, failed_step, msg);
+    }
+    if (s[i].nargs < 0 || (s[i].nargs > 0 && !s[i].args)) {
+      snprintf(msg, sizeof msg, "%d arguments", (int)s[i].nargs);
+      return step_error(i, failed_step, msg);
+    }
+    if (!k[s[i].kernel]) return step_error(i, failed_step, "kernel table entry is NULL");
+  }
   for (int32_t i = 0; i < nsteps; ++i) {
     qvit_any ret;
     memset(&ret, 0, sizeof ret);

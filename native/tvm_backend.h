@@ -38,10 +38,13 @@ typedef struct {
   const void *args;
 } qvit_tvm_step;
 
-/* Runs steps[0..nsteps) in order over the kernel table (an array of kernel function pointers).
- * seconds (nullable): seconds[i] += wall time of step i. Returns 0, or -1 with *failed_step set
- * and the kernel's message in qvit_tvm_last_error(). */
-int qvit_tvm_run(const void *kernels, const void *steps, int32_t nsteps, double *seconds, int32_t *failed_step);
+/* Runs steps[0..nsteps) in order over the kernel table (kernels[0..nkernels): kernel function
+ * pointers). seconds (nullable): seconds[i] += wall time of step i. Returns 0, or -1 with
+ * *failed_step set and the message in qvit_tvm_last_error(): the kernel's, or, before any step
+ * runs, an IndexError for a step whose kernel index is outside 0..nkernels-1 or whose argument
+ * count is negative. */
+int qvit_tvm_run(const void *kernels, int32_t nkernels, const void *steps, int32_t nsteps, double *seconds,
+                 int32_t *failed_step);
 
 /* Last message a kernel raised ("ValueError: ..."), "" if none. */
 const char *qvit_tvm_last_error(void);

@@ -9,17 +9,18 @@ from __future__ import annotations
 import argparse
 import json
 
-from qvit_edge.clikit import UserError
+from qvit_edge.clikit import UserError, nonneg_int, positive_int
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="checkpoint directory written by `qvit train` (e.g. runs/x/best)")
     p.add_argument("--data", help="fashion-mnist, digits or an image folder (default: the training data)")
-    p.add_argument("--split", choices=["val", "train"], default="val")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--limit", type=int, help="evaluate on the first N images only")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--split", choices=["test", "val", "train"], default="test",
+                   help="test (default; reported, never selected on), val (model selection) or train")
+    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--limit", type=positive_int, help="evaluate on the first N images only")
+    p.add_argument("--workers", type=nonneg_int, default=2)
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 

@@ -10,25 +10,37 @@ from __future__ import annotations
 import argparse
 import os
 
-from qvit_edge.clikit import UserError
+from qvit_edge.clikit import UserError, int_range, nonneg_int, writable_file_path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", nargs="?", help="checkpoint directory written by `qvit train`")
-    p.add_argument("--out", help="integer model to write (*.qvit.safetensors)")
-    p.add_argument("--onnx", help="also (or only) write a QDQ ONNX model of the quantized network")
+    # checked while parsing, before a checkpoint is loaded or anything exported
+    p.add_argument("--out", type=writable_file_path, help="integer model to write (*.qvit.safetensors)")
+    p.add_argument(
+        "--onnx",
+        type=writable_file_path,
+        help="also (or only) write a QDQ ONNX model of the quantized network",
+    )
     p.add_argument(
         "--arch", help="with --random: a named architecture (see `qvit train --help` / qvit.models)"
     )
-    p.add_argument("--bits", type=int, help="with --random: weight and activation bits of the blocks (1-8)")
+    p.add_argument(
+        "--bits", type=int_range(1, 8), help="with --random: weight and activation bits of the blocks (1-8)"
+    )
     p.add_argument(
         "--random", action="store_true", help="random-init weights (no pretrained weights exist here)"
     )
     p.add_argument("--no-irm", action="store_true", help="with --random: without the IRM")
-    p.add_argument("--seed", type=int, default=0, help="with --random: seed of weights and quantizer init")
+    p.add_argument(
+        "--seed",
+        type=int_range(0, 2**32 - 1),
+        default=0,
+        help="with --random: seed of weights and quantizer init",
+    )
     p.add_argument(
         "--check",
-        type=int,
+        type=nonneg_int,
         metavar="N",
         default=0,
         help="then run PyTorch and the integer reference on N images of the checkpoint's test set "

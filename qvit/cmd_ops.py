@@ -10,16 +10,18 @@ from __future__ import annotations
 import argparse
 import json
 
-from qvit_edge.clikit import UserError
+from qvit_edge.clikit import UserError, int_range
+
+BITS = int_range(1, 8)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="architecture (see `qvit train --list-models`)")
-    p.add_argument("--bits", type=int, required=True, help="weight and activation bits of the blocks")
-    p.add_argument("--w-bits", type=int, help="weight bits (overrides --bits)")
-    p.add_argument("--a-bits", type=int, help="activation bits (overrides --bits)")
-    p.add_argument("--embed-bits", type=int, default=8)
-    p.add_argument("--head-bits", type=int, default=8)
+    p.add_argument("--bits", type=BITS, required=True, help="weight and activation bits of the blocks")
+    p.add_argument("--w-bits", type=BITS, help="weight bits (overrides --bits)")
+    p.add_argument("--a-bits", type=BITS, help="activation bits (overrides --bits)")
+    p.add_argument("--embed-bits", type=BITS, default=8)
+    p.add_argument("--head-bits", type=BITS, default=8)
     p.add_argument("--layers", action="store_true", help="also list every counted product")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 

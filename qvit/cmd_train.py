@@ -12,7 +12,19 @@ from __future__ import annotations
 import argparse
 import os
 
-from qvit_edge.clikit import UserError
+from qvit_edge.clikit import (
+    UserError,
+    fraction,
+    int_range,
+    nonneg_float,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    writable_dir_path,
+)
+
+BITS = int_range(1, 8)
+SEED = int_range(0, 2**32 - 1)
 
 
 def _kv(s: str):
@@ -35,16 +47,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", default=d.model, help="architecture (see --list-models)")
     g.add_argument("--list-models", action="store_true", help="print the known architectures and exit")
     g.add_argument(
-        "--bits", type=int, help="weights and activations of the blocks (1-8); omit for full precision"
+        "--bits", type=BITS, help="weights and activations of the blocks (1-8); omit for full precision"
     )
-    g.add_argument("--w-bits", type=int, help="weight bits (overrides --bits)")
-    g.add_argument("--a-bits", type=int, help="activation bits (overrides --bits)")
-    g.add_argument("--embed-bits", type=int, default=d.embed_bits, help="patch embedding bits")
-    g.add_argument("--head-bits", type=int, default=d.head_bits, help="classifier head bits")
+    g.add_argument("--w-bits", type=BITS, help="weight bits (overrides --bits)")
+    g.add_argument("--a-bits", type=BITS, help="activation bits (overrides --bits)")
+    g.add_argument("--embed-bits", type=BITS, default=d.embed_bits, help="patch embedding bits")
+    g.add_argument("--head-bits", type=BITS, default=d.head_bits, help="classifier head bits")
     g.add_argument("--no-irm", action="store_true", help="switch the Information Rectification Module off")
+    g.add_argument("--irm-stat", choices=["token", "head"], default=d.irm_stat,
+                   help="IRM statistics: per token (the official code's LayerNorm) or per head (the paper's "
+                        "mean and variance of each head's N x d values; no integer export yet)")
+    g.add_argument("--irm-calib", type=nonneg_int, default=d.irm_calib,
+                   help="training images the IRM affine is least-squares calibrated on at the start of QAT "
+                        "(0: identity affine)")
+    g.add_argument("--act-init", choices=["mse", "lsq"], default=d.act_init,
+                   help="activation steps from the first batch: least quantization error, "
+                        "or LSQ's 2 mean|x|/sqrt(Qp)")
     g.add_argument(
         "--gelu-clip",
-        type=float,
+        type=nonneg_float,
         default=d.gelu_clip,
         help="clip the GELU output to [-C, C] (official code: 10; 0 = no clip)",
     )
@@ -56,8 +77,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="extra timm argument, e.g. depth=6 or embed_dim=96 (repeatable)",
     )
-    g.add_argument("--img-size", type=int, help="input size (default: the architecture's)")
-    g.add_argument("--drop-path", type=float, default=d.drop_path)
+    g.add_argument("--img-size", type=positive_int, help="input size (default: the architecture's)")
+    g.add_argument("--drop-path", type=fraction, default=d.drop_path)
     g.add_argument(
         "--init-from", help="full-precision weights: a checkpoint directory, timm .pth or .safetensors"
     )
@@ -67,46 +88,67 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--distill", choices=["hard", "soft", "none"], default=d.distill)
     g.add_argument(
-        "--alpha", type=float, default=d.alpha, help="weight of the teacher term (labels: 1 - alpha)"
+        "--alpha", type=fraction, default=d.alpha, help="weight of the teacher term (labels: 1 - alpha)"
     )
-    g.add_argument("--tau", type=float, default=d.tau, help="soft distillation temperature")
-    g.add_argument("--dgd", type=float, default=d.dgd, help="DGD coefficient (0 = off; needs --teacher)")
+    g.add_argument("--tau", type=positive_float, default=d.tau, help="soft distillation temperature")
+    g.add_argument(
+        "--dgd", type=nonneg_float, default=d.dgd, help="DGD coefficient (0 = off; needs --teacher)"
+    )
     g.add_argument(
         "--dgd-reduce",
         choices=["sum", "mean"],
         default=d.dgd_reduce,
         help="sum the DGD distances over layers and heads (paper) or average them per row (size-independent)",
     )
+    g.add_argument("--dgd-target", choices=["normalized", "raw"], default=d.dgd_target,
+                   help="the teacher's q, k in the student's IRM statistics (reachable), "
+                        "or raw (official code)")
+    g.add_argument("--dgd-point", choices=["rectified", "quantized"], default=d.dgd_point,
+                   help="the student's q~, k~ before the quantizer (paper) or after it")
     g = p.add_argument_group("data and optimisation")
     g.add_argument("--data", default=d.data, help="fashion-mnist, digits, or an ImageNet-style folder")
     g.add_argument(
-        "--out", default=d.out, help="run directory (checkpoints last/ and best/, log.csv, log.json)"
+        "--out",
+        default=d.out,
+        type=writable_dir_path,
+        help="run directory (checkpoints last/ and best/, log.csv, log.json)",
     )
     g.add_argument("--resume", action="store_true", help="continue the run in --out")
-    g.add_argument("--epochs", type=int, default=d.epochs)
-    g.add_argument("--batch-size", type=int, default=d.batch_size, help="per process")
-    g.add_argument("--lr", type=float, default=d.lr)
-    g.add_argument("--min-lr", type=float, default=d.min_lr)
-    g.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs)
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    g.add_argument("--epochs", type=positive_int, default=d.epochs)
+    g.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="per process")
+    g.add_argument("--lr", type=positive_float, default=d.lr)
+    g.add_argument("--min-lr", type=nonneg_float, default=d.min_lr)
+    g.add_argument("--warmup-epochs", type=nonneg_float, default=d.warmup_epochs)
+    g.add_argument("--weight-decay", type=nonneg_float, default=d.weight_decay)
     g.add_argument("--opt", choices=["adamw", "lamb", "sgd"], default=d.opt)
-    g.add_argument("--aug-pad", type=int, default=d.aug_pad, help="random translation in px (small images)")
-    g.add_argument("--re-prob", type=float, default=d.re_prob, help="random erasing probability")
+    g.add_argument(
+        "--aug-pad", type=nonneg_int, default=d.aug_pad, help="random translation in px (small images)"
+    )
+    g.add_argument("--re-prob", type=fraction, default=d.re_prob, help="random erasing probability")
     g.add_argument("--no-flip", action="store_true", help="no horizontal flips")
-    g.add_argument("--seed", type=int, default=d.seed)
-    g.add_argument("--workers", type=int, default=d.workers, help="data loader workers (image folders)")
-    g.add_argument("--threads", type=int, help="torch CPU threads")
-    g.add_argument("--save-every", type=int, default=d.save_every, help="steps between checkpoints")
-    g.add_argument("--eval-every", type=int, default=d.eval_every, help="epochs between evaluations")
-    g.add_argument("--max-steps", type=int, help="stop (resumably) after this many steps in total")
-    g.add_argument("--limit-train", type=int, help="use only the first N training images")
-    g.add_argument("--limit-val", type=int, help="evaluate on the first N validation images")
+    g.add_argument("--seed", type=SEED, default=d.seed)
+    g.add_argument(
+        "--workers", type=nonneg_int, default=d.workers, help="data loader workers (image folders)"
+    )
+    g.add_argument("--threads", type=positive_int, help="torch CPU threads")
+    g.add_argument(
+        "--save-every",
+        type=nonneg_int,
+        default=d.save_every,
+        help="steps between checkpoints (0: only at epoch ends)",
+    )
+    g.add_argument("--eval-every", type=positive_int, default=d.eval_every, help="epochs between evaluations")
+    g.add_argument("--max-steps", type=positive_int, help="stop (resumably) after this many steps in total")
+    g.add_argument("--limit-train", type=positive_int, help="use only the first N training images")
+    g.add_argument("--limit-val", type=positive_int, help="evaluate on the first N validation images")
     g.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
 
 
 def config_from_args(args) -> "TrainConfig":  # noqa: F821
-    from qvit.checkpoint import has_run
+    from qvit.checkpoint import check_timm_kwargs, has_run
     from qvit.train import TrainConfig
+
+    check_timm_kwargs(dict(args.model_arg), "--model-arg")
 
     for name in ("bits", "w_bits", "a_bits"):
         v = getattr(args, name)
@@ -121,7 +163,7 @@ def config_from_args(args) -> "TrainConfig":  # noqa: F821
             raise UserError(f"no such file or directory: {path}")
     if args.resume and not has_run(args.out):
         raise UserError(f"--resume: no run to continue in {args.out}")
-    if not args.resume and os.path.exists(os.path.join(args.out, "last")):
+    if not args.resume and has_run(args.out):  # also a run whose checkpoint swap was interrupted
         raise UserError(f"{args.out} already holds a run: add --resume to continue it, or pick another --out")
     return TrainConfig(
         model=args.model,
@@ -133,6 +175,9 @@ def config_from_args(args) -> "TrainConfig":  # noqa: F821
         embed_bits=args.embed_bits,
         head_bits=args.head_bits,
         irm=not args.no_irm,
+        irm_stat=args.irm_stat,
+        irm_calib=args.irm_calib,
+        act_init=args.act_init,
         gelu_clip=args.gelu_clip or None,
         model_args=dict(args.model_arg),
         img_size=args.img_size,
@@ -144,6 +189,8 @@ def config_from_args(args) -> "TrainConfig":  # noqa: F821
         tau=args.tau,
         dgd=args.dgd,
         dgd_reduce=args.dgd_reduce,
+        dgd_target=args.dgd_target,
+        dgd_point=args.dgd_point,
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,

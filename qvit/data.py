@@ -6,6 +6,11 @@ image folder (`FolderSet`, DeiT's timm transforms per image in DataLoader worker
 
 spec: "fashion-mnist" | "digits" | PATH to a folder with train/ and val/ (or test/) subfolders of
 class folders (ImageNet layout).
+
+split: "train", "val" (model selection) or "test" (reported once, never selected on). Fashion-MNIST
+carves its validation split from the training set: the last VAL_SIZE of the 60k training images,
+the first 55k train; "test" is the 10k t10k images. Digits has one held-out split (every 5th
+image) serving as both; a folder's val/ (or validation/, test/) serves as both too.
 """
 
 from __future__ import annotations
@@ -197,13 +202,23 @@ class _ImageList(torch.utils.data.Dataset):
             return self.transform(im.convert("RGB")), label
 
 
+VAL_SIZE = 5000  # Fashion-MNIST: the last 5000 training images select models; t10k is the test set
+SPLITS = ("train", "val", "test")
+
+
 def _fashion(split: str) -> ArraySet:
-    prefix = "train" if split == "train" else "t10k"
+    prefix = "t10k" if split == "test" else "train"
     d = Path(FASHION_DIR)
     img = read_idx(d / f"{prefix}-images-idx3-ubyte.gz")
     lab = read_idx(d / f"{prefix}-labels-idx1-ubyte.gz")
     if img.shape[0] != lab.shape[0]:
         raise UserError(f"{d}: {prefix} images and labels differ in count")
+    if split != "test":
+        if img.shape[0] <= VAL_SIZE:
+            raise UserError(f"{d}: {img.shape[0]} training images, too few to carve out {VAL_SIZE} "
+                            "for validation")
+        cut = img.shape[0] - VAL_SIZE
+        img, lab = (img[:cut], lab[:cut]) if split == "train" else (img[cut:], lab[cut:])
     return ArraySet(
         "fashion-mnist",
         FASHION_CLASSES,
@@ -241,7 +256,8 @@ def _folder(root: str, split: str) -> FolderSet:
     from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
     base = Path(root)
-    names = ["train"] if split == "train" else ["val", "validation", "test"]
+    names = {"train": ["train"], "val": ["val", "validation", "test"],
+             "test": ["test", "val", "validation"]}[split]
     sub = next((base / n for n in names if (base / n).is_dir()), None)
     if sub is None:
         raise UserError(f"{root}: no {' or '.join(n + '/' for n in names)} folder of class folders")
@@ -270,9 +286,19 @@ def _folder(root: str, split: str) -> FolderSet:
     )
 
 
+def has_test_split(spec: str) -> bool:
+    """Whether `spec` has a test split apart from its validation split (reported, never selected on)."""
+    if spec in ("fashion-mnist", "fashion_mnist", "fmnist"):
+        return True
+    if os.path.isdir(spec):
+        return os.path.isdir(os.path.join(spec, "test")) and any(
+            os.path.isdir(os.path.join(spec, n)) for n in ("val", "validation"))
+    return False
+
+
 def load_dataset(spec: str, split: str = "train") -> DataSet:
-    if split not in ("train", "val"):
-        raise UserError(f"unknown split {split!r} (train or val)")
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r} ({', '.join(SPLITS)})")
     if spec in ("fashion-mnist", "fashion_mnist", "fmnist"):
         return _fashion(split)
     if spec == "digits":

@@ -7,10 +7,17 @@ matched between the quantized student and its full-precision teacher:
 (Frobenius norm of each N x N difference, averaged over the batch) over all tokens (only the
 patch tokens when student and teacher differ in prefix tokens, e.g. distilled vs plain DeiT).
 That sum ("sum", the paper's) grows with depth, heads and sqrt(N) and with coefficient 1 dwarfs the
-cross-entropy; "mean" divides it by 2 L H sqrt(N): the root-mean-square distance of one row of
-G, in [0, 2] whatever the model size (docs/results.md measures both).
-The student's q~, k~ are the IRM outputs before Q_a (the q, k of qkv when IRM is off); the
-teacher's are its raw q, k.
+cross-entropy about 100 to 1 here; "mean" (the default) divides it by 2 L H sqrt(N): the
+root-mean-square distance of one row of G, in [0, 2] whatever the model size.
+
+What is compared (`DistillConfig.target`, `.point`):
+  student: q~, k~ = the IRM outputs before Q_a (point "rectified", the paper's) or after it
+           ("quantized", what the integer matmul really sees); the q, k of qkv when IRM is off.
+  teacher: its raw q, k ("raw", the official code's) or, by default ("normalized"), its q, k
+           normalised with the student's IRM statistics (per token or per head, without the
+           affine), so the target is one the student's rectified q~, k~ can reach: a per-token
+           LayerNorm student cannot reproduce the teacher's raw per-token norms. Without IRM both
+           are raw.
 """
 
 from __future__ import annotations
@@ -23,18 +30,35 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from qvit.attention import QuantAttentionCore
+from qvit.attention import QuantAttentionCore, normalize_like
+
+DGD_TARGETS = ("normalized", "raw")
+DGD_POINTS = ("rectified", "quantized")
+
+
+def irm_modules(model: nn.Module) -> list:
+    """Per attention layer, in order: (norm_q, norm_k) of its IRM, or None without IRM."""
+    out = []
+    for m in model.modules():
+        if isinstance(m, QuantAttentionCore):
+            out.append((m.norm_q, m.norm_k) if m.irm else None)
+        elif hasattr(m, "qkv") and hasattr(m, "num_heads") and isinstance(m.qkv, nn.Linear):
+            out.append(None)
+    return out
 
 
 @contextmanager
-def record_qk(model: nn.Module):
+def record_qk(model: nn.Module, point: str = "rectified"):
     """Collect (q, k) [B, H, N, d] of every attention layer, in order, during forwards inside the block.
-    Works on Q-ViT attention (rectified q~, k~) and on timm Attention / WindowAttention (from qkv)."""
+    Works on Q-ViT attention (rectified q~, k~, before or after Q_a as `point` says) and on timm
+    Attention / WindowAttention (from qkv)."""
+    if point not in DGD_POINTS:
+        raise ValueError(f"unknown DGD point {point!r} (one of {', '.join(DGD_POINTS)})")
     store: list[tuple[torch.Tensor, torch.Tensor]] = []
     hooks, cores = [], []
     for m in model.modules():
         if isinstance(m, QuantAttentionCore):
-            m.record_qk, m.recorded_qk = True, None
+            m.record_qk, m.recorded_qk, m.record_point = True, None, point
             cores.append(m)
             hooks.append(m.register_forward_hook(lambda mod, i, o: store.append(mod.recorded_qk)))
         elif hasattr(m, "qkv") and hasattr(m, "num_heads") and isinstance(m.qkv, nn.Linear):
@@ -51,7 +75,7 @@ def record_qk(model: nn.Module):
         for h in hooks:
             h.remove()
         for m in cores:
-            m.record_qk, m.recorded_qk = False, None
+            m.record_qk, m.recorded_qk, m.record_point = False, None, "rectified"
 
 
 def similarity(t: torch.Tensor) -> torch.Tensor:
@@ -62,7 +86,15 @@ def similarity(t: torch.Tensor) -> torch.Tensor:
 DGD_REDUCTIONS = ("sum", "mean")
 
 
-def dgd_loss(student: list, teacher: list, reduce: str = "sum") -> torch.Tensor:
+def normalize_teacher(teacher_qk: list, student_irms: list) -> list:
+    """The teacher's (q, k) per layer normalised with the statistics of the student's IRM there."""
+    out = []
+    for (q, k), irm in zip(teacher_qk, student_irms):
+        out.append((q, k) if irm is None else (normalize_like(irm[0], q), normalize_like(irm[1], k)))
+    return out
+
+
+def dgd_loss(student: list, teacher: list, reduce: str = "mean") -> torch.Tensor:
     if reduce not in DGD_REDUCTIONS:
         raise ValueError(f"unknown DGD reduction {reduce!r} (one of {', '.join(DGD_REDUCTIONS)})")
     if len(student) != len(teacher) or not student:
@@ -92,7 +124,9 @@ class DistillConfig:
     alpha: float = 0.5  # weight of the teacher term; labels get 1 - alpha
     tau: float = 1.0  # soft distillation temperature
     dgd: float = 1.0  # DGD coefficient (paper: 1); 0 switches DGD off
-    dgd_reduce: str = "sum"  # "sum" over layers and heads (paper) or "mean" (size-independent)
+    dgd_reduce: str = "mean"  # "mean" (size-independent) or "sum" over layers and heads (paper)
+    dgd_target: str = "normalized"  # the teacher's q, k in the student's IRM statistics, or "raw"
+    dgd_point: str = "rectified"  # the student's q~, k~ before Q_a, or "quantized" (after it)
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -106,6 +140,10 @@ class DistillationLoss(nn.Module):
         super().__init__()
         if cfg.kind not in ("hard", "soft", "none"):
             raise ValueError(f"unknown distillation {cfg.kind!r}")
+        if cfg.dgd_target not in DGD_TARGETS:
+            raise ValueError(f"unknown DGD target {cfg.dgd_target!r} (one of {', '.join(DGD_TARGETS)})")
+        if cfg.dgd_point not in DGD_POINTS:
+            raise ValueError(f"unknown DGD point {cfg.dgd_point!r} (one of {', '.join(DGD_POINTS)})")
         if (cfg.kind != "none" or cfg.dgd > 0) and teacher is None:
             raise ValueError("distillation and DGD need a teacher")
         self.cfg = cfg
@@ -123,7 +161,7 @@ class DistillationLoss(nn.Module):
         cfg = self.cfg
         use_dgd = cfg.dgd > 0
         if use_dgd:
-            with record_qk(student) as s_qk:
+            with record_qk(student, cfg.dgd_point) as s_qk:
                 out = student(x)
             with torch.no_grad(), record_qk(self.teacher) as t_qk:
                 t_logits = self.teacher(x)
@@ -162,6 +200,8 @@ class DistillationLoss(nn.Module):
             loss = (1 - cfg.alpha) * ce + cfg.alpha * kd
             parts.update(ce=float(ce.detach()), kd=float(kd.detach()))
         if use_dgd:
+            if cfg.dgd_target == "normalized":
+                t_qk = normalize_teacher(t_qk, irm_modules(student))
             dgd = dgd_loss(s_qk, t_qk, cfg.dgd_reduce)
             loss = loss + cfg.dgd * dgd
             parts["dgd"] = float(dgd.detach())

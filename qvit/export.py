@@ -202,6 +202,10 @@ def export_model(
     if qc is None:
         raise ExportError("not a qvit model (build it with qvit.models.create_model)")
     bits = _bits(model)
+    from qvit.checkpoint import check_tensors
+
+    # NaN / Inf weights or an activation step <= 0 would export a model that answers confidently
+    check_tensors(model.state_dict(), "the model")
     model = model.eval()
     src, b = _TorchSource(model), GraphBuilder()
     if qc.family == "deit":
@@ -284,7 +288,7 @@ def export_random(
 
 def check_images(config: dict, model: nn.Module, n: int) -> tuple[np.ndarray, np.ndarray | None]:
     """n normalised evaluation images (and labels) for `check_agreement`: the first n of the
-    checkpoint's data set (its validation/test split), or random images when it names none."""
+    checkpoint's data set (its test split), or random images when it names none."""
     spec = (config.get("train") or {}).get("data")
     pe = model.patch_embed
     if spec:
@@ -292,7 +296,7 @@ def check_images(config: dict, model: nn.Module, n: int) -> tuple[np.ndarray, np
 
         from qvit.data import ArraySet, load_dataset
 
-        ds = load_dataset(spec, "val")
+        ds = load_dataset(spec, "test")
         n = min(n, len(ds))
         if isinstance(ds, ArraySet):
             x, y = ds.batch(torch.arange(n), int(pe.img_size[0]), train=False)

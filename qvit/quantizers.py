@@ -95,6 +95,45 @@ class _FakeQuantAct(torch.autograd.Function):
         return gx, gs.sum_to_size(step.shape), gz.sum_to_size(zp.shape), None
 
 
+# How an activation step initialises from its first batch:
+#   "mse": the step of least quantization error on the batch, searched over fractions of the
+#          largest magnitude (a probability quantizer then keeps the large probabilities that
+#          carry the attention instead of clipping everything above ~2 mean(p));
+#   "lsq": LSQ's 2 mean|x| / sqrt(Qp).
+ACT_INITS = ("mse", "lsq")
+ACT_INIT = "mse"
+MSE_GRID = 64  # candidate steps, fractions 1/64 .. 1 of the largest magnitude
+
+
+@torch.no_grad()
+def _mse_step(xs: torch.Tensor, zp: torch.Tensor, qmax: int) -> torch.Tensor:
+    """Per row of xs [C, n]: the step minimising sum (fake_quant(x) - x)^2 for codes in [0, qmax]
+    with zero point zp [C], among steps covering 1/MSE_GRID .. 1 of the range zp allows."""
+    hi = torch.maximum(xs.max(dim=1).values / torch.clamp(qmax - zp, min=1),
+                       (-xs.min(dim=1).values) / torch.clamp(zp, min=1))  # [C]: step to cover all
+    best = torch.full_like(hi, float("inf"))
+    step = hi.clone()
+    for i in range(1, MSE_GRID + 1):
+        s = (hi * i / MSE_GRID).clamp_min(MIN_STEP)
+        codes = torch.clamp(torch.round(xs / s[:, None]) + zp[:, None], 0, qmax)
+        err = ((codes - zp[:, None]) * s[:, None] - xs).pow(2).sum(dim=1)
+        better = err < best
+        best = torch.where(better, err, best)
+        step = torch.where(better, s, step)
+    return step
+
+
+def set_act_init(model: nn.Module, method: str) -> int:
+    """Choose how every activation quantizer of `model` initialises from its first batch."""
+    if method not in ACT_INITS:
+        raise ValueError(f"unknown activation quantizer init {method!r} (one of {', '.join(ACT_INITS)})")
+    n = 0
+    for m in model.modules():
+        if isinstance(m, ActQuant):
+            m.init, n = method, n + 1
+    return n
+
+
 class ActQuant(nn.Module):
     """Asymmetric activation quantizer with a learned step and a learned offset (LSQ+).
 
@@ -104,10 +143,14 @@ class ActQuant(nn.Module):
     Initialised from the first batch it sees (LSQ+ style, see `init_from`).
     """
 
-    def __init__(self, bits: int, channels: int | None = None, channel_dim: int = 1):
+    def __init__(self, bits: int, channels: int | None = None, channel_dim: int = 1, init: str | None = None):
         super().__init__()
         quant.act_range(bits)  # validates bits
         self.bits = bits
+        self.init = init or ACT_INIT
+        if self.init not in ACT_INITS:
+            raise ValueError(f"unknown activation quantizer init {self.init!r} "
+                             f"(one of {', '.join(ACT_INITS)})")
         self.channels = channels
         self.channel_dim = channel_dim
         shape = () if channels is None else (channels,)
@@ -132,7 +175,7 @@ class ActQuant(nn.Module):
     @torch.no_grad()
     def init_from(self, x: torch.Tensor) -> None:
         """Data-dependent init: 'signed' (zp = 2^(b-1)) if the batch has negatives, else unsigned
-        (zp = 0); step = 2 mean|x| / sqrt(Qp) over the half-range Qp (the LSQ init)."""
+        (zp = 0); then the step per channel by `self.init` (ACT_INIT)."""
         if self.channels is None:
             xs = x.detach().float().reshape(1, -1)
         else:
@@ -140,9 +183,12 @@ class ActQuant(nn.Module):
         signed = xs.min(dim=1).values < -1e-5
         half = 1 << (self.bits - 1)
         qp = torch.where(signed, float(max(half - 1, 1)), float(self.qmax))
-        step = 2 * xs.abs().mean(dim=1) / qp.sqrt()
-        step = step.clamp_min(MIN_STEP)
         zp = torch.where(signed, float(half), 0.0)
+        if self.init == "lsq":
+            step = 2 * xs.abs().mean(dim=1) / qp.sqrt()
+        else:
+            step = _mse_step(xs, zp, self.qmax)
+        step = step.clamp_min(MIN_STEP)
         self.step.copy_(step.reshape(self.step.shape))
         self.offset.copy_(zp.reshape(self.offset.shape))
         self.initialized.fill_(1)

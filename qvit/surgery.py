@@ -51,10 +51,11 @@ def quantize_deit(
     head_bits: int = 8,
     irm: bool = True,
     gelu_clip: float | None = 10.0,
+    irm_stat: str = "token",
 ) -> nn.Module:
     model.patch_embed.proj = QuantConv2d.from_conv(model.patch_embed.proj, embed_bits, embed_bits)
     for blk in model.blocks:
-        blk.attn = QuantAttention.from_timm(blk.attn, w_bits, a_bits, irm=irm)
+        blk.attn = QuantAttention.from_timm(blk.attn, w_bits, a_bits, irm=irm, irm_stat=irm_stat)
         _quantize_mlp(blk.mlp, w_bits, a_bits, gelu_clip)
     for name in ("head", "head_dist"):
         head = getattr(model, name, None)
@@ -71,13 +72,14 @@ def quantize_swin(
     head_bits: int = 8,
     irm: bool = True,
     gelu_clip: float | None = 10.0,
+    irm_stat: str = "token",
 ) -> nn.Module:
     model.patch_embed.proj = QuantConv2d.from_conv(model.patch_embed.proj, embed_bits, embed_bits)
     for layer in model.layers:
         if hasattr(layer.downsample, "reduction"):
             layer.downsample.reduction = QuantLinear.from_linear(layer.downsample.reduction, w_bits, a_bits)
         for blk in layer.blocks:
-            blk.attn = QuantWindowAttention.from_timm(blk.attn, w_bits, a_bits, irm=irm)
+            blk.attn = QuantWindowAttention.from_timm(blk.attn, w_bits, a_bits, irm=irm, irm_stat=irm_stat)
             _quantize_mlp(blk.mlp, w_bits, a_bits, gelu_clip)
     if isinstance(model.head.fc, nn.Linear):
         model.head.fc = QuantLinear.from_linear(model.head.fc, head_bits, head_bits)

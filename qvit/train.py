@@ -25,10 +25,11 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from qvit import checkpoint as ckpt
+from qvit.attention import calibrate_irm
 from qvit.data import ArraySet, Augment, DataSet, FolderSet, load_dataset, shard_order
 from qvit.distill import DistillationLoss, DistillConfig
 from qvit.models import ModelConfig, QConfig, build, get_arch
-from qvit.quantizers import ActQuant, WeightQuant
+from qvit.quantizers import ActQuant, WeightQuant, set_act_init
 from qvit_edge.clikit import UserError
 
 
@@ -43,6 +44,9 @@ class TrainConfig:
     embed_bits: int = 8
     head_bits: int = 8
     irm: bool = True
+    irm_stat: str = "token"  # IRM statistics: "token" (official code) or "head" (qvit/attention.py)
+    irm_calib: int = 256  # training images the IRM affine is least-squares calibrated on (0: off)
+    act_init: str = "mse"  # activation steps from the first batch: "mse" or "lsq" (qvit/quantizers.py)
     gelu_clip: float | None = 10.0
     model_args: dict = field(default_factory=dict)  # extra timm kwargs (depth, embed_dim, ...)
     img_size: int | None = None
@@ -53,7 +57,9 @@ class TrainConfig:
     alpha: float = 0.5
     tau: float = 1.0
     dgd: float = 1.0
-    dgd_reduce: str = "sum"
+    dgd_reduce: str = "mean"
+    dgd_target: str = "normalized"  # qvit/distill.py
+    dgd_point: str = "rectified"
     epochs: int = 10
     batch_size: int = 128  # per process
     lr: float = 5e-4  # at the global batch; not rescaled
@@ -136,7 +142,7 @@ def model_config(cfg: TrainConfig, ds: DataSet) -> ModelConfig:
         kw["drop_path_rate"] = cfg.drop_path
     w = cfg.w_bits if cfg.w_bits is not None else cfg.bits
     a = cfg.a_bits if cfg.a_bits is not None else cfg.bits
-    q = QConfig(w, a, cfg.embed_bits, cfg.head_bits, cfg.irm, cfg.gelu_clip)
+    q = QConfig(w, a, cfg.embed_bits, cfg.head_bits, cfg.irm, cfg.gelu_clip, cfg.irm_stat)
     return ModelConfig(cfg.model, spec.family, q, kw)
 
 
@@ -405,7 +411,7 @@ def run(cfg: TrainConfig) -> dict:
             )
         mcfg = ModelConfig.from_json(saved["model"])
         if cfg.teacher is None and saved["train"].get("teacher"):  # keep distilling as the run did
-            for k in ("teacher", "distill", "alpha", "tau", "dgd", "dgd_reduce"):
+            for k in ("teacher", "distill", "alpha", "tau", "dgd", "dgd_reduce", "dgd_target", "dgd_point"):
                 setattr(cfg, k, saved["train"].get(k, getattr(cfg, k)))
             if rank == 0:
                 print(f"resuming with the run's teacher {cfg.teacher}")
@@ -423,6 +429,8 @@ def run(cfg: TrainConfig) -> dict:
         cfg.tau,
         cfg.dgd if cfg.teacher else 0.0,
         cfg.dgd_reduce,
+        cfg.dgd_target,
+        cfg.dgd_point,
     )
     if cfg.dgd > 0 and cfg.teacher and not mcfg.quant.quantized:
         dcfg.dgd = 0.0  # DGD is for quantized students
@@ -451,8 +459,16 @@ def run(cfg: TrainConfig) -> dict:
         torch.manual_seed(cfg.seed + rank)
         np.random.seed(cfg.seed + rank)
         random.seed(cfg.seed + rank)
-        # data-dependent quantizer init on one batch, then every process takes rank 0's values
+        # IRM calibrated to reproduce q, k, then the data-dependent quantizer init on one batch;
+        # every process then takes rank 0's values
         if mcfg.quant.quantized:
+            set_act_init(model, cfg.act_init)
+            if mcfg.quant.irm and cfg.irm_calib > 0:
+                cal = shard_order(n_train, 0, cfg.seed + 1, rank, world)[: cfg.irm_calib]
+                n_fit = calibrate_irm(model, (x.to(device) for x, _ in iterate(
+                    train_ds, img_size, cfg.batch_size, train=False, order=cal)))
+                if rank == 0 and cfg.progress:
+                    print(f"IRM: {n_fit} layers calibrated on {len(cal)} training images")
             idx = shard_order(n_train, 0, cfg.seed, rank, world)[: cfg.batch_size]
             x, _ = next(iterate(train_ds, img_size, cfg.batch_size, train=False, order=idx))
             model.train()
@@ -572,7 +588,30 @@ def run(cfg: TrainConfig) -> dict:
             save(epoch, in_epoch=False)
             if ddp:
                 dist.barrier()
-    return {"epoch": epoch, "step": step, "stopped": False, "best_top1": best, "history": history}
+    result = {"epoch": epoch, "step": step, "stopped": False, "best_top1": best, "history": history}
+    if rank == 0 and (out / "best").exists():
+        result.update(report_test(cfg, out, device))
+    return result
+
+
+def report_test(cfg: TrainConfig, out: Path, device) -> dict:
+    """The selected (best validation) checkpoint on the test split, once, when the run is complete;
+    written to test.json. Nothing is ever selected on it. Empty when the data set has no test split
+    apart from its validation split."""
+    from qvit.data import has_test_split
+
+    if not has_test_split(cfg.data):
+        return {}
+    model, _ = ckpt.load_model(str(out / "best"))
+    model.to(device)
+    test_ds = load_dataset(cfg.data, "test")
+    m = evaluate(model, test_ds, img_size_of(model), cfg.batch_size, cfg.workers, None, device)
+    res = {"test_top1": m["top1"], "test_top5": m["top5"], "test_loss": m["loss"],
+           "test_images": len(test_ds)}
+    ckpt.save_json(out / "test.json", res)
+    if cfg.progress:
+        print(json.dumps(res))
+    return res
 
 
 def _write_logs(out: Path, history: list[dict]) -> None:

@@ -7,6 +7,8 @@
 #   gcc + libc6-dev: the host build (cffi's native kernels, model.so for this machine).
 #   debian-archive-keyring: scripts/aarch64-python.sh checks the arm64 packages it fetches.
 #   dataset-fashion-mnist: the data the experiments, the demo and the tests use.
+#   llvm-19: llvm-mca (and llvm-mc to disassemble) for make pi-estimate; its scheduling models
+#     include neoverse-n1 (the Pi 5's A76) and can skip instructions they do not model.
 #
 # Package names prove nothing about capabilities, so after installing it compiles and links a
 # small C program using libc and libm for the host and for aarch64, runs the aarch64 one under
@@ -24,7 +26,7 @@ case "${1:-}" in
 esac
 
 PKGS=(gcc libc6-dev gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user
-      debian-archive-keyring dataset-fashion-mnist)
+      debian-archive-keyring dataset-fashion-mnist llvm-19)
 FMNIST_DIR=/usr/share/datasets/fashion-mnist
 
 fail() { echo "system-deps: error: $*" >&2; exit 1; }
@@ -87,6 +89,30 @@ command -v qemu-aarch64 >/dev/null || fail "no qemu-aarch64: apt-get install qem
 out="$(qemu-aarch64 -L /usr/aarch64-linux-gnu "$tmp/check-a64" 2>&1)" \
   || fail "qemu-aarch64 cannot run an aarch64 program (${out:-no output}): apt-get install qemu-user libc6-arm64-cross"
 [ "$out" = 7389 ] || fail "an aarch64 program under qemu-aarch64 printed '$out', not 7389"
+
+# make pi-estimate: llvm-mca must time an aarch64 block with both Pi cores' models, and qemu-user
+# must load a TCG plugin (the block counter, native/tools/tb_count.c, built by make install).
+for t in llvm-mc-19 llvm-mca-19; do
+  command -v "$t" >/dev/null || fail "no $t (make pi-estimate needs it): apt-get install llvm-19"
+done
+for mcpu in cortex-a57 neoverse-n1; do
+  out="$(printf 'add x0, x0, x1\ncnt v0.16b, v1.16b\n' \
+    | llvm-mca-19 -mtriple=aarch64 -mcpu=$mcpu -iterations=10 2>&1)" && grep -q '^Total Cycles:' <<<"$out" \
+    || fail "llvm-mca-19 cannot time an aarch64 block for -mcpu=$mcpu ($(head -n1 <<<"$out")): apt-get install llvm-19"
+done
+cat >"$tmp/plugin.c" <<'EOF'
+#include <stdint.h>
+__attribute__((visibility("default"))) int qemu_plugin_version = 1;
+__attribute__((visibility("default"))) int qemu_plugin_install(uint64_t id, const void *info, int argc,
+                                                               char **argv) {
+  (void)id, (void)info, (void)argc, (void)argv;
+  return 0;
+}
+EOF
+gcc -shared -fPIC -O1 "$tmp/plugin.c" -o "$tmp/plugin.so" 2>"$tmp/plugin.log" \
+  || fail "host gcc cannot build a shared library ($(first_error "$tmp/plugin.log")): apt-get install gcc libc6-dev"
+out="$(QEMU_PLUGIN="$tmp/plugin.so" qemu-aarch64 -L /usr/aarch64-linux-gnu "$tmp/check-a64" 2>&1)" && [ "$out" = 7389 ] \
+  || fail "qemu-aarch64 cannot load a TCG plugin (${out:-no output}; make pi-estimate needs it): apt-get install qemu-user (7.2 or newer)"
 
 [ -f /usr/share/keyrings/debian-archive-keyring.gpg ] \
   || fail "no Debian archive keyring: apt-get install debian-archive-keyring"

@@ -30,7 +30,8 @@ def test_every_planned_run_is_a_valid_qvit_train_command():
         assert a.teacher == a.init_from == "runs/exp/teacher/best"
         assert a.no_irm == (r.variant in ("base", "dgd"))
         assert (a.dgd > 0) == (r.variant in ("dgd", "qvit", "qvit_mean"))
-        assert a.dgd_reduce == ("mean" if r.variant == "qvit_mean" else "sum")
+        if a.dgd > 0:  # the paper's sum, but for the averaged row
+            assert a.dgd_reduce == ("mean" if r.variant == "qvit_mean" else "sum")
 
 
 def test_longer_schedules_get_their_own_run_names_and_only_selects_rows():
@@ -51,7 +52,9 @@ def test_a_run_is_done_only_when_its_log_reaches_the_last_epoch(tmp_path, monkey
     (run.out / "log.json").write_text(
         json.dumps([{"epoch": 1, "val_top1": 50.0}, {"epoch": 2, "val_top1": 60.0}])
     )
-    assert run.done() and experiments._top1(run) == 60.0
+    assert run.done() and experiments._top1(run) is None  # no test.json: not reported
+    (run.out / "test.json").write_text(json.dumps({"test_top1": 58.5}))
+    assert experiments._top1(run) == 58.5
 
 
 def test_report_block_replaces_only_its_own_section(tmp_path, monkeypatch):
@@ -68,18 +71,22 @@ def test_report_tables_runs_and_names_the_teacher_checkpoint(tmp_path, monkeypat
     init = [{"bits": b, "irm": i, "top1": 50.0} for b, i in experiments.INIT_POINTS]
     monkeypatch.setattr(experiments, "init_accuracy", lambda: init)
 
-    def log(name, tops):
+    def log(name, tops, test):
         (tmp_path / name).mkdir()
         rows = [{"epoch": e + 1, "val_top1": t} for e, t in enumerate(tops)]
         (tmp_path / name / "log.json").write_text(json.dumps(rows))
+        if test is not None:  # written once by a completed run: its best checkpoint on the test split
+            (tmp_path / name / "test.json").write_text(json.dumps({"test_top1": test}))
 
     n = experiments.TEACHER_EPOCHS
-    log("teacher", [80.0] * (n - 2) + [89.5, 89.1])  # best/ is the next-to-last epoch
-    log("w2a2_base_s0", [81.0])
-    log("w2a2_base_s1", [82.0])
-    log("w2a2_qvit_s0", [79.5])
+    log("teacher", [80.0] * (n - 2) + [89.5, 89.1], 88.75)  # best/ is the next-to-last epoch
+    log("w2a2_base_s0", [70.0], 81.0)  # the tables report test, never the validation numbers
+    log("w2a2_base_s1", [70.0], 82.0)
+    log("w2a2_qvit_s0", [70.0], 79.5)
+    log("w2a2_qvit_s1", [70.0], None)  # no test.json: not reported
     block = experiments.report(experiments.plan([0, 1], 1, 2))
-    assert f"**89.50 %** top-1, epoch {n - 1} of {n} more (the last: 89.10 %)" in block
+    assert (f"**88.75 %** top-1 on the test images, epoch {n - 1} of {n} more, selected on validation "
+            "(89.50 %; the last epoch: 89.10 %)") in block
     assert "| W2A2 | **81.50** (81.00, 82.00) | 79.50 (1 seed) | - | -2.00 |" in block
     assert "| W4A4 | - | - | - | - |" in block
     assert "| + IRM | yes | - | - |" in block

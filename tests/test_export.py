@@ -232,7 +232,7 @@ def test_checkpoint_export_keeps_classes_and_normalisation(tmp_path):
             ["--random", "--arch", "no_such_model", "--bits", "2", "--out", "X"],
             "unknown model 'no_such_model'",
         ),
-        (["--random", "--arch", "deit_tiny_patch4_28", "--bits", "9", "--out", "X"], "--bits must be 1..8"),
+        (["--random", "--arch", "deit_tiny_patch4_28", "--bits", "9", "--out", "X"], "--bits: must be 1..8"),
         (["CKPT_MISSING", "--out", "X"], "no checkpoint at"),
         (["CKPT_MISSING"], "nothing to do"),
         (

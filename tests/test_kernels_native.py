@@ -25,6 +25,16 @@ def test_native_kernels_under_asan_and_ubsan():
     assert "0 failures" in r.stdout
 
 
+@pytest.mark.slow
+def test_model_so_c_paths_under_asan_and_ubsan():
+    """The micro-kernels linked into model.so, its glue and native/tvm_backend.c, on DeiT-T and
+    Swin-T at 1 and 2 threads (native/tests/sanitize_models.py)."""
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "native", "tests", "sanitize_models.py"),
+                        "--threads", "1,2"], capture_output=True, text=True, timeout=1800)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert r.stdout.count(": ok: equal to the plain build") == 4 and "sanitize: 0 failures" in r.stdout
+
+
 @pytest.mark.qemu
 def test_native_kernels_aarch64_under_qemu():
     for tool in ("aarch64-linux-gnu-gcc", "qemu-aarch64"):

@@ -228,8 +228,8 @@ def bad_models(host_model, tmp_path_factory):
     not_elf = d / "model.so"
     not_elf.write_text("#!/bin/sh\necho hi\n")
     out = {
-        "newer": _patched(host_model, d / "newer.so", b'"format_version":1', b'"format_version":9'),
-        "older": _patched(host_model, d / "older.so", b'"format_version":1', b'"format_version":0'),
+        "newer": _patched(host_model, d / "newer.so", b'"format_version":2', b'"format_version":9'),
+        "older": _patched(host_model, d / "older.so", b'"format_version":2', b'"format_version":0'),
         "corrupt": str(d / "corrupt.so"),
         "not_elf": str(not_elf),
         "empty": str(d / "empty.so"),

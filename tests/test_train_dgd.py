@@ -140,3 +140,42 @@ def test_dgd_mean_is_the_sum_per_row_distance_and_bounded():
     assert float(dgd_loss(student, opposite, "mean")) == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(ValueError, match="reduction"):
         dgd_loss(student, teacher, "max")
+
+
+@pytest.mark.parametrize("stat", ["token", "head"])
+def test_normalized_target_is_reachable_by_the_rectified_student(stat):
+    """The teacher's q, k in the student's IRM statistics: a student whose q, k equal the teacher's
+    matches the target exactly; the teacher's raw q, k it cannot match."""
+    from qvit.attention import make_irm
+    from qvit.distill import normalize_teacher
+
+    torch.manual_seed(0)
+    q, k = torch.randn(2, 3, 7, 4) * 3 + 1, torch.randn(2, 3, 7, 4) * 0.5 - 2
+    norm_q, norm_k = make_irm(stat, 3, 4, 1e-5), make_irm(stat, 3, 4, 1e-5)
+    student = [(norm_q(q), norm_k(k))]
+    target = normalize_teacher([(q, k)], [(norm_q, norm_k)])
+    assert float(dgd_loss(student, target)) < 1e-5
+    assert float(dgd_loss(student, [(q, k)])) > 0.05
+    assert normalize_teacher([(q, k)], [None])[0][0] is q  # no IRM: raw against raw
+
+
+def test_dgd_point_quantized_records_the_operands_of_the_integer_matmul():
+    torch.manual_seed(0)
+    m = create_model("deit_tiny_patch4_28", bits=2, irm_stat="head", **TINY).train()
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        m(x)  # quantizer init
+    with torch.no_grad(), record_qk(m, "quantized") as store:
+        m(x)
+    q, _ = store[0]
+    step = m.blocks[0].attn.q_act.step.view(1, -1, 1, 1)
+    assert torch.allclose(q / step, torch.round(q / step), atol=1e-4)  # on the quantizer's grid
+    assert len(torch.unique(torch.round(q / step))) <= 4  # 2 bits
+    with pytest.raises(ValueError, match="unknown DGD point"):
+        with record_qk(m, "after"):
+            pass
+
+
+def test_dgd_defaults_are_the_mean_and_the_normalized_target():
+    cfg = DistillConfig()
+    assert (cfg.dgd_reduce, cfg.dgd_target, cfg.dgd_point) == ("mean", "normalized", "rectified")

@@ -26,6 +26,7 @@ class QConfig:
     head_bits: int = 8
     irm: bool = True
     gelu_clip: float | None = 10.0
+    irm_stat: str = "token"  # IRM statistics: "token" (official code's LayerNorm) or "head" (qvit.attention)
 
     @property
     def quantized(self) -> bool:
@@ -66,6 +67,7 @@ def create_model(
     irm: bool = True,
     gelu_clip: float | None = 10.0,
     init_from: str | None = None,
+    irm_stat: str = "token",
     **timm_kwargs,
 ) -> nn.Module:
     """Build a model. bits sets weights and activations of the blocks (1-4 usual); w_bits / a_bits
@@ -79,7 +81,7 @@ def create_model(
     a_bits = a_bits if a_bits is not None else bits
     if (w_bits is None) != (a_bits is None):
         raise ValueError("give both weight and activation bits (or bits)")
-    q = QConfig(w_bits, a_bits, embed_bits, head_bits, irm, gelu_clip)
+    q = QConfig(w_bits, a_bits, embed_bits, head_bits, irm, gelu_clip, irm_stat)
     return build(ModelConfig(arch, get_arch(arch).family, q, timm_kwargs), init_from=init_from)
 
 
@@ -92,7 +94,8 @@ def build(cfg: ModelConfig, init_from: str | None = None) -> nn.Module:
     if cfg.quant.quantized:
         q = cfg.quant
         QUANTIZE[spec.family](
-            model, q.w_bits, q.a_bits, q.embed_bits, q.head_bits, irm=q.irm, gelu_clip=q.gelu_clip
+            model, q.w_bits, q.a_bits, q.embed_bits, q.head_bits, irm=q.irm, gelu_clip=q.gelu_clip,
+            irm_stat=q.irm_stat,
         )
     model.qvit_config = cfg
     if init_from:
