@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 
+from qvit_edge import api
 from qvit_edge.clikit import positive_int
 from qvit_edge.preflight import check_threads, open_model
 from qvit_edge.preprocess import ImageError, InputSpec, load_image
@@ -31,18 +32,9 @@ def add_arguments(p):
     p.add_argument("--json", action="store_true", help="print one JSON object (docs/runtime.md)")
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
 def top_k(logits: np.ndarray, k: int, classes: list) -> list[dict]:
-    """[{index, class, prob}] for the k most probable classes of one image, most probable first."""
-    probs = softmax(logits)
-    order = np.argsort(-probs, kind="stable")[:k]  # ties: the lower index first
-    return [{"index": int(i), "class": classes[i] if i < len(classes) else str(int(i)),
-             "prob": float(probs[i])} for i in order]
+    """[{index, class, prob}] for the k most probable classes of one image (qvit_edge.api.top_k)."""
+    return [{"index": p.index, "class": p.label, "prob": p.prob} for p in api.top_k(logits, k, classes)]
 
 
 def run(args) -> int:

@@ -250,6 +250,9 @@ class Model:
         if self._lib is None:
             raise ModelError("model is closed")
         x = np.asarray(x)
+        if x.dtype.kind != "f":  # raw pixels would be "accepted" and give a confident wrong class
+            raise ModelError(f"input must be normalised float [B, C, H, W], got dtype {x.dtype} "
+                             "(qvit_edge.load(...).predict() prepares images and uint8 pixels)")
         if x.ndim == 3:
             x = x[None]
         if x.ndim != 4 or tuple(x.shape[1:]) != self.input_shape:
