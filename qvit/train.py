@@ -131,9 +131,22 @@ def params_in_sync(model: nn.Module) -> bool:
 # model, teacher, optimizer, schedule
 
 
+def inherited_model_args(cfg: TrainConfig) -> dict:
+    """The timm model arguments (depth, embed_dim, ...) stored in the --init-from checkpoint, when
+    it is a `qvit train` checkpoint directory of the same architecture: QAT from it then needs no
+    repeated --model-arg. Explicit --model-arg values win; a weights file carries none."""
+    src = cfg.init_from
+    if not src or not os.path.isdir(src):
+        return {}
+    saved = ckpt.read_config(src)["model"]
+    if saved.get("arch") != cfg.model:
+        return {}
+    return {k: v for k, v in (saved.get("timm_kwargs") or {}).items() if k != "drop_path_rate"}
+
+
 def model_config(cfg: TrainConfig, ds: DataSet) -> ModelConfig:
     spec = get_arch(cfg.model)
-    kw = dict(cfg.model_args)
+    kw = {**inherited_model_args(cfg), **cfg.model_args}
     kw.setdefault("in_chans", ds.channels)
     kw.setdefault("num_classes", len(ds.classes))
     if cfg.img_size:

@@ -19,6 +19,7 @@ from qvit import cli as qvit_cli
 from qvit import train
 from qvit.data import load_dataset, read_idx
 from qvit.models import create_model
+from qvit_edge.clikit import UserError
 
 TINY = {"patch_size": 2, "depth": 2, "embed_dim": 32, "num_heads": 2}
 
@@ -429,3 +430,19 @@ def test_training_killed_twice_at_the_same_rename_resumes_where_it_was(tmp_path,
     assert not killed and r["step"] == 8 and not r["stopped"]
     assert ckpt.read_config(tmp_path / "r" / "last")["progress"]["step"] == 8
     assert sorted(p.name for p in (tmp_path / "r").iterdir() if p.name.startswith("last")) == ["last"]
+
+
+def test_init_from_a_checkpoint_directory_inherits_its_model_arguments(tmp_path):
+    """QAT from a `qvit train` directory needs no repeated --model-arg (depth, embed_dim, heads)."""
+    train.run(tiny_cfg(tmp_path / "fp", epochs=1, limit_train=32))
+    q = tiny_cfg(tmp_path / "q", bits=2, init_from=str(tmp_path / "fp" / "last"), epochs=1, limit_train=32)
+    q.model_args = {}
+    train.run(q)
+    _, config = ckpt.load_model(tmp_path / "q" / "last")
+    kw = config["model"]["timm_kwargs"]
+    assert {k: kw[k] for k in TINY} == TINY
+    # an explicit --model-arg still wins (and then the weights do not fit: one line)
+    bad = tiny_cfg(tmp_path / "q2", bits=2, init_from=str(tmp_path / "fp" / "last"), epochs=1, limit_train=32)
+    bad.model_args = {"embed_dim": 48}
+    with pytest.raises(UserError, match="does not fit this model"):
+        train.run(bad)
