@@ -233,10 +233,14 @@ def im2col(c: int, h: int, w: int, patch: int):
 ATTENTION_ITEM = "qvit_attention_item"  # compile/csrc/attention.c, linked into model.so
 
 
-def attention(bp: int, t: int, heads: int, d: int, bits: int, irm: bool, eps: float, scale: float,
+IRM_MODES = {None: 0, "token": 1, "head": 2}  # qvit_attention_item's irm argument
+
+
+def attention(bp: int, t: int, heads: int, d: int, bits: int, irm: int, eps: float, scale: float,
               n_bias: bool, n_mask: int):
     """The whole attention op as one kernel: a parallel loop over the B' * H (batch, head) items, each
-    calling the C micro-kernel qvit_attention_item (compile/csrc/attention.c) that runs IRM LayerNorm,
+    calling the C micro-kernel qvit_attention_item (compile/csrc/attention.c) that runs the IRM (`irm`,
+    IRM_MODES: 0 none, 1 per-token LayerNorm with weight, bias [d], 2 per-head with gamma, beta [H, d]),
     quantize + pack of q, k, v, bit-serial Q K^T, softmax, quantize + pack of P and bit-serial P V for
     one head while it is in cache (the three TE kernels this replaced spent 0.93 ms per DeiT-S block,
     mostly in scalar float glue). Outputs: Q, K planes [B', H, b, T, DW], V planes (transposed)
@@ -247,7 +251,8 @@ def attention(bp: int, t: int, heads: int, d: int, bits: int, irm: bool, eps: fl
     qkv = te.placeholder((bp, t, 3 * dim), "float32", name="qkv")
     ins = [qkv]
     if irm:
-        ins += [te.placeholder((d,), "float32", name=n) for n in ("nq_w", "nq_b", "nk_w", "nk_b")]
+        shape = (d,) if irm == IRM_MODES["token"] else (heads, d)
+        ins += [te.placeholder(shape, "float32", name=n) for n in ("nq_w", "nq_b", "nk_w", "nk_b")]
     for s in "qkvp":
         ins += [te.placeholder((heads,), "float32", name=f"{s}_step"),
                 te.placeholder((heads,), "int32", name=f"{s}_zp")]

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from qvit_edge import intmodel
+
 from . import kernels as K
 from . import packing, schedules
 
@@ -221,7 +223,8 @@ class Lowering:
         p, prm = self.plan, self._prm(op)
         bp, t, three_d = p.shape(op["in"])
         h, d, bits = int(op["heads"]), int(op["head_dim"]), int(op["bits"])
-        irm, eps = bool(op["irm"]), float(op["eps"])
+        stat = intmodel.irm_stat(op) if op["irm"] else None
+        irm, eps = K.IRM_MODES[stat], float(op["eps"])
         name = op["param"]
         dw, tw = K.words(d), K.words(t)
         c = {s: p.const(f"{name}.{s}", prm[s]) for s in ("q_step", "k_step", "v_step", "p_step",
@@ -233,9 +236,8 @@ class Lowering:
         qs, ks = p.act(f"{o}.qs", (bp, h, t), "int32"), p.act(f"{o}.ks", (bp, h, t), "int32")
         vs = p.act(f"{o}.vs", (bp, h, d), "int32")
         irm_args = []
-        if irm:
-            irm_args = [p.const(f"{name}.{s}", prm[s]) for s in ("norm_q.weight", "norm_q.bias",
-                                                                  "norm_k.weight", "norm_k.bias")]
+        if stat is not None:
+            irm_args = [p.const(f"{name}.{s}", prm[s]) for s in intmodel.IRM_TENSORS[stat]]
         extra = []
         has_bias = "rel_pos_bias" in prm
         n_mask = 0

@@ -139,7 +139,13 @@ def write_safetensors(path: str, tensors: dict[str, np.ndarray], metadata: dict[
 
 _LINEAR_TENSORS = ("weight", "w_step", "a_step", "a_zp")  # + optional bias
 _ATTN_TENSORS = ("q_step", "k_step", "v_step", "p_step", "q_zp", "k_zp", "v_zp", "p_zp")
-_IRM_TENSORS = ("norm_q.weight", "norm_q.bias", "norm_k.weight", "norm_k.bias")
+# IRM tensors per statistic (an attention op's optional "irm_stat", absent = "token"): per-token
+# LayerNorm affine [head_dim] shared across heads, or per-head (gamma, beta) [heads, head_dim]
+IRM_STATS = ("token", "head")
+IRM_TENSORS = {
+    "token": ("norm_q.weight", "norm_q.bias", "norm_k.weight", "norm_k.bias"),
+    "head": ("norm_q.gamma", "norm_q.beta", "norm_k.gamma", "norm_k.beta"),
+}
 
 OP_FIELDS: dict[str, tuple[str, ...]] = {
     "patch_embed": ("in", "out", "param", "patch", "w_bits", "a_bits"),
@@ -158,6 +164,11 @@ OP_FIELDS: dict[str, tuple[str, ...]] = {
     "average": ("in", "out"),
 }
 QUANTIZED_OPS = ("patch_embed", "qlinear", "attention")
+
+
+def irm_stat(op: dict) -> str:
+    """The IRM statistic of an attention op: "token" (also when the field is absent) or "head"."""
+    return op.get("irm_stat", "token")
 
 
 def pair(v) -> tuple[int, int]:
@@ -494,9 +505,12 @@ def _check_op(model: IntModel, i: int, op: dict) -> None:
                 _check_steps(where, model, f"{p}.{s}")
             else:
                 _check_zero_points(where, model, f"{p}.{s}", bits)
+        stat = irm_stat(op)
+        if not isinstance(stat, str) or stat not in IRM_STATS:
+            raise IntModelError(f"{where}: irm_stat={stat!r} is not one of {', '.join(IRM_STATS)}")
         if op["irm"]:
-            for s in _IRM_TENSORS:
-                _need(model, where, f"{p}.{s}", np.float32, (d,))
+            for s in IRM_TENSORS[stat]:
+                _need(model, where, f"{p}.{s}", np.float32, (d,) if stat == "token" else (h, d))
         for s in ("rel_pos_bias", "mask"):
             if f"{p}.{s}" in model.tensors:
                 _need(model, where, f"{p}.{s}", np.float32)
@@ -695,7 +709,9 @@ class GraphBuilder:
 
     def attention(self, qkv: str, out: str, param: str, form: dict, mask=None) -> str:
         """`form` is the attention part of an attention int_form: q, k, v, p act params ([H]),
-        irm, heads, head_dim, scale, rel_pos_bias."""
+        irm, heads, head_dim, scale, rel_pos_bias. irm: None or {"stat": "token" (default) with
+        q_weight, q_bias, k_weight, k_bias [d], or "head" with q_gamma, q_beta, k_gamma, k_beta
+        [H, d]; "eps"}."""
         h, d = int(form["heads"]), int(form["head_dim"])
         for a in "qkvp":
             self._add(
@@ -708,10 +724,14 @@ class GraphBuilder:
         if len(bits) != 1:
             raise ValueError(f"{param}: q, k, v, p have different bit widths {sorted(bits)}")
         irm = form.get("irm")
+        stat = irm.get("stat", "token") if irm is not None else "token"
+        if stat not in IRM_STATS:
+            raise ValueError(f"{param}: unknown IRM statistic {stat!r}")
         if irm is not None:
             for a in "qk":
-                self._add(f"{param}.norm_{a}.weight", irm[f"{a}_weight"], np.float32)
-                self._add(f"{param}.norm_{a}.bias", irm[f"{a}_bias"], np.float32)
+                for t in IRM_TENSORS[stat][:2]:  # weight, bias or gamma, beta
+                    key = t.split(".")[1]
+                    self._add(f"{param}.norm_{a}.{key}", irm[f"{a}_{key}"], np.float32)
         if form.get("rel_pos_bias") is not None:
             self._add(f"{param}.rel_pos_bias", form["rel_pos_bias"], np.float32)
         if mask is not None:
@@ -728,6 +748,8 @@ class GraphBuilder:
                 "bits": bits.pop(),
                 "irm": irm is not None,
                 "eps": float(irm["eps"]) if irm is not None else 1e-5,
+                # absent means "token": token models stay byte for byte what they were
+                **({"irm_stat": stat} if stat != "token" else {}),
             }
         )
         return out
@@ -952,8 +974,9 @@ class _RandomSource:
         head_bits: int,
         irm: bool,
         rel_pos_bias: dict | None = None,
+        irm_stat: str = "token",
     ):
-        self.rng, self.bits, self.irm = rng, bits, irm
+        self.rng, self.bits, self.irm, self.irm_stat = rng, bits, irm, irm_stat
         self.role_bits = {"embed": embed_bits, "block": bits, "head": head_bits}
         self.rel_pos_bias = dict(rel_pos_bias or {})
 
@@ -977,7 +1000,13 @@ class _RandomSource:
         d = dim // heads
         act = {"step": np.full(heads, 0.1, np.float32), "zp": np.zeros(heads, np.int32), "bits": self.bits}
         irm = None
-        if self.irm:
+        if self.irm and self.irm_stat == "head":
+            shape = (heads, d)
+            irm = {"stat": "head", "eps": 1e-5}
+            for a in "qk":
+                irm[f"{a}_gamma"] = self.rng.uniform(0.8, 1.2, shape).astype(np.float32)
+                irm[f"{a}_beta"] = (self.rng.normal(size=shape) * 0.1).astype(np.float32)
+        elif self.irm:
             irm = {
                 "q_weight": self.rng.uniform(0.8, 1.2, d).astype(np.float32),
                 "q_bias": (self.rng.normal(size=d) * 0.1).astype(np.float32),
@@ -1075,6 +1104,7 @@ def random_deit(
     *,
     bits: int = 2,
     irm: bool = True,
+    irm_stat: str = "token",
     distilled: bool = False,
     depth: int = 2,
     dim: int = 32,
@@ -1090,9 +1120,10 @@ def random_deit(
     seed: int = 0,
     calib_batch: int = 8,
 ) -> IntModel:
-    """A tiny DeiT integer model with random codes and steps calibrated on random images."""
+    """A tiny DeiT integer model with random codes and steps calibrated on random images.
+    irm_stat: the IRM statistic ("token" or "head") when irm."""
     rng = np.random.default_rng(seed)
-    src = _RandomSource(rng, bits, embed_bits, head_bits, irm)
+    src = _RandomSource(rng, bits, embed_bits, head_bits, irm, irm_stat=irm_stat)
     b = GraphBuilder()
     spec = {
         "in_chans": in_chans,
@@ -1125,6 +1156,7 @@ def random_swin(
     *,
     bits: int = 2,
     irm: bool = True,
+    irm_stat: str = "token",
     embed_dim: int = 16,
     depths=(2, 2),
     heads=(2, 4),
@@ -1162,7 +1194,7 @@ def random_swin(
                 np.float32
             )
         stages.append({"dim": dim, "heads": h, "downsample": i > 0, "blocks": blocks})
-    src = _RandomSource(rng, bits, embed_bits, head_bits, irm, rel_pos_bias)
+    src = _RandomSource(rng, bits, embed_bits, head_bits, irm, rel_pos_bias, irm_stat)
     spec = {
         "in_chans": in_chans,
         "img_size": pair(img_size),

@@ -11,7 +11,8 @@ int_matmul_act). The float epilogues are pinned down here so other stages can re
     attention scores:       S = float32(acc) * (scale * q_step[h] * k_step[h]) (+ rel_pos_bias) (+ mask)
     attention output:       O = float32(acc) * (p_step[h] * v_step[h])
 
-(each scale product evaluated in float32, left to right). The loops are all numpy array
+(each scale product evaluated in float32, left to right); the per-head IRM's sums run in
+`head_sum`'s order, which the compiled attention kernel reproduces. The loops are all numpy array
 operations (no numba needed); the integer sums run as exact float64 BLAS matmuls (see
 `int_linear`), since numpy's int64 matmul has no BLAS.
 """
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from qvit_edge import quant
-from qvit_edge.intmodel import IntModel, IntModelError, num_windows, padded_grid, pair
+from qvit_edge.intmodel import IntModel, IntModelError, irm_stat, num_windows, padded_grid, pair
 
 F32 = np.float32
 
@@ -148,12 +149,40 @@ def split_qkv(qkv: np.ndarray, heads: int, head_dim: int):
 
 
 def irm(op, prm, q, k):
-    """Information Rectification: LayerNorm over head_dim, affine shared across heads."""
+    """Information Rectification of q, k [B', H, T, d] with the op's statistic: "token" is a
+    LayerNorm over head_dim, affine [d] shared across heads; "head" is `head_norm`."""
     eps = op["eps"]
+    if irm_stat(op) == "head":
+        return (
+            head_norm(q, prm["norm_q.gamma"], prm["norm_q.beta"], eps),
+            head_norm(k, prm["norm_k.gamma"], prm["norm_k.beta"], eps),
+        )
     return (
         layernorm(q, prm["norm_q.weight"], prm["norm_q.bias"], eps),
         layernorm(k, prm["norm_k.weight"], prm["norm_k.bias"], eps),
     )
+
+
+def head_sum(x: np.ndarray) -> np.ndarray:
+    """float32 sum of each (item, head) T x d block of x [B', H, T, d] in the order the compiled
+    kernel reproduces: each row's sum over d (numpy's pairwise sum of a unit-stride row, as
+    `layernorm`'s mean), then numpy's pairwise sum of the T row sums (a contiguous float32 vector
+    per block) -> [B', H, 1, 1]."""
+    rows = np.ascontiguousarray(np.asarray(x, F32).sum(-1, dtype=F32))
+    return rows.sum(-1, dtype=F32)[..., None, None]
+
+
+def head_norm(x: np.ndarray, gamma, beta, eps: float) -> np.ndarray:
+    """Per-head IRM of x [B', H, T, d] (gamma, beta [H, d]), all float32 in this order:
+    mu = head_sum(x) / (T*d); var = head_sum((x - mu)^2) / (T*d);
+    out = ((x - mu) + beta[h]) / (gamma[h] * sqrt(var + eps))."""
+    x = np.asarray(x, F32)
+    n = F32(x.shape[-2] * x.shape[-1])
+    mu = head_sum(x) / n
+    xc = x - mu
+    var = head_sum(xc * xc) / n
+    den = np.asarray(gamma, F32)[:, None, :] * np.sqrt(var + F32(eps))
+    return ((xc + np.asarray(beta, F32)[:, None, :]) / den).astype(F32, copy=False)
 
 
 def attention_scores(op, prm, s_acc: np.ndarray) -> np.ndarray:

@@ -173,11 +173,18 @@ class QuantAttentionCore(nn.Module):
 
     def _int_form(self) -> dict:
         irm = None
-        if self.irm and self.irm_stat != "token":
-            raise ValueError(f"IRM with {self.irm_stat!r} statistics has no integer form yet: "
-                             "train with --irm-stat token to export")
-        if self.irm:
+        if self.irm and self.irm_stat == "head":
             irm = dict(
+                stat="head",
+                q_gamma=_np(self.norm_q.gamma),
+                q_beta=_np(self.norm_q.beta),
+                k_gamma=_np(self.norm_k.gamma),
+                k_beta=_np(self.norm_k.beta),
+                eps=float(self.norm_q.eps),
+            )
+        elif self.irm:
+            irm = dict(
+                stat="token",
                 q_weight=_np(self.norm_q.weight),
                 q_bias=_np(self.norm_q.bias),
                 k_weight=_np(self.norm_k.weight),

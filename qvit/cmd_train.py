@@ -54,9 +54,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--embed-bits", type=BITS, default=d.embed_bits, help="patch embedding bits")
     g.add_argument("--head-bits", type=BITS, default=d.head_bits, help="classifier head bits")
     g.add_argument("--no-irm", action="store_true", help="switch the Information Rectification Module off")
-    g.add_argument("--irm-stat", choices=["token", "head"], default=d.irm_stat,
-                   help="IRM statistics: per token (the official code's LayerNorm) or per head (the paper's "
-                        "mean and variance of each head's N x d values; no integer export yet)")
+    g.add_argument("--irm-stat", choices=["head", "token"], default=d.irm_stat,
+                   help="IRM statistics: per head (default; mean and variance of each head's N x d values) "
+                        "or per token (the official code's LayerNorm)")
     g.add_argument("--irm-calib", type=nonneg_int, default=d.irm_calib,
                    help="training images the IRM affine is least-squares calibrated on at the start of QAT "
                         "(0: identity affine)")

@@ -45,6 +45,7 @@ TEACHER_EPOCHS = 18
 VARIANTS = {
     "base": ("LSQ baseline (logit distillation)", ["--no-irm", "--dgd", "0"]),
     "irm": ("+ IRM", ["--dgd", "0"]),
+    "qvit_token": ("Q-ViT with the official per-token IRM", ["--irm-stat", "token"]),
     "dgd": ("+ DGD", ["--no-irm", "--dgd-reduce", "sum"]),
     "qvit": ("Q-ViT (IRM + DGD)", ["--dgd-reduce", "sum"]),
     "qvit_mean": ("Q-ViT, DGD averaged (`--dgd-reduce mean`)", ["--dgd-reduce", "mean"]),
@@ -63,6 +64,7 @@ GRID = [
     (3, "qvit_mean"),
     (2, "irm"),
     (2, "dgd"),
+    (2, "qvit_token"),
 ]
 
 

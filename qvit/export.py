@@ -264,7 +264,14 @@ def export_checkpoint(path: str, model: nn.Module | None = None) -> IntModel:
 
 
 def export_random(
-    arch: str, bits: int, *, seed: int = 0, irm: bool = True, calib_batch: int = 8, **timm_kwargs
+    arch: str,
+    bits: int,
+    *,
+    seed: int = 0,
+    irm: bool = True,
+    irm_stat: str = "token",
+    calib_batch: int = 8,
+    **timm_kwargs,
 ) -> tuple[IntModel, nn.Module]:
     """A random-init named architecture at `bits` (for benchmarks and tests: nothing pretrained
     can be downloaded). The quantizers initialise from one forward pass on random images.
@@ -273,7 +280,7 @@ def export_random(
 
     torch.manual_seed(seed)
     try:
-        model = create_model(arch, bits=bits, irm=irm, **timm_kwargs)
+        model = create_model(arch, bits=bits, irm=irm, irm_stat=irm_stat, **timm_kwargs)
     except ValueError as e:
         raise ExportError(str(e)) from None
     model.eval()

@@ -20,7 +20,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from qvit_edge import quant
-from qvit_edge.intmodel import IntModel, padded_grid, pair
+from qvit_edge.intmodel import IntModel, irm_stat, padded_grid, pair
 
 F32 = np.float32
 
@@ -122,12 +122,26 @@ def _patch_embed(g, op, prm, x, in_chans):
     return g.op("Transpose", [y], perm=[0, 2, 1])
 
 
+def _head_norm(g, x, gamma, beta, eps, hint):
+    """Per-head IRM of x [B', H, T, d]: (x - mu + beta[h]) / (gamma[h] sqrt(var + eps)), mu and the
+    biased var over each head's T x d values (reference.head_norm)."""
+    axes = g.ints([-2, -1], "axes")
+    xc = g.op("Sub", [x, g.op("ReduceMean", [x, axes], keepdims=1)])
+    var = g.op("ReduceMean", [g.op("Mul", [xc, xc]), axes], keepdims=1)
+    sd = g.op("Sqrt", [g.op("Add", [var, g.const(F32(eps), "eps")])])
+    num = g.op("Add", [xc, g.const(np.asarray(beta, F32)[:, None, :], f"{hint}.beta")])
+    return g.op("Div", [num, g.op("Mul", [g.const(np.asarray(gamma, F32)[:, None, :], f"{hint}.gamma"), sd])])
+
+
 def _attention(g, op, prm, qkv):
     h, d, bits, par = op["heads"], op["head_dim"], op["bits"], op["param"]
     t = g.op("Reshape", [qkv, g.ints([0, 0, 3, h, d])])
     t = g.op("Transpose", [t], perm=[2, 0, 3, 1, 4])
     q, k, v = (g.op("Gather", [t, g.const(np.int64(i), "idx")], axis=0) for i in range(3))
-    if op["irm"]:
+    if op["irm"] and irm_stat(op) == "head":
+        q = _head_norm(g, q, prm["norm_q.gamma"], prm["norm_q.beta"], op["eps"], f"{par}.norm_q")
+        k = _head_norm(g, k, prm["norm_k.gamma"], prm["norm_k.beta"], op["eps"], f"{par}.norm_k")
+    elif op["irm"]:
         q = g.op(
             "LayerNormalization",
             [q, g.const(prm["norm_q.weight"]), g.const(prm["norm_q.bias"])],

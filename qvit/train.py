@@ -44,7 +44,7 @@ class TrainConfig:
     embed_bits: int = 8
     head_bits: int = 8
     irm: bool = True
-    irm_stat: str = "token"  # IRM statistics: "token" (official code) or "head" (qvit/attention.py)
+    irm_stat: str = "head"  # IRM statistics: "head" (per-head, the default) or "token" (official code)
     irm_calib: int = 256  # training images the IRM affine is least-squares calibrated on (0: off)
     act_init: str = "mse"  # activation steps from the first batch: "mse" or "lsq" (qvit/quantizers.py)
     gelu_clip: float | None = 10.0

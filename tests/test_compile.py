@@ -75,7 +75,7 @@ def test_bitserial_linear_is_exact(linear_kernels, ab, wb):
     np.testing.assert_array_equal(y.numpy(), quant.int_linear(codes, zp, w).astype(np.float32))
 
 
-@pytest.mark.parametrize("irm", [False, True])
+@pytest.mark.parametrize("irm", [0, 1, 2])  # K.IRM_MODES: none, per token, per head
 def test_attention_kernel_is_exact(irm):
     """The attention kernel (C micro-kernel per head) on one head group: q, k, v and probability codes
     and planes, code sums and the P V output against qvit_edge.quant / reference arithmetic."""
@@ -89,7 +89,10 @@ def test_attention_kernel_is_exact(irm):
     st["p"] = np.full(h, 1 / 7, np.float32)
     zp = {s: rng.integers(0, 1 << bits, h).astype(np.int32) for s in "qkv"}
     zp["p"] = np.zeros(h, np.int32)
-    nw = [rng.uniform(0.5, 1.5, d).astype(np.float32), rng.normal(0, 0.2, d).astype(np.float32)] * 2
+    shape = (d,) if irm == 1 else (h, d)
+    nw = [rng.uniform(0.5, 1.5, shape).astype(np.float32), rng.normal(0, 0.2, shape).astype(np.float32)] * 2
+    if irm == 2:
+        qkv[:, :, : 2 * h * d] += 3.0  # q, k off zero: the per-head mean matters
     args = [qkv, *(nw if irm else [])]
     for s in "qkvp":
         args += [st[s], zp[s]]
@@ -97,9 +100,12 @@ def test_attention_kernel_is_exact(irm):
     mod["att"](*[_t(a) for a in args], *res)
     qp, kp, vp, qs, ks, vs, pp, ps, out = [r.numpy() for r in res]
     q, k, v = reference.split_qkv(qkv, h, d)
-    if irm:
+    if irm == 1:
         q = reference.layernorm(q, nw[0], nw[1], 1e-6)
         k = reference.layernorm(k, nw[2], nw[3], 1e-6)
+    elif irm == 2:
+        q = reference.head_norm(q, nw[0], nw[1], 1e-6)
+        k = reference.head_norm(k, nw[2], nw[3], 1e-6)
     qc = quant.quantize_act(q, st["q"][:, None, None], zp["q"][:, None, None], bits)
     kc = quant.quantize_act(k, st["k"][:, None, None], zp["k"][:, None, None], bits)
     vc = quant.quantize_act(v, st["v"][:, None, None], zp["v"][:, None, None], bits)

@@ -29,9 +29,10 @@ def test_every_planned_run_is_a_valid_qvit_train_command():
         assert a.bits == r.bits and a.epochs == 1 and a.threads == 1
         assert a.teacher == a.init_from == "runs/exp/teacher/best"
         assert a.no_irm == (r.variant in ("base", "dgd"))
-        assert (a.dgd > 0) == (r.variant in ("dgd", "qvit", "qvit_mean"))
-        if a.dgd > 0:  # the paper's sum, but for the averaged row
-            assert a.dgd_reduce == ("mean" if r.variant == "qvit_mean" else "sum")
+        assert (a.dgd > 0) == (r.variant in ("dgd", "qvit", "qvit_mean", "qvit_token"))
+        assert a.irm_stat == ("token" if r.variant == "qvit_token" else "head")
+        if a.dgd > 0:  # the paper's sum in the rows that reproduce it, else the default mean
+            assert a.dgd_reduce == ("sum" if r.variant in ("qvit", "dgd") else "mean")
 
 
 def test_longer_schedules_get_their_own_run_names_and_only_selects_rows():

@@ -26,7 +26,11 @@ def _lively(model, seed):
         for name, p in model.named_parameters():
             if name.endswith(("a_quant.step", "a_quant.offset", "w_quant.step")) or "_act." in name:
                 continue
-            if (
+            if name.endswith("gamma"):  # per-head IRM scale [H, d]: it divides, keep it near 1
+                p.copy_(1 + 0.2 * torch.randn(p.shape, generator=g))
+            elif name.endswith("beta"):
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+            elif (
                 p.dim() >= 2
                 and "relative_position" not in name
                 and "token" not in name
@@ -73,6 +77,14 @@ MODELS = {
     # window 4 on 14x14 and 7x7 grids: timm pads to whole windows (and shifts in both stages)
     "swin_w4_padded_w2": lambda: create_model(
         "swin_tiny_patch2_window7_28", bits=2, depths=(2, 2), embed_dim=16, num_heads=(2, 2), window_size=4
+    ),
+    # per-head IRM: statistics per (image, head) in DeiT, per (window, head) in Swin (padded windows)
+    "deit_w2_head": lambda: create_model(
+        "deit_tiny_patch4_28", bits=2, irm_stat="head", depth=2, embed_dim=48, num_heads=3
+    ),
+    "swin_w2_head_padded": lambda: create_model(
+        "swin_tiny_patch2_window7_28", bits=2, irm_stat="head", depths=(2, 2), embed_dim=16, num_heads=(2, 2),
+        window_size=4,
     ),
 }
 
@@ -129,7 +141,7 @@ def test_every_quantized_layer_has_equal_integer_accumulators_and_close_output(p
             step, zp = prm[f"{a}_step"].reshape(h, 1, 1), prm[f"{a}_zp"].reshape(h, 1, 1)
             torch_codes[a] = np.rint(xhat / step).astype(np.int64) + zp
             agree = (torch_codes[a] == ints[a]).mean()
-            # q and k pass the IRM LayerNorm (torch vs numpy float order): a code on a rounding
+            # q and k pass the IRM (torch vs numpy float order): a code on a rounding
             # boundary may flip; v and (almost always) p agree exactly
             assert agree >= (1.0 if a == "v" else 0.999), (name, op["param"], a, agree)
         # q k^T of PyTorch's own codes, summed in int64 here, equals the reference's accumulator
@@ -165,7 +177,12 @@ def test_exported_structure_follows_the_model(pair):
     assert im.config["irm"] == qc.irm
     assert im.config["bits"] == {"weight": qc.w_bits, "act": qc.a_bits, "embed": 8, "head": 8}
     for op, prm in im.ops("attention"):
-        assert op["irm"] == qc.irm and (("norm_q.weight" in prm) == qc.irm)
+        assert op["irm"] == qc.irm and op.get("irm_stat", "token") == qc.irm_stat
+        affine = {"token": "norm_q.weight", "head": "norm_q.gamma"}[qc.irm_stat]
+        assert (affine in prm) == qc.irm
+        if qc.irm and qc.irm_stat == "head":
+            attn = model.get_submodule(op["param"])
+            np.testing.assert_array_equal(prm["norm_k.beta"], attn.norm_k.beta.detach().numpy())
         assert op["bits"] == qc.a_bits
     for op, prm in im.ops("qlinear"):
         lo, hi = quant.weight_range(op["w_bits"])

@@ -21,6 +21,8 @@ CASES = {
     "deit_distilled_w3_noirm": {"INT4", "UINT4"},
     "deit_w1": {"INT2", "UINT4"},
     "swin_w4_padded_w2": {"INT2", "UINT4"},
+    "deit_w2_head": {"INT2", "UINT4"},
+    "swin_w2_head_padded": {"INT2", "UINT4"},
 }
 
 

@@ -65,6 +65,69 @@ def test_ops_iterates_an_op_with_its_tensors(deit):
     assert lin["weight"].dtype == np.int8 and lin["a_zp"].shape == ()
 
 
+@pytest.fixture(scope="module")
+def deit_head():
+    return intmodel.random_deit(bits=2, irm_stat="head", seed=4)
+
+
+def test_per_head_irm_round_trips_with_its_statistic_and_head_by_channel_affine(deit, deit_head, tmp_path):
+    path = str(tmp_path / "h.qvit.safetensors")
+    deit_head.save(path)
+    back = IntModel.load(path)
+    assert back.config == deit_head.config and back.digest() == deit_head.digest()
+    op, prm = next(back.ops("attention"))
+    assert op["irm"] and op["irm_stat"] == "head"
+    h, d = op["heads"], op["head_dim"]
+    for a in "qk":
+        assert prm[f"norm_{a}.gamma"].shape == (h, d) and prm[f"norm_{a}.beta"].shape == (h, d)
+        assert f"norm_{a}.weight" not in prm
+    # a per-token model keeps its old layout: no irm_stat field (absent means "token")
+    assert all("irm_stat" not in op for op in deit.graph)
+
+
+def _set_irm_stat(stat):
+    def edit(c):
+        for op in c["graph"]:
+            if op["op"] == "attention":
+                op["irm_stat"] = stat
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    "head,edit_config,edit_tensors,message",
+    [
+        (False, _set_irm_stat("channel"), None, "irm_stat='channel' is not one of token, head"),
+        (False, _set_irm_stat(True), None, "irm_stat=True is not one of token, head"),
+        (False, _set_irm_stat("token"), None, None),  # explicit "token" is the default
+        (False, _set_irm_stat("head"), None, "missing tensor 'blocks.0.attn.norm_q.gamma'"),
+        (True, _set_irm_stat("token"), None, "missing tensor 'blocks.0.attn.norm_q.weight'"),
+        (
+            True,
+            None,
+            lambda t: t.update({"blocks.1.attn.norm_k.beta": t["blocks.1.attn.norm_k.beta"][0].copy()}),
+            "has shape [16], expected [2, 16]",
+        ),
+        (
+            True,
+            None,
+            lambda t: t.update({"blocks.0.attn.norm_q.gamma": t["blocks.0.attn.norm_q.gamma"].astype("f2")}),
+            "is float16, expected float32",
+        ),
+    ],
+)
+def test_irm_statistic_and_its_tensors_are_checked(deit, deit_head, tmp_path, head, edit_config, edit_tensors,
+                                                   message):
+    model = deit_head if head else deit
+    path = _save_broken(model, tmp_path / "bad.qvit.safetensors", edit_config, edit_tensors)
+    if message is None:
+        IntModel.load(path)
+        return
+    with pytest.raises(IntModelError) as e:
+        IntModel.load(path)
+    assert message in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
 def _save_broken(model, path, edit_config=None, edit_tensors=None):
     config = json.loads(json.dumps(model.config))
     tensors = dict(model.tensors)

@@ -56,10 +56,21 @@ def test_calibration_leaves_quantizers_to_initialise_after_it():
     assert not torch.equal(attn.norm_q.gamma, torch.ones_like(attn.norm_q.gamma))
 
 
-def test_per_head_irm_has_no_integer_form_yet():
-    m = create_model("deit_tiny_distilled_patch4_28", bits=2, irm_stat="head", depth=1, embed_dim=48)
-    with pytest.raises(ValueError, match="--irm-stat token"):
-        m.blocks[0].attn.int_form()
+@pytest.mark.parametrize("arch,kw", [
+    ("deit_tiny_distilled_patch4_28", {"depth": 1, "embed_dim": 48}),
+    ("swin_tiny_patch2_window7_28", {"depths": (2, 1), "embed_dim": 16, "num_heads": (2, 2)}),
+])
+def test_per_head_irm_exports_and_the_reference_agrees_with_pytorch(arch, kw):
+    from qvit.export import check_agreement, export_random
+
+    im, model = export_random(arch, 2, irm_stat="head", **kw)
+    ops = [op for op in im.graph if op["op"] == "attention"]
+    assert ops and all(op["irm"] and op["irm_stat"] == "head" for op in ops)
+    prm = im.params(ops[0])
+    assert prm["norm_q.gamma"].shape == (ops[0]["heads"], ops[0]["head_dim"])
+    x = torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(3)).numpy()
+    r = check_agreement(model, im, x)["reference"]
+    assert r["top1_agreement"] >= 0.9 and r["max_rel_logit_diff"] <= 0.5, r
 
 
 def test_unknown_irm_statistic_is_refused():

@@ -26,6 +26,9 @@ MODELS = {
     "deit_w2": lambda: intmodel.random_deit(bits=2, distilled=True, seed=1),
     "deit_w1": lambda: intmodel.random_deit(bits=1, irm=False, depth=1, seed=2),
     "swin_w4": lambda: intmodel.random_swin(bits=4, seed=3),
+    # per-head IRM: statistics over each (item, head) T x d block, summed in the reference's order
+    "deit_w2_head": lambda: intmodel.random_deit(bits=2, irm_stat="head", distilled=True, seed=4),
+    "swin_w3_head": lambda: intmodel.random_swin(bits=3, irm_stat="head", seed=5),
 }
 
 
@@ -42,12 +45,14 @@ def compiled(tmp_path_factory):
         # the same model with every intermediate kept (no shared arena), for layer-by-layer checks
         compiler.compile_model(m, "x86_64", path + ".keep.so", mcpu="x86-64-v3", progress=lambda *a: None,
                                keep_intermediates=True)
-    # deit_w2 for this machine's CPU too: the C micro-kernels' AVX-512 paths (VPOPCNTDQ, VNNI) where
-    # the CPU has them (x86-64-v3 above runs their AVX2 / plain C paths)
-    m = MODELS["deit_w2"]()
-    path = str(d / "deit_w2_host.so")
-    compiler.compile_model(m, "x86_64", path + ".keep.so", progress=lambda *a: None, keep_intermediates=True)
-    out["deit_w2_host"] = (m, path)
+    # deit_w2 and swin_w3_head for this machine's CPU too: the C micro-kernels' AVX-512 paths
+    # (VPOPCNTDQ, VNNI) where the CPU has them (x86-64-v3 above runs their AVX2 / plain C paths)
+    for name in ("deit_w2", "swin_w3_head"):
+        m = MODELS[name]()
+        path = str(d / f"{name}_host.so")
+        compiler.compile_model(m, "x86_64", path + ".keep.so", progress=lambda *a: None,
+                               keep_intermediates=True)
+        out[f"{name}_host"] = (m, path)
     return out
 
 
@@ -75,7 +80,9 @@ def _codes(planes: np.ndarray) -> np.ndarray:
     return (bits * weights).sum(axis=-3)
 
 
-@pytest.mark.parametrize("name", ["deit_w2", "swin_w4", "deit_w2_host"])
+@pytest.mark.parametrize(
+    "name", ["deit_w2", "swin_w4", "deit_w2_host", "deit_w2_head", "swin_w3_head", "swin_w3_head_host"]
+)
 def test_every_layer_integer_codes_equal_reference(compiled, name):
     """For every quantized op: the activation codes the compiled kernels packed (linear inputs;
     q, k, v and the attention probabilities) equal the reference's, and its float output matches."""
@@ -193,10 +200,11 @@ AARCH64_PY = os.path.join(ROOT, "scripts", "aarch64-python.sh")
 @pytest.mark.qemu
 @pytest.mark.skipif(not shutil.which("qemu-aarch64") or not shutil.which("aarch64-linux-gnu-gcc"),
                     reason="needs qemu-user and gcc-aarch64-linux-gnu")
-def test_aarch64_model_so_under_qemu(tmp_path):
+@pytest.mark.parametrize("name", ["deit_w2", "deit_w2_head", "swin_w3_head"])
+def test_aarch64_model_so_under_qemu(tmp_path, name):
     """Cross-compiled for the Cortex-A72, run by the aarch64 runtime (no TVM) under qemu."""
-    m = MODELS["deit_w2"]()
-    path = str(tmp_path / "deit_arm.so")
+    m = MODELS[name]()
+    path = str(tmp_path / f"{name}_arm.so")
     compiler.compile_model(m, "aarch64", path, progress=lambda *a: None)
     x = _images(m, 3)
     np.save(tmp_path / "x.npy", x)

@@ -17,6 +17,20 @@ def deit():
     return intmodel.random_deit(bits=2, distilled=True, seed=2)
 
 
+@pytest.fixture(scope="module")
+def deit_head():
+    return intmodel.random_deit(bits=2, irm_stat="head", seed=6)
+
+
+@pytest.fixture(scope="module")
+def swin_head():
+    return intmodel.random_swin(bits=3, irm_stat="head", seed=7)
+
+
+def _model(which, deit, swin, deit_head, swin_head):
+    return {"deit": deit, "swin": swin, "deit_head": deit_head, "swin_head": swin_head}[which]
+
+
 def _images(n, shape=(1, 28, 28), seed=0):
     return np.random.default_rng(seed).normal(size=(n, *shape)).astype(np.float32)
 
@@ -57,7 +71,14 @@ def _float_attention(op, prm, qkv):
     h, d, bits = op["heads"], op["head_dim"], op["bits"]
     b, t, _ = qkv.shape
     q, k, v = qkv.astype(np.float64).reshape(b, t, 3, h, d).transpose(2, 0, 3, 1, 4)
-    if op["irm"]:
+    if op["irm"] and op.get("irm_stat") == "head":
+
+        def hn(z, g, bb):  # mean and variance over each (item, head) block of T x d
+            mu, var = z.mean((-2, -1), keepdims=True), z.var((-2, -1), keepdims=True)
+            return (z - mu + bb[:, None]) / (g[:, None] * np.sqrt(var + op["eps"]))
+
+        q, k = hn(q, prm["norm_q.gamma"], prm["norm_q.beta"]), hn(k, prm["norm_k.gamma"], prm["norm_k.beta"])
+    elif op["irm"]:
 
         def ln(z, w, bb):
             return (z - z.mean(-1, keepdims=True)) / np.sqrt(z.var(-1, keepdims=True) + op["eps"]) * w + bb
@@ -83,9 +104,10 @@ def _float_attention(op, prm, qkv):
     return o.transpose(0, 2, 1, 3).reshape(b, t, h * d)
 
 
-@pytest.mark.parametrize("which", ["deit", "swin"])
-def test_attention_equals_float_formula_incl_rel_pos_bias_and_shift_mask(which, deit, swin):
-    model = deit if which == "deit" else swin
+@pytest.mark.parametrize("which", ["deit", "swin", "deit_head", "swin_head"])
+def test_attention_equals_float_formula_incl_rel_pos_bias_and_shift_mask(which, deit, swin, deit_head,
+                                                                         swin_head):
+    model = _model(which, deit, swin, deit_head, swin_head)
     x = _images(2)
     _, tr = ref.run(model, x, trace=True)
     checked_mask = False
@@ -96,7 +118,33 @@ def test_attention_equals_float_formula_incl_rel_pos_bias_and_shift_mask(which, 
         close = np.isclose(got, want, rtol=1e-4, atol=1e-4)
         assert close.mean() > 0.99, (op["param"], close.mean())
         checked_mask |= "mask" in prm
-    assert checked_mask == (which == "swin")
+    assert checked_mask == which.startswith("swin")
+    assert {op.get("irm_stat", "token") for op in model.graph if op["op"] == "attention"} == {
+        "head" if which.endswith("head") else "token"
+    }
+
+
+def test_head_norm_sums_in_the_documented_order():
+    """reference.head_sum: every row's numpy sum over d, then numpy's pairwise sum of the row sums of
+    each (item, head) block as one contiguous 1-D vector (the order the compiled kernel reproduces),
+    including T > 128 (pairwise blocks split) and d that is not a multiple of 8."""
+    rng = np.random.default_rng(8)
+    for b, t, h, d in [(2, 197, 3, 64), (3, 49, 2, 12), (1, 300, 2, 7)]:
+        qkv = (rng.normal(size=(b, t, 3 * h * d)) * 3 + 1).astype(np.float32)
+        q, _, _ = ref.split_qkv(qkv, h, d)
+        got = ref.head_sum(q)
+        for i in range(b):
+            for j in range(h):
+                rows = np.array([np.add.reduce(np.ascontiguousarray(r)) for r in q[i, j]], np.float32)
+                assert got[i, j, 0, 0] == np.add.reduce(rows), (b, t, h, d)
+        g = rng.uniform(0.5, 2, (h, d)).astype(np.float32)
+        be = rng.normal(size=(h, d)).astype(np.float32)
+        y = ref.head_norm(q, g, be, 1e-5)
+        assert y.dtype == np.float32
+        q64 = q.astype(np.float64)
+        mu, var = q64.mean((-2, -1), keepdims=True), q64.var((-2, -1), keepdims=True)
+        np.testing.assert_allclose(y, (q64 - mu + be[:, None]) / (g[:, None] * np.sqrt(var + 1e-5)),
+                                   rtol=1e-4, atol=1e-5)
 
 
 def test_shift_mask_matters(swin):
@@ -206,9 +254,9 @@ def test_fast_integer_sums_equal_quant_bit_for_bit(a_bits, w_bits, z):
     assert np.array_equal(ref.int_matmul_act(a4, za, b, zb, a_bits), quant.int_matmul_act(a4, za, b, zb))
 
 
-@pytest.mark.parametrize("which", ["deit", "swin"])
-def test_each_image_gets_the_same_logits_bit_for_bit_in_any_batch(which, deit, swin):
-    model = deit if which == "deit" else swin
+@pytest.mark.parametrize("which", ["deit", "swin", "deit_head", "swin_head"])
+def test_each_image_gets_the_same_logits_bit_for_bit_in_any_batch(which, deit, swin, deit_head, swin_head):
+    model = _model(which, deit, swin, deit_head, swin_head)
     x = _images(5, seed=4)
     whole = ref.run(model, x)
     for i in range(5):

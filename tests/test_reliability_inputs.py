@@ -755,6 +755,7 @@ INTMODEL_CASES = [
         _tensor("blocks.0.mlp.fc1.w_step", lambda a: a.astype(np.float16)),
         "is float16, expected float32",
     ),
+    (_op(AT, "irm_stat", "channel"), None, "irm_stat='channel' is not one of token, head"),
 ]
 
 

@@ -4,7 +4,8 @@
  * a parallel loop over the (window-batch b, head h) items; each iteration calls qvit_attention_item
  * below for one item, which does all of that head's work while it is in cache:
  *
- *   q, k rows -> IRM LayerNorm (optional) -> codes -> bit planes + code sums
+ *   q, k rows -> IRM (optional: per-token LayerNorm, or per-head statistics) -> codes -> bit planes
+ *             + code sums
  *   v rows    -> codes -> bit planes along tokens (V^T) + code sums
  *   Q K^T bit-serial (AND + popcount) -> zero-point corrections -> scores (+ rel_pos_bias, + mask)
  *   -> softmax -> probability codes -> bit planes + code sums
@@ -126,7 +127,8 @@ static void softmax_row(const int32_t *acc, int T, int32_t rc, int32_t qz, const
 
 /* One item (b, h) of attention over T tokens, head_dim d, `bits`-bit codes everywhere.
  * Tensors (shapes as the plan declares them, batch b' = item / H):
- *   qkv [B', T, 3 H d]; steps / zero points [H]; nq_w, nq_b, nk_w, nk_b [d] (irm);
+ *   qkv [B', T, 3 H d]; steps / zero points [H]; irm: 0 none, 1 per token (nq_w, nq_b, nk_w,
+ *   nk_b: LayerNorm weight, bias [d]), 2 per head (the same pointers: gamma, beta [H, d]);
  *   bias [H, T, T] (has_bias), mask [n_mask, T, T] (n_mask > 0);
  *   qp, kp [B', H, bits, T, DW], vp [B', H, bits, d, TW], qs, ks [B', H, T], vs [B', H, d],
  *   pp [B', H, bits, T, TW], ps [B', H, T], out [B', T, H d].
@@ -164,14 +166,21 @@ int32_t qvit_attention_item(int32_t item, int32_t T, int32_t H, int32_t d, int32
   int32_t *psi = ps + (int64_t)item * T;
 
   /* ---- q, k, v codes ---- */
+  /* per-head IRM: the head's q and k statistics over all T rows first (f1: row sums, f0: a row) */
+  float mu[2] = {0.0f, 0.0f}, sd[2] = {1.0f, 1.0f};
+  if (irm == 2)
+    for (int s = 0; s < 2; s++) head_stats(base + s * D + h * d, 3 * D, T, d, eps, f1, f0, mu + s, sd + s);
   memset(codes, 0, (size_t)cl);
   memset(vc, 0, (size_t)d * tpad);
   for (int r = 0; r < T; r++) {
     const float *row = base + (int64_t)r * 3 * D + h * d;
     for (int s = 0; s < 2; s++) { /* q, k */
       const float *x = row + s * D;
-      if (irm) {
+      if (irm == 1) {
         layernorm_row(x, d, s ? nk_w : nq_w, s ? nk_b : nq_b, eps, f0);
+        x = f0;
+      } else if (irm == 2) {
+        headnorm_row(x, d, mu[s], sd[s], (s ? nk_w : nq_w) + (int64_t)h * d, (s ? nk_b : nq_b) + (int64_t)h * d, f0);
         x = f0;
       }
       quantize_row(x, d, (s ? k_step : q_step)[h], (s ? k_zp : q_zp)[h], bits, codes);

@@ -162,6 +162,37 @@ static inline void layernorm_row(const float *x, int n, const float *w, const fl
   for (; i < n; i++) out[i] = (x[i] - mu) / den * w[i] + b[i];
 }
 
+/* reference.head_norm's statistics of one (item, head) block of T rows of n at x + r * stride:
+ * each row's numpy-order sum over n into rows[r], then the pairwise sum of the T row sums (numpy's
+ * order for the contiguous vector of row sums); mean = sum / (T n), then the same two-level sum of
+ * the squared deviations (one row of them in tmp[n]) for the variance. -> *mu, *sd = sqrt(var + eps) */
+static inline void head_stats(const float *x, int64_t stride, int T, int n, float eps, float *rows, float *tmp,
+                              float *mu, float *sd) {
+  const float count = (float)(T * n);
+  for (int r = 0; r < T; r++) rows[r] = pairwise_sum(x + r * stride, n);
+  const float m = pairwise_sum(rows, T) / count;
+  for (int r = 0; r < T; r++) {
+    const float *xr = x + r * stride;
+    int i = 0;
+    for (; i + VL <= n; i += VL) {
+      vf c = loadf(xr + i) - m;
+      storef(tmp + i, c * c);
+    }
+    for (; i < n; i++) tmp[i] = (xr[i] - m) * (xr[i] - m);
+    rows[r] = pairwise_sum(tmp, n);
+  }
+  *mu = m;
+  *sd = __builtin_sqrtf(pairwise_sum(rows, T) / count + eps);
+}
+
+/* one row of reference.head_norm: ((x - mu) + beta) / (gamma * sd), gamma, beta the head's [n] */
+static inline void headnorm_row(const float *x, int n, float mu, float sd, const float *gamma, const float *beta,
+                                float *out) {
+  int i = 0;
+  for (; i + VL <= n; i += VL) storef(out + i, ((loadf(x + i) - mu) + loadf(beta + i)) / (loadf(gamma + i) * sd));
+  for (; i < n; i++) out[i] = ((x[i] - mu) + beta[i]) / (gamma[i] * sd);
+}
+
 /* Cephes expf: Cody-Waite reduction + degree-7 polynomial, within 1 ulp of libm's
  * for softmax inputs (<= 0). exp_f and exp_v do the same operations in the same order. */
 static inline float exp_f(float x) {
