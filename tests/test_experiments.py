@@ -23,8 +23,9 @@ def test_every_planned_run_is_a_valid_qvit_train_command():
         assert cmd[:2] == ["qvit", "train"]
         a = parser.parse_args(cmd[2:])
         assert a.out == str(r.out) and a.seed == r.seed
-        if r.bits is None:  # the teacher: full precision, continues the shipped FP model
-            assert a.bits is None and a.teacher is None and a.epochs == experiments.TEACHER_EPOCHS
+        if r.bits is None:  # the teacher: full precision, from scratch (no leak of the validation split)
+            assert a.bits is None and a.teacher is None and a.init_from is None
+            assert a.epochs == experiments.TEACHER_EPOCHS
             continue
         assert a.bits == r.bits and a.epochs == 1 and a.threads == 1
         assert a.teacher == a.init_from == "runs/exp/teacher/best"
@@ -86,7 +87,7 @@ def test_report_tables_runs_and_names_the_teacher_checkpoint(tmp_path, monkeypat
     log("w2a2_qvit_s0", [70.0], 79.5)
     log("w2a2_qvit_s1", [70.0], None)  # no test.json: not reported
     block = experiments.report(experiments.plan([0, 1], 1, 2))
-    assert (f"**88.75 %** top-1 on the test images, epoch {n - 1} of {n} more, selected on validation "
+    assert (f"**88.75 %** top-1 on the test images, epoch {n - 1} of {n}, selected on validation "
             "(89.50 %; the last epoch: 89.10 %)") in block
     assert "| W2A2 | **81.50** (81.00, 82.00) | 79.50 (1 seed) | - | -2.00 |" in block
     assert "| W4A4 | - | - | - | - |" in block
