@@ -237,27 +237,43 @@ def init_accuracy(cache: Path = RUNS / "init_accuracy.json") -> list[dict]:
     rows = json.loads(cache.read_text()) if cache.exists() else []
     if len(rows) == len(INIT_POINTS):
         return rows
+
+
+    rows = [dict(r, irm=r["irm"] is not None) for r in before_qat(
+        str(RUNS / "teacher" / "best"), [(b, "head" if irm else None, 256) for b, irm in INIT_POINTS])]
+    cache.write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+def before_qat(init_from: str, points: list, limit: int | None = None) -> list[dict]:
+    """Validation top-1 of W{b}A{b} students made from `init_from` before any QAT step, started
+    exactly as `qvit train` starts them (qvit.train.start_qat). points: (bits, irm_stat or None for
+    no IRM, IRM calibration images)."""
     import torch
 
-    from qvit.data import load_dataset, shard_order
+    from qvit.data import load_dataset
     from qvit.models import build
-    from qvit.train import TrainConfig, evaluate, iterate, model_config
+    from qvit.train import TrainConfig, evaluate, model_config, start_qat
 
     torch.set_num_threads(1)
     train, val = load_dataset("fashion-mnist", "train"), load_dataset("fashion-mnist", "val")
     rows = []
-    for bits, irm in INIT_POINTS:
-        cfg = TrainConfig(model=MODEL[1], bits=bits, irm=irm, model_args={"depth": 4, "embed_dim": 96})
-        model = build(model_config(cfg, train), init_from=str(RUNS / "teacher" / "best"))
-        idx = shard_order(len(train), 0, cfg.seed)[: cfg.batch_size]
-        x, _ = next(iterate(train, 28, cfg.batch_size, train=False, order=idx))
-        model.train()
-        with torch.no_grad():
-            model(x)
-        rows.append({"bits": bits, "irm": irm, "top1": evaluate(model, val, 28)["top1"]})
-        print(f"before QAT: W{bits}A{bits} irm={irm}: {rows[-1]['top1']:.2f} %")
-    cache.write_text(json.dumps(rows, indent=1))
+    for bits, stat, calib in points:
+        cfg = TrainConfig(model=MODEL[1], bits=bits, irm=stat is not None, irm_stat=stat or "head",
+                          irm_calib=calib, model_args={"depth": 4, "embed_dim": 96}, progress=False)
+        mcfg = model_config(cfg, train)
+        torch.manual_seed(cfg.seed)
+        model = build(mcfg, init_from=init_from)
+        start_qat(model, cfg, mcfg, train, 28, len(train))
+        top1 = evaluate(model, val, 28, limit=limit)["top1"]
+        rows.append({"bits": bits, "irm": stat, "irm_calib": calib, "top1": top1})
+        print(f"before QAT: W{bits}A{bits} irm={stat} calibrated on {calib}: {top1:.2f} %", flush=True)
     return rows
+
+
+# The IRM table of docs/training.md: every IRM form, from the shipped FP model.
+IRM_POINTS = [(bits, stat, calib) for bits in (8, 4)
+              for stat, calib in ((None, 0), ("token", 0), ("token", 256), ("head", 0), ("head", 256))]
 
 
 def write_plots(runs: list[Run], table: dict, teacher_top1: float | None) -> tuple[list[str], list[dict]]:
@@ -430,7 +446,8 @@ def write_report(block: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m qvit.experiments", description=__doc__.splitlines()[0])
-    p.add_argument("action", choices=["run", "report", "all"])
+    p.add_argument("action", choices=["run", "report", "all", "irm-table"],
+                   help="irm-table: before-QAT accuracy of every IRM form from models/fmnist_deit_tiny_fp")
     p.add_argument("--jobs", type=int, default=2, help="runs (threads) at a time")
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--epochs", type=int, default=1, help="QAT epochs per run")
@@ -438,6 +455,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="print the commands and their state only")
     args = p.parse_args(argv)
     os.chdir(ROOT)
+    if args.action == "irm-table":
+        rows = before_qat("models/fmnist_deit_tiny_fp", IRM_POINTS, limit=2000)
+        print("| IRM | calibration images | bits | top-1 (2000 validation images) |\n|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['irm'] or 'none'} | {r['irm_calib']} | W{r['bits']}A{r['bits']} | {r['top1']:.2f} |")
+        return 0
     only = args.only.split(",") if args.only else None
     if only and (unknown := set(only) - {f"w{b}a{b}_{v}" for b, v in GRID}):
         p.error(f"unknown rows {', '.join(sorted(unknown))}")

@@ -159,6 +159,24 @@ def model_config(cfg: TrainConfig, ds: DataSet) -> ModelConfig:
     return ModelConfig(cfg.model, spec.family, q, kw)
 
 
+def start_qat(model: nn.Module, cfg: TrainConfig, mcfg: ModelConfig, train_ds: DataSet, img_size: int,
+              n_train: int, device="cpu", rank: int = 0, world: int = 1) -> None:
+    """The start of QAT, as `qvit train` does it: IRM calibrated to reproduce q, k, then the
+    quantizers' data-dependent init on one batch of this process's shard."""
+    set_act_init(model, cfg.act_init)
+    if mcfg.quant.irm and cfg.irm_calib > 0:
+        cal = shard_order(n_train, 0, cfg.seed + 1, rank, world)[: cfg.irm_calib]
+        n_fit = calibrate_irm(model, (x.to(device) for x, _ in iterate(
+            train_ds, img_size, cfg.batch_size, train=False, order=cal)))
+        if rank == 0 and cfg.progress:
+            print(f"IRM: {n_fit} layers calibrated on {len(cal)} training images")
+    idx = shard_order(n_train, 0, cfg.seed, rank, world)[: cfg.batch_size]
+    x, _ = next(iterate(train_ds, img_size, cfg.batch_size, train=False, order=idx))
+    model.train()
+    with torch.no_grad():
+        model(x.to(device))
+
+
 def img_size_of(model: nn.Module) -> int:
     s = model.patch_embed.img_size
     return int(s[0] if isinstance(s, (tuple, list)) else s)
@@ -472,21 +490,9 @@ def run(cfg: TrainConfig) -> dict:
         torch.manual_seed(cfg.seed + rank)
         np.random.seed(cfg.seed + rank)
         random.seed(cfg.seed + rank)
-        # IRM calibrated to reproduce q, k, then the data-dependent quantizer init on one batch;
         # every process then takes rank 0's values
         if mcfg.quant.quantized:
-            set_act_init(model, cfg.act_init)
-            if mcfg.quant.irm and cfg.irm_calib > 0:
-                cal = shard_order(n_train, 0, cfg.seed + 1, rank, world)[: cfg.irm_calib]
-                n_fit = calibrate_irm(model, (x.to(device) for x, _ in iterate(
-                    train_ds, img_size, cfg.batch_size, train=False, order=cal)))
-                if rank == 0 and cfg.progress:
-                    print(f"IRM: {n_fit} layers calibrated on {len(cal)} training images")
-            idx = shard_order(n_train, 0, cfg.seed, rank, world)[: cfg.batch_size]
-            x, _ = next(iterate(train_ds, img_size, cfg.batch_size, train=False, order=idx))
-            model.train()
-            with torch.no_grad():
-                model(x.to(device))
+            start_qat(model, cfg, mcfg, train_ds, img_size, n_train, device, rank, world)
         broadcast_quantizers(model)
 
     ddp = world > 1

@@ -35,3 +35,15 @@ def pytest_runtest_makereport(item, call):
     reason = reason.removeprefix("Skipped: ")
     report.outcome = "failed"
     report.longrepr = f"CI=true: a skip is a failure here (broken install?): {reason}"
+
+
+def one_line_error(r, *needles) -> str:
+    """A finished subprocess that failed as a user error: status 2, one stderr line holding every
+    needle, no traceback. Returns the line."""
+    assert r.returncode == 2, (r.returncode, r.stdout[-2000:], r.stderr[-2000:])
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]

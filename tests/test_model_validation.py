@@ -19,6 +19,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from conftest import one_line_error as _one_line_error
 
 from qvit_edge import model_schema, preflight
 
@@ -140,14 +141,6 @@ def _edge(verb: str, model: str, image: str, timeout: float = TIMEOUT):
         pytest.fail(f"qvit-edge {verb} {model}: no answer in {timeout} s (hangs)")
 
 
-def _one_line_error(r, *needles) -> str:
-    assert r.returncode == 2, (r.returncode, r.stdout[-2000:], r.stderr[-2000:])
-    assert "Traceback" not in r.stderr, r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1, r.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
 
 
 # ---------------------------------------------------------------------------------------------- the cases

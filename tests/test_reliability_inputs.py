@@ -24,6 +24,7 @@ from contextlib import contextmanager
 
 import numpy as np
 import pytest
+from conftest import one_line_error as _one_line
 from PIL import Image
 
 from qvit_edge import intmodel
@@ -36,15 +37,6 @@ GRAY = InputSpec(1, (28, 28), (0.286,), (0.353,), "bilinear", 1.0)
 RGB = InputSpec(3, (24, 24), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bicubic", 0.875)
 
 
-def _one_line(r, *needles):
-    """A finished subprocess that failed as a user error: status 2, one stderr line, no traceback."""
-    assert r.returncode == 2, (r.returncode, r.stdout[-2000:], r.stderr[-2000:])
-    assert "Traceback" not in r.stderr, r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1, r.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
 
 
 def _png_with_size(w, h, data=b"\0" * 64):

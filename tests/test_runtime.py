@@ -15,6 +15,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import one_line_error as _one_line_error
 from PIL import Image
 
 from qvit_edge.preflight import _open_elf, _symbol_reader, available_cpus
@@ -31,14 +32,6 @@ def _edge(*args, python=sys.executable, timeout=300):
     return r
 
 
-def _one_line_error(r, *needles):
-    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
-    assert "Traceback" not in r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1, r.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture(scope="session")
