@@ -47,3 +47,22 @@ def one_line_error(r, *needles) -> str:
     for n in needles:
         assert n in lines[0], lines[0]
     return lines[0]
+
+
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot"]
+
+
+@pytest.fixture(scope="session")
+def api_model(tmp_path_factory):
+    """(model.so path, integer model) of a tiny random DeiT (28 px gray input, Fashion-MNIST class
+    names) compiled for this machine: one compile (slow) shared by the Python API tests and the
+    docs' examples."""
+    from qvit_compile import intmodel
+    from qvit_compile.compiler import compile_model
+
+    m = intmodel.random_deit(seed=3)
+    m.config["classes"] = FASHION_CLASSES
+    path = str(tmp_path_factory.mktemp("api") / "deit.so")
+    compile_model(m, os.uname().machine, path, progress=lambda *a: None)
+    return path, m

@@ -21,16 +21,10 @@ CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shi
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """(model.so path, integer model) of a tiny random DeiT with class names, for this machine."""
-    from qvit_compile.compiler import compile_model
-    from qvit_edge import intmodel
-
-    m = intmodel.random_deit(seed=3)
-    m.config["classes"] = CLASSES
-    path = str(tmp_path_factory.mktemp("api") / "deit.so")
-    compile_model(m, os.uname().machine, path, progress=lambda *a: None)
-    return path, m
+def built(api_model):
+    """(model.so path, integer model) of a tiny random DeiT with class names, for this machine
+    (conftest.py: compiled once a session)."""
+    return api_model
 
 
 @pytest.fixture(scope="module")
