@@ -1,4 +1,4 @@
-"""`qvit-edge`: run a compiled model.so on the device (run / bench / info)."""
+"""`qvit-edge`: run a compiled model.so on the device (run / bench / eval / info)."""
 from __future__ import annotations
 
 import sys
@@ -10,6 +10,8 @@ from qvit_edge.clikit import main as _main
 VERBS = [
     Verb("run", "qvit_edge.cmd_run", "classify images with a compiled model.so", "issue #6"),
     Verb("bench", "qvit_edge.cmd_bench", "latency / throughput / memory benchmark of a model.so", "issue #6"),
+    Verb("eval", "qvit_edge.cmd_eval", "top-1 / top-5 accuracy of a model.so on an ImageFolder tree",
+         "issue #6"),
     Verb("info", "qvit_edge.cmd_info",
          "show what a model.so holds (arch, bits, target, classes)", "issue #6"),
 ]

@@ -138,6 +138,9 @@ class Model:
         self._seconds = _ffi.new("double[]", max(1, len(self._steps_kind)))
         self._runs = 0
         self._failed = self._nat.ffi.new("int32_t *")
+        self._trace = None  # per-step start/end stamps of the last runs (record_trace)
+        self._trace_slots = 0
+        self._trace_count = 0
 
     # ------------------------------------------------------------------ setup
     def _attach(self, verified: preflight.ModelFile) -> None:
@@ -264,10 +267,20 @@ class Model:
         nat.lib.qv_pool_set_threads(self.threads)
         secs = self._nat.ffi.cast("double *", int(_ffi.cast("uintptr_t", self._seconds))) \
             if self._profiling else nat.ffi.NULL
+        nsteps = len(self._steps_kind)
         for b in range(x.shape[0]):
             self._in[0] = x[b]
-            rc = nat.lib.qvit_tvm_run(self._kernels, self._num_kernels, self._steps_n, len(self._steps_kind),
-                                      secs, self._failed)
+            if self._trace is None:
+                rc = nat.lib.qvit_tvm_run(self._kernels, self._num_kernels, self._steps_n, nsteps,
+                                          secs, self._failed)
+            else:  # this image's stamps go to the next slot of the ring
+                slot = self._trace_count % self._trace_slots
+                at = int(_ffi.cast("uintptr_t", self._trace)) + 16 * nsteps * slot  # 2 doubles a step
+                stamps = nat.ffi.cast("double *", at)
+                rc = nat.lib.qvit_tvm_run_traced(self._kernels, self._num_kernels, self._steps_n, nsteps,
+                                                 secs, stamps, self._failed)
+                if rc == 0:
+                    self._trace_count += 1
             if rc != 0:
                 i = self._failed[0]
                 msg = nat.ffi.string(nat.lib.qvit_tvm_last_error()).decode(errors="replace")
@@ -289,9 +302,43 @@ class Model:
             out[kind] = out.get(kind, 0.0) + float(self._seconds[i])
         return out
 
+    def step_profile(self) -> list:
+        """Seconds spent in each plan step since load / reset_profile(), in plan order."""
+        if not self._profiling:
+            raise ModelError("profiling is off: load the model with profile=True")
+        return [float(self._seconds[i]) for i in range(len(self._steps_kind))]
+
     def reset_profile(self) -> None:
         for i in range(len(self._steps_kind)):
             self._seconds[i] = 0.0
+
+    def record_trace(self, runs: int) -> None:
+        """From now on keep when each step of the last `runs` single-image runs started and ended (the
+        executor's own clock reads, native qvit_tvm_run_traced); 0 stops recording. Read with trace()."""
+        runs = int(runs)
+        if runs <= 0:
+            self._trace, self._trace_slots, self._trace_count = None, 0, 0
+            return
+        if not hasattr(self._nat.lib, "qvit_tvm_run_traced"):
+            raise ModelError("the native library qvit_edge._native predates per-step timestamps; "
+                             "reinstall qvit-edge")
+        self._trace = _ffi.new("double[]", 2 * len(self._steps_kind) * runs)
+        self._trace_slots, self._trace_count = runs, 0
+
+    def trace(self) -> list:
+        """The recorded runs, oldest first: one float64 array [steps, 2] (start, end) per image run,
+        in seconds of CLOCK_MONOTONIC (trace_clock())."""
+        if self._trace is None:
+            return []
+        n = 2 * len(self._steps_kind)
+        flat = np.frombuffer(_ffi.buffer(self._trace), np.float64).reshape(self._trace_slots, n // 2, 2)
+        kept = min(self._trace_count, self._trace_slots)
+        first = self._trace_count - kept
+        return [flat[(first + j) % self._trace_slots].copy() for j in range(kept)]
+
+    def trace_clock(self) -> float:
+        """Now, on the clock trace() stamps are read from (CLOCK_MONOTONIC, seconds)."""
+        return float(self._nat.lib.qvit_tvm_now())
 
     @property
     def steps(self) -> list:
@@ -328,6 +375,7 @@ class Model:
             self._tensors = {}
             self._arrays = {}
             self._steps = None
+            self._trace = None
             self._blob = None
             self._in = self._out = self._arena = None
             self._lib = None

@@ -107,6 +107,9 @@ CDEF_TVM_BACKEND = """
 void qvit_tvm_backend_table(void **table);
 int qvit_tvm_run(const void *kernels, int32_t nkernels, const void *steps, int32_t nsteps,
                  double *seconds, int32_t *failed_step);
+int qvit_tvm_run_traced(const void *kernels, int32_t nkernels, const void *steps, int32_t nsteps,
+                        double *seconds, double *stamps, int32_t *failed_step);
+double qvit_tvm_now(void);
 const char *qvit_tvm_last_error(void);
 void qvit_tvm_clear_error(void);
 """

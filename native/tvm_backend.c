@@ -151,8 +151,15 @@ static int step_error(int32_t i, int32_t *failed_step, const char *msg) {
   return -1;
 }
 
+double qvit_tvm_now(void) { return now(); }
+
 int qvit_tvm_run(const void *kernels, int32_t nkernels, const void *steps, int32_t nsteps, double *seconds,
                  int32_t *failed_step) {
+  return qvit_tvm_run_traced(kernels, nkernels, steps, nsteps, seconds, NULL, failed_step);
+}
+
+int qvit_tvm_run_traced(const void *kernels, int32_t nkernels, const void *steps, int32_t nsteps,
+                        double *seconds, double *stamps, int32_t *failed_step) {
   const qvit_kernel_fn *k = (const qvit_kernel_fn *)kernels;
   const qvit_tvm_step *s = (const qvit_tvm_step *)steps;
   char msg[160];
@@ -172,9 +179,17 @@ int qvit_tvm_run(const void *kernels, int32_t nkernels, const void *steps, int32
     qvit_any ret;
     memset(&ret, 0, sizeof ret);
     ret.type_index = kTVMFFINone;
-    double t0 = seconds ? now() : 0.0;
+    int timed = seconds || stamps;
+    double t0 = timed ? now() : 0.0;
     int rc = k[s[i].kernel](NULL, (const qvit_any *)s[i].args, s[i].nargs, &ret);
-    if (seconds) seconds[i] += now() - t0;
+    if (timed) {
+      double t1 = now();
+      if (seconds) seconds[i] += t1 - t0;
+      if (stamps) {
+        stamps[2 * i] = t0;
+        stamps[2 * i + 1] = t1;
+      }
+    }
     if (rc != 0) {
       if (failed_step) *failed_step = i;
       return -1;

@@ -46,6 +46,16 @@ typedef struct {
 int qvit_tvm_run(const void *kernels, int32_t nkernels, const void *steps, int32_t nsteps, double *seconds,
                  int32_t *failed_step);
 
+/* qvit_tvm_run that also records when each step ran: stamps (nullable) gets stamps[2*i] and
+ * stamps[2*i+1] = start and end of step i, in seconds of CLOCK_MONOTONIC (the clock Python's
+ * time.monotonic and time.perf_counter read on Linux); the same two clock reads feed seconds[i].
+ * Entries of steps that did not run (an error) are left as they were. */
+int qvit_tvm_run_traced(const void *kernels, int32_t nkernels, const void *steps, int32_t nsteps,
+                        double *seconds, double *stamps, int32_t *failed_step);
+
+/* CLOCK_MONOTONIC now, in seconds: what stamps are measured on. */
+double qvit_tvm_now(void);
+
 /* Last message a kernel raised ("ValueError: ..."), "" if none. */
 const char *qvit_tvm_last_error(void);
 void qvit_tvm_clear_error(void);

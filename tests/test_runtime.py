@@ -176,7 +176,7 @@ def test_bench_json(host_model):
     r = _edge("bench", host_model, "--warmup", "2", "--runs", "20", "--json")
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
-    assert d["schema"] == "qvit-edge.bench/1" and d["runs"] == 20 and d["threads"] == 1 and d["batch"] == 1
+    assert d["schema"] == "qvit-edge.bench/2" and d["runs"] == 20 and d["threads"] == 1 and d["batch"] == 1
     lat = d["latency_ms"]
     assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
     assert d["images_per_s"] > 0 and d["memory_mb"]["peak_rss"] > 0
@@ -385,7 +385,7 @@ def test_pi_bench_bundle_runs_on_an_aarch64_python(models, aarch64_python, tmp_p
                   env={"PI_PYTHON": aarch64_python})
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
-    assert d["schema"] == "qvit-edge.bench/1" and d["machine"] == "aarch64" and d["runs"] == 3
+    assert d["schema"] == "qvit-edge.bench/2" and d["machine"] == "aarch64" and d["runs"] == 3
     assert (board / "model.so").exists() and (board / "qvit_edge" / "cmd_bench.py").exists()
     saved = r.stderr.strip().splitlines()[-1].split("saved ")[-1]
     assert json.load(open(os.path.join(ROOT, saved))) == d
