@@ -355,4 +355,23 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict]:
         model.load_state_dict(sd, strict=True)
     except RuntimeError as e:
         raise UserError(f"{d / MODEL_FILE} does not fit its config: {str(e).splitlines()[0]}") from None
+    set_pretrained_cfg(model, config)
     return model, config
+
+
+def set_pretrained_cfg(model: nn.Module, config: dict) -> None:
+    """The input the checkpoint was trained on (its `data`: channels, size, mean, std,
+    interpolation, crop_pct) as the model's timm pretrained_cfg, so that
+    `timm.data.resolve_data_config(model=m)` prepares images as training did."""
+    data = config.get("data") or {}
+    pe = getattr(model, "patch_embed", None)
+    if pe is None or not data.get("mean") or not data.get("std"):
+        return
+    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    size = pe.img_size if isinstance(pe.img_size, (tuple, list)) else (pe.img_size, pe.img_size)
+    cfg.update(input_size=(pe.proj.in_channels, *(int(s) for s in size)), mean=tuple(data["mean"]),
+               std=tuple(data["std"]), num_classes=getattr(model, "num_classes", cfg.get("num_classes")))
+    for key in ("interpolation", "crop_pct"):
+        if data.get(key) is not None:
+            cfg[key] = data[key]
+    model.pretrained_cfg = model.default_cfg = cfg

@@ -28,7 +28,7 @@ def run(args) -> int:
     import torch
 
     from qvit.checkpoint import load_model
-    from qvit.data import load_dataset
+    from qvit.data import input_of, load_dataset
     from qvit.train import evaluate, img_size_of
 
     if args.threads:
@@ -39,7 +39,7 @@ def run(args) -> int:
     spec = args.data or config.get("train", {}).get("data")
     if not spec:
         raise UserError("the checkpoint does not name its data set; give --data")
-    ds = load_dataset(spec, args.split)
+    ds = load_dataset(spec, args.split, **input_of(config))  # channels, mean, std as trained
     classes = config.get("classes")
     if classes and len(classes) != len(ds.classes):
         raise UserError(f"{spec} has {len(ds.classes)} classes, the model {len(classes)}")

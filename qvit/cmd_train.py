@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 
 from qvit_edge.clikit import (
@@ -37,6 +38,46 @@ def _kv(s: str):
         return k, json.loads(v)
     except ValueError:
         return k, v
+
+
+def _finite(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {s}")
+    return v
+
+
+def input_args(args) -> dict:
+    """in_chans, img_size, num_classes, mean, std from --input-size / --in-chans / --img-size /
+    --num-classes / --mean / --std (and --model-arg in_chans= etc.); a conflict is one UserError line."""
+    model_args = dict(args.model_arg)
+    chans, size = args.in_chans, args.img_size
+    if args.input_size:
+        c, h, w = args.input_size
+        if h != w:
+            raise UserError(f"--input-size {c} {h} {w}: only square inputs are supported (H = W)")
+        if c not in (1, 3):
+            raise UserError(f"--input-size {c} {h} {w}: C must be 1 (grayscale) or 3 (RGB)")
+        if chans is not None and chans != c:
+            raise UserError(f"--input-size {c} {h} {w} and --in-chans {chans} disagree")
+        if size is not None and size != h:
+            raise UserError(f"--input-size {c} {h} {w} and --img-size {size} disagree")
+        chans, size = c, h
+    out = {"in_chans": chans, "img_size": size, "num_classes": args.num_classes}
+    for key, v in out.items():
+        if v is not None and key in model_args and model_args[key] != v:
+            raise UserError(f"--model-arg {key}={model_args[key]} disagrees with {v} from the input flags")
+    channels = chans if chans is not None else model_args.get("in_chans")
+    for name in ("mean", "std"):
+        vals = getattr(args, name)
+        if vals and channels is not None and len(vals) not in (1, channels):
+            raise UserError(f"--{name}: {len(vals)} values for {channels} input channels "
+                            "(give one per channel, or one)")
+    out.update(mean=args.mean, std=args.std)
+    return out
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -77,7 +118,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="extra timm argument, e.g. depth=6 or embed_dim=96 (repeatable)",
     )
-    g.add_argument("--img-size", type=positive_int, help="input size (default: the architecture's)")
+    g.add_argument("--img-size", type=positive_int,
+                   help="input size in px, square (default: the architecture's)")
+    g.add_argument("--input-size", type=positive_int, nargs=3, metavar=("C", "H", "W"),
+                   help="input channels and size, as timm's train.py (H = W): "
+                        "--in-chans C --img-size H in one")
+    g.add_argument("--in-chans", type=int, choices=(1, 3),
+                   help="input channels: an image folder is read as grayscale (1) or RGB (3, the default); "
+                        "the built-in data sets have 1")
+    g.add_argument("--num-classes", type=positive_int,
+                   help="classes of the head; must be the data's count (default: that count)")
+    g.add_argument("--mean", type=_finite, nargs="+", metavar="M",
+                   help="normalisation mean, one per channel or one for all (default: the data's; "
+                        "folders ImageNet's)")
+    g.add_argument("--std", type=positive_float, nargs="+", metavar="S",
+                   help="normalisation std (> 0), one per channel or one for all")
     g.add_argument("--drop-path", type=fraction, default=d.drop_path)
     g.add_argument(
         "--init-from", help="full-precision weights: a checkpoint directory, timm .pth or .safetensors"
@@ -149,6 +204,7 @@ def config_from_args(args) -> "TrainConfig":  # noqa: F821
     from qvit.train import TrainConfig
 
     check_timm_kwargs(dict(args.model_arg), "--model-arg")
+    inp = input_args(args)
 
     for name in ("bits", "w_bits", "a_bits"):
         v = getattr(args, name)
@@ -180,7 +236,11 @@ def config_from_args(args) -> "TrainConfig":  # noqa: F821
         act_init=args.act_init,
         gelu_clip=args.gelu_clip or None,
         model_args=dict(args.model_arg),
-        img_size=args.img_size,
+        img_size=inp["img_size"],
+        in_chans=inp["in_chans"],
+        num_classes=inp["num_classes"],
+        mean=inp["mean"],
+        std=inp["std"],
         drop_path=args.drop_path,
         init_from=args.init_from,
         teacher=args.teacher,

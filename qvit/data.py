@@ -184,12 +184,12 @@ class FolderSet(DataSet):
             crop_pct=crop_pct,
             color_jitter=0.4 if train else None,
         )
-        return _ImageList(self.samples, tf)
+        return _ImageList(self.samples, tf, "L" if self.channels == 1 else "RGB")
 
 
 class _ImageList(torch.utils.data.Dataset):
-    def __init__(self, samples: list, transform):
-        self.samples, self.transform = samples, transform
+    def __init__(self, samples: list, transform, mode: str = "RGB"):
+        self.samples, self.transform, self.mode = samples, transform, mode
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -199,9 +199,10 @@ class _ImageList(torch.utils.data.Dataset):
 
         path, label = self.samples[i]
         with Image.open(path) as im:
-            return self.transform(im.convert("RGB")), label
+            return self.transform(im.convert(self.mode)), label
 
 
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 VAL_SIZE = 5000  # Fashion-MNIST: the last 5000 training images select models; t10k is the test set
 SPLITS = ("train", "val", "test")
 
@@ -277,8 +278,8 @@ def _folder(root: str, split: str) -> FolderSet:
     return FolderSet(
         f"folder:{base.name}",
         classes,
-        [0.485, 0.456, 0.406],
-        [0.229, 0.224, 0.225],
+        list(IMAGENET_MEAN),
+        list(IMAGENET_STD),
         3,
         (224, 224),
         root=str(sub),
@@ -296,16 +297,62 @@ def has_test_split(spec: str) -> bool:
     return False
 
 
-def load_dataset(spec: str, split: str = "train") -> DataSet:
+def load_dataset(
+    spec: str,
+    split: str = "train",
+    *,
+    channels: int | None = None,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
+) -> DataSet:
+    """The data set `spec`'s split; channels / mean / std as the module docstring says (one value
+    of mean or std applies to every channel)."""
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r} ({', '.join(SPLITS)})")
     if spec in ("fashion-mnist", "fashion_mnist", "fmnist"):
-        return _fashion(split)
-    if spec == "digits":
-        return _digits(split)
-    if os.path.isdir(spec):
-        return _folder(spec, split)
-    raise UserError(f"unknown data set {spec!r}: use fashion-mnist, digits, or a folder with train/ and val/")
+        ds = _fashion(split)
+    elif spec == "digits":
+        ds = _digits(split)
+    elif os.path.isdir(spec):
+        ds = _folder(spec, split)
+    else:
+        raise UserError(
+            f"unknown data set {spec!r}: use fashion-mnist, digits, or a folder with train/ and val/"
+        )
+    return _with_input(ds, spec, channels, mean, std)
+
+
+def _with_input(ds: DataSet, spec: str, channels, mean, std) -> DataSet:
+    if channels is not None and channels != ds.channels:
+        if isinstance(ds, ArraySet):
+            raise UserError(
+                f"{spec} has {ds.channels} channel{'s' if ds.channels > 1 else ''} (grayscale); "
+                f"{channels} input channels are for image folders"
+            )
+        if channels not in (1, 3):
+            raise UserError(f"{channels} input channels: image folders are read as 1 (grayscale) or 3 (RGB)")
+        ds.channels = channels
+        if channels == 1:  # ImageNet's statistics averaged, as for a 1-channel timm model
+            ds.mean, ds.std = [sum(IMAGENET_MEAN) / 3], [sum(IMAGENET_STD) / 3]
+    for name, v in (("mean", mean), ("std", std)):
+        if v is None:
+            continue
+        v = [float(x) for x in v]
+        if len(v) == 1:
+            v = v * ds.channels
+        if len(v) != ds.channels:
+            raise UserError(f"{len(v)} {name} values for {ds.channels} input channel(s): "
+                            "give one per channel, or one")
+        if not all(math.isfinite(x) for x in v) or (name == "std" and min(v) <= 0):
+            raise UserError(f"{name} {v} must be finite{' and > 0' if name == 'std' else ''}")
+        setattr(ds, name, v)
+    return ds
+
+
+def input_of(config: dict) -> dict:
+    """load_dataset's channels / mean / std as a checkpoint's config stores them (its `data`)."""
+    data = (config or {}).get("data") or {}
+    return {k: data[k] for k in ("channels", "mean", "std") if data.get(k) is not None}
 
 
 def shard_order(

@@ -50,6 +50,10 @@ class TrainConfig:
     gelu_clip: float | None = 10.0
     model_args: dict = field(default_factory=dict)  # extra timm kwargs (depth, embed_dim, ...)
     img_size: int | None = None
+    in_chans: int | None = None  # input channels (folders: 1 grayscale, 3 RGB); None: the data's
+    num_classes: int | None = None  # None: the data's class count (given, it must be that count)
+    mean: list | None = None  # normalisation, one value per channel or one for all; None: the data's
+    std: list | None = None
     drop_path: float = 0.1
     init_from: str | None = None
     teacher: str | None = None
@@ -144,13 +148,49 @@ def inherited_model_args(cfg: TrainConfig) -> dict:
     return {k: v for k, v in (saved.get("timm_kwargs") or {}).items() if k != "drop_path_rate"}
 
 
+def data_input(cfg: TrainConfig) -> dict:
+    """load_dataset's channels / mean / std for this run: the explicit ones (--in-chans, or
+    --model-arg in_chans; --mean, --std), else the --init-from checkpoint's (its model arguments,
+    and its normalisation when it was trained on the same data), else None (the data's own)."""
+    ch = cfg.in_chans or cfg.model_args.get("in_chans") or inherited_model_args(cfg).get("in_chans")
+    mean, std = cfg.mean, cfg.std
+    if cfg.init_from and os.path.isdir(cfg.init_from) and (mean is None or std is None):
+        saved = ckpt.read_config(cfg.init_from)
+        d = saved.get("data") or {}
+        same_data = (saved.get("train") or {}).get("data") == cfg.data
+        if same_data and d.get("channels") is not None and ch in (None, d["channels"]):
+            ch = d["channels"]
+            mean = mean if mean is not None else d.get("mean")
+            std = std if std is not None else d.get("std")
+    return {"channels": ch, "mean": mean, "std": std}
+
+
 def model_config(cfg: TrainConfig, ds: DataSet) -> ModelConfig:
+    """The model to build: --model-arg over the --init-from checkpoint's arguments, --in-chans /
+    --num-classes / --img-size over both; channels and classes must be the data's (one line)."""
     spec = get_arch(cfg.model)
-    kw = {**inherited_model_args(cfg), **cfg.model_args}
+    inherited = inherited_model_args(cfg)
+    kw = {**inherited, **cfg.model_args}
+    for key, v in (("in_chans", cfg.in_chans), ("num_classes", cfg.num_classes), ("img_size", cfg.img_size)):
+        if v:
+            kw[key] = v
     kw.setdefault("in_chans", ds.channels)
     kw.setdefault("num_classes", len(ds.classes))
-    if cfg.img_size:
-        kw["img_size"] = cfg.img_size
+
+    def source(key: str, flag: str) -> str:
+        if getattr(cfg, key):
+            return f"{flag} {kw[key]}"
+        if key in cfg.model_args:
+            return f"--model-arg {key}={kw[key]}"
+        return f"{key}={kw[key]} from --init-from {cfg.init_from}"
+
+    if kw["in_chans"] != ds.channels:
+        raise UserError(
+            f"{source('in_chans', '--in-chans')}: {cfg.data} is read with {ds.channels} channel(s)"
+        )
+    if kw["num_classes"] != len(ds.classes):
+        raise UserError(f"{source('num_classes', '--num-classes')}: {cfg.data} has {len(ds.classes)} classes "
+                        f"({', '.join(ds.classes[:5])}{', ...' if len(ds.classes) > 5 else ''})")
     if cfg.drop_path:
         kw["drop_path_rate"] = cfg.drop_path
     w = cfg.w_bits if cfg.w_bits is not None else cfg.bits
@@ -192,6 +232,19 @@ def load_teacher(cfg: TrainConfig, mcfg: ModelConfig) -> nn.Module:
     if teacher.qvit_config.quant.quantized:
         print(f"warning: the teacher {cfg.teacher} is quantized; Q-ViT distils from full precision")
     return teacher
+
+
+def check_teacher(teacher: nn.Module, student: nn.Module, path: str) -> None:
+    """The teacher (built from its own checkpoint's model arguments) must see the student's input
+    and predict its classes; depth and width may differ (logit distillation; DGD pairs layers)."""
+    def shape(m: nn.Module) -> dict:
+        return {"in_chans": m.patch_embed.proj.in_channels, "img_size": img_size_of(m),
+                "num_classes": m.num_classes}
+
+    t, s = shape(teacher), shape(student)
+    for k in t:
+        if t[k] != s[k]:
+            raise UserError(f"--teacher {path} has {k}={t[k]}, the student {s[k]}")
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -431,15 +484,24 @@ def run(cfg: TrainConfig) -> dict:
     last_dir = out / "last"
     resume = ckpt.has_run(out)
 
-    train_ds = load_dataset(cfg.data, "train")
-    val_ds = load_dataset(cfg.data, "val")
+    saved = ckpt.read_config(last_dir) if resume else None
     if resume:
-        saved = ckpt.read_config(last_dir)
         if saved.get("train", {}).get("model") != cfg.model or saved["train"].get("data") != cfg.data:
             raise UserError(
                 f"{out} holds a run of {saved['train'].get('model')} on {saved['train'].get('data')}; "
                 f"use another --out"
             )
+        for k in ("in_chans", "num_classes", "mean", "std"):  # the run's input, unless given again
+            if getattr(cfg, k) is None:
+                setattr(cfg, k, saved["train"].get(k))
+    inp = data_input(cfg)
+    train_ds = load_dataset(cfg.data, "train", **inp)
+    val_ds = load_dataset(cfg.data, "val", **inp)
+    if resume:
+        d = saved.get("data") or {}
+        for k, flag in (("channels", "--in-chans"), ("mean", "--mean"), ("std", "--std")):
+            if d.get(k) is not None and d[k] != getattr(train_ds, k):
+                raise UserError(f"{flag} {getattr(train_ds, k)}: the run in {out} was trained with {d[k]}")
         mcfg = ModelConfig.from_json(saved["model"])
         if cfg.teacher is None and saved["train"].get("teacher"):  # keep distilling as the run did
             for k in ("teacher", "distill", "alpha", "tau", "dgd", "dgd_reduce", "dgd_target", "dgd_point"):
@@ -466,6 +528,8 @@ def run(cfg: TrainConfig) -> dict:
     if cfg.dgd > 0 and cfg.teacher and not mcfg.quant.quantized:
         dcfg.dgd = 0.0  # DGD is for quantized students
     teacher = load_teacher(cfg, mcfg).to(device) if cfg.teacher else None
+    if teacher is not None:
+        check_teacher(teacher, model, cfg.teacher)
     criterion = DistillationLoss(dcfg, teacher)
 
     n_train = len(train_ds) if cfg.limit_train is None else min(cfg.limit_train, len(train_ds))
@@ -623,7 +687,7 @@ def report_test(cfg: TrainConfig, out: Path, device) -> dict:
         return {}
     model, _ = ckpt.load_model(str(out / "best"))
     model.to(device)
-    test_ds = load_dataset(cfg.data, "test")
+    test_ds = load_dataset(cfg.data, "test", **data_input(cfg))
     m = evaluate(model, test_ds, img_size_of(model), cfg.batch_size, cfg.workers, None, device)
     res = {"test_top1": m["top1"], "test_top5": m["top5"], "test_loss": m["loss"],
            "test_images": len(test_ds)}
