@@ -301,9 +301,9 @@ def check_images(config: dict, model: nn.Module, n: int) -> tuple[np.ndarray, np
     if spec:
         from torch.utils.data import DataLoader, Subset
 
-        from qvit.data import ArraySet, load_dataset
+        from qvit.data import ArraySet, input_of, load_dataset
 
-        ds = load_dataset(spec, "test")
+        ds = load_dataset(spec, "test", **input_of(config))
         n = min(n, len(ds))
         if isinstance(ds, ArraySet):
             x, y = ds.batch(torch.arange(n), int(pe.img_size[0]), train=False)
