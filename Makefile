@@ -49,7 +49,7 @@ bench: install
 	$(VPY) -m qvit_compile.bench --threads $(BENCH_THREADS)
 
 bench-kernels: install
-	$(VPY) -m qvit_edge.bench_kernels
+	$(VPY) -m qvit_compile.bench_kernels
 
 # The Q-ViT ablation on Fashion-MNIST (docs/results.md): hours on a CPU. Interrupt and rerun to
 # resume; runs already complete are skipped.

@@ -32,7 +32,7 @@ def parser() -> argparse.ArgumentParser:
 
 def load_source(args):
     """-> IntModel from --model (integer model file or checkpoint) or --arch/--bits/--random."""
-    from qvit_edge import intmodel
+    from .intmodel import IntModel
 
     if args.random:
         if args.model:
@@ -60,7 +60,7 @@ def load_source(args):
         head = f.read(8)
     if len(head) < 8:
         raise UserError(f"{path}: not an integer model file or checkpoint")
-    return intmodel.IntModel.load(path)
+    return IntModel.load(path)
 
 
 def main(argv=None) -> int:

@@ -104,7 +104,7 @@ def main(argv=None) -> int:
             y_torch = torch.cat([torch_model.eval()(torch.from_numpy(x[i:i + 100]))
                                  for i in range(0, len(x), 100)])
         y_torch = y_torch.float().numpy()
-        from qvit_edge import reference
+        from .intmodel import reference
         y_ref = np.concatenate([reference.run(imodel, x[i:i + 50]) for i in range(0, len(x), 50)])
     except UserError as e:
         print(f"qvit_compile.check: error: {e}", file=sys.stderr)

@@ -18,10 +18,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from qvit_edge import intmodel
-
 from . import kernels as K
 from . import packing, schedules
+from .intmodel import IRM_TENSORS, irm_stat, pair
 
 BITSERIAL_MAX_BITS = 4
 
@@ -223,7 +222,7 @@ class Lowering:
         p, prm = self.plan, self._prm(op)
         bp, t, three_d = p.shape(op["in"])
         h, d, bits = int(op["heads"]), int(op["head_dim"]), int(op["bits"])
-        stat = intmodel.irm_stat(op) if op["irm"] else None
+        stat = irm_stat(op) if op["irm"] else None
         irm, eps = K.IRM_MODES[stat], float(op["eps"])
         name = op["param"]
         dw, tw = K.words(d), K.words(t)
@@ -237,7 +236,7 @@ class Lowering:
         vs = p.act(f"{o}.vs", (bp, h, d), "int32")
         irm_args = []
         if stat is not None:
-            irm_args = [p.const(f"{name}.{s}", prm[s]) for s in intmodel.IRM_TENSORS[stat]]
+            irm_args = [p.const(f"{name}.{s}", prm[s]) for s in IRM_TENSORS[stat]]
         extra = []
         has_bias = "rel_pos_bias" in prm
         n_mask = 0
@@ -313,7 +312,6 @@ class Lowering:
         p.step(kid, "mean_tokens", [op["in"], p.act(op["out"], (shape[0], shape[2]))], op["out"])
 
     def _window_partition(self, op, reverse=False):
-        from qvit_edge.intmodel import pair
         p = self.plan
         shape = p.shape(op["in"])
         c = int(shape[-1])
@@ -329,7 +327,6 @@ class Lowering:
         self._window_partition(op, reverse=True)
 
     def _patch_merge(self, op):
-        from qvit_edge.intmodel import pair
         p = self.plan
         c = int(p.shape(op["in"])[-1])
         g = pair(op["grid"])

@@ -2,8 +2,9 @@
 
 Arithmetic: edge_runtime/quant.py. Activations are unsigned b-bit codes with an integer zero
 point, weights signed b-bit codes (1 bit: -1/+1). Every GEMM here returns exactly what
-`quant.int_linear` / `quant.int_matmul_act` return, or applies the fused epilogue of
-`reference.linear_epilogue` (and optionally `quant.quantize_act`) to it, bit for bit.
+`quant.int_linear` / `quant.int_matmul_act` return, or applies the fused epilogue of the integer
+reference's `linear_epilogue` (qvit_compile.intmodel.reference; and optionally
+`quant.quantize_act`) to it, bit for bit.
 
 Two exact engines:
   "bitserial": bit planes, AND + popcount (AVX-512 VPOPCNTDQ, AVX2, NEON CNT, scalar);
@@ -202,27 +203,6 @@ def pack_weight(w_codes, bits: int, engine: str = "auto", a_bits: int | None = N
     if engine == "auto":
         engine = engine_for(a_bits or bits, bits)
     return pack_b(w_codes, bits, True, engine, check)
-
-
-def pack_a(codes, bits: int, engine: str, check: bool = True):
-    """Pack M rows of activation codes as the A operand: (data, rowsum) (gemm() packs in C itself)."""
-    _check_bits(bits)
-    c = _codes(codes, bits, False, check, "A operand")
-    m, k = c.shape
-    if k == 0:
-        raise ValueError("K must be at least 1")
-    rowsum = np.empty(m, np.int32)
-    if engine == "bitserial":
-        data = np.empty(lib.qv_bs_a_words(m, k, bits), np.uint64)
-        rc = lib.qv_bs_pack_a(_ptr("uint8_t *", c), m, k, k, bits, _ptr("uint64_t *", data),
-                              _ptr("int32_t *", rowsum))
-    else:
-        data = np.empty(lib.qv_i8_a_bytes(m, k), np.uint8)
-        rc = lib.qv_i8_pack_a(_ptr("uint8_t *", c), m, k, k, _ptr("uint8_t *", data),
-                              _ptr("int32_t *", rowsum))
-    if rc != 0:
-        raise ValueError(f"native pack failed for shape {c.shape}")
-    return data, rowsum
 
 
 # ---- GEMMs ---------------------------------------------------------------------------------------

@@ -1,11 +1,16 @@
-"""cffi (API mode) build of the native kernels as the extension module `qvit_edge._native`.
+"""cffi (API mode) build of the device runtime's native library, the extension `qvit_edge._native`:
+the thread pool, the low-bit GEMMs and float ops that `qvit_edge.kernels` binds, and the TVM
+backend (tvm_backend.c) that runs a model.so's kernels on that thread pool.
 
-Used by setup.py (`cffi_modules=["native/build_ffi.py:ffibuilder"]`) at install time. Other
-builds reuse the same lists: `SOURCES`, `INCLUDE_DIRS`, `CFLAGS` and `CDEF` (e.g. the aarch64
-cross build under qemu, or linking the kernels into a TVM model.so). The compiler and extra
-flags come from the usual CC / CFLAGS environment variables (distutils honours them); every
-source builds unchanged for x86_64 and aarch64 because SIMD code is selected per function
-with target attributes and #ifdefs, never with global -m flags.
+Used by the runtime's setup.py (`cffi_modules`) at install time. Other builds reuse the same lists
+`SOURCES`, `INCLUDE_DIRS`, `CFLAGS` and `CDEF`: the aarch64 cross build under qemu
+(scripts/aarch64-python.sh), the build on the board (scripts/pi-bench.sh) and the C tests and
+sanitizer runs (native/tests/). A model.so links none of these kernels: it carries its TVM kernels
+and its own micro-kernels (compile/csrc/), and reaches this library only through the backend
+table the runtime hands it when it loads (native/tvm_backend.h). The compiler and extra flags
+come from the usual CC / CFLAGS environment variables (distutils honours them); every source
+builds unchanged for x86_64 and aarch64 because SIMD code is selected per function with target
+attributes and #ifdefs, never with global -m flags.
 """
 from __future__ import annotations
 
@@ -26,8 +31,8 @@ SOURCE_NAMES = [
     "arm/neon.c",
     "peak.c",
 ]
-# The TVM backend shim (helper E's native/tvm_backend.c: runs model.so kernels on this library's
-# thread pool) joins the same module when present.
+# The TVM backend (tvm_backend.c: runs a model.so's kernels on this library's thread pool) joins
+# the same module when present.
 TVM_BACKEND = "tvm_backend.c"
 if os.path.exists(os.path.join(NATIVE_DIR, TVM_BACKEND)):
     SOURCE_NAMES.append(TVM_BACKEND)

@@ -13,8 +13,9 @@ IRM rectifies q and k before they are quantized, with one of two statistics (`ir
            (gamma, beta) of shape [H, head_dim]. `calibrate_irm` fits (gamma, beta) by least
            squares so that q~ ~ q at the start of QAT: the network starts from its FP function.
 
-`QuantAttention` replaces timm's `Attention` (DeiT); `QuantWindowAttention` replaces timm's Swin
-`WindowAttention` (relative position bias table, shifted-window mask passed by the block).
+`QuantAttentionCore` is what every family shares; the drop-ins for timm's attention modules are
+the families': `QuantAttention` (DeiT, qvit/models/deit.py) and `QuantWindowAttention` (Swin,
+qvit/models/swin.py).
 """
 
 from __future__ import annotations
@@ -204,105 +205,6 @@ class QuantAttentionCore(nn.Module):
             scale=float(self.scale),
             rel_pos_bias=None,
         )
-
-
-class QuantAttention(QuantAttentionCore):
-    """Drop-in for timm `Attention` (DeiT / ViT blocks)."""
-
-    @classmethod
-    def from_timm(cls, m: nn.Module, w_bits: int, a_bits: int, irm: bool = True,
-                  irm_stat: str = "token") -> "QuantAttention":
-        if (
-            not isinstance(m.q_norm, nn.Identity)
-            or not isinstance(m.norm, nn.Identity)
-            or getattr(m, "gate", None) is not None
-        ):
-            raise ValueError("only plain timm Attention (no qk_norm / scale_norm / gate) can be quantized")
-        dim = m.qkv.in_features
-        q = cls(
-            dim,
-            m.num_heads,
-            m.head_dim,
-            m.qkv.bias is not None,
-            w_bits,
-            a_bits,
-            irm=irm,
-            attn_drop=m.attn_drop.p,
-            proj_drop=m.proj_drop.p,
-            irm_stat=irm_stat,
-        )
-        q.to(m.qkv.weight.device)
-        q._copy_linear(m.qkv, m.proj)
-        return q
-
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False):
-        if is_causal:
-            raise ValueError("causal attention is not part of Q-ViT")
-        return self.attend(x, attn_mask)
-
-    @torch.no_grad()
-    def int_form(self) -> dict:
-        return self._int_form()
-
-
-class QuantWindowAttention(QuantAttentionCore):
-    """Drop-in for timm Swin `WindowAttention`: per-head relative position bias + shift mask."""
-
-    def __init__(self, *args, window_size: tuple[int, int], **kwargs):
-        super().__init__(*args, **kwargs)
-        self.window_size = tuple(window_size)
-        self.window_area = self.window_size[0] * self.window_size[1]
-        wh, ww = self.window_size
-        table = torch.zeros((2 * wh - 1) * (2 * ww - 1), self.num_heads)
-        self.relative_position_bias_table = nn.Parameter(table)
-        index = torch.zeros(self.window_area, self.window_area, dtype=torch.long)
-        self.register_buffer("relative_position_index", index, persistent=False)
-
-    @classmethod
-    def from_timm(cls, m: nn.Module, w_bits: int, a_bits: int, irm: bool = True,
-                  irm_stat: str = "token") -> "QuantWindowAttention":
-        dim = m.qkv.in_features
-        head_dim = m.qkv.out_features // (3 * m.num_heads)
-        q = cls(
-            dim,
-            m.num_heads,
-            head_dim,
-            m.qkv.bias is not None,
-            w_bits,
-            a_bits,
-            irm=irm,
-            attn_drop=m.attn_drop.p,
-            proj_drop=m.proj_drop.p,
-            window_size=m.window_size,
-            irm_stat=irm_stat,
-        )
-        q.to(m.qkv.weight.device)
-        q._copy_linear(m.qkv, m.proj)
-        with torch.no_grad():
-            q.relative_position_bias_table.copy_(m.relative_position_bias_table)
-            q.relative_position_index.copy_(m.relative_position_index)
-        return q
-
-    def rel_pos_bias(self) -> torch.Tensor:
-        """[H, T, T] gathered from the table (timm's _get_rel_pos_bias without the batch axis)."""
-        idx = self.relative_position_index.view(-1)
-        bias = self.relative_position_bias_table[idx].view(self.window_area, self.window_area, -1)
-        return bias.permute(2, 0, 1).contiguous()
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        B_, N, _ = x.shape
-        bias = self.rel_pos_bias().unsqueeze(0)  # [1, H, N, N]
-        if mask is not None:  # [nW, N, N]; window i of batch row b' is b' % nW (timm order)
-            nw = mask.shape[0]
-            bias = (bias.unsqueeze(0) + mask.unsqueeze(1).unsqueeze(0)).expand(B_ // nw, -1, -1, -1, -1)
-            bias = bias.reshape(B_, self.num_heads, N, N)
-        return self.attend(x, bias)
-
-    @torch.no_grad()
-    def int_form(self) -> dict:
-        d = self._int_form()
-        d["rel_pos_bias"] = _np(self.rel_pos_bias())
-        return d
 
 
 def _np(t: torch.Tensor) -> np.ndarray:

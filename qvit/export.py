@@ -1,9 +1,10 @@
 """Export a fully quantized Q-ViT (torch) as an integer model (docs/integer-model.md).
 
 The exporter walks the quantized timm model by its timm names and asks each quantized module for
-its integer form (`int_form()` / `int_params()`, qvit/quantizers.py and qvit/attention.py); the
-op layout itself is shared with the synthetic builders (`qvit_edge.intmodel.lay_out_deit` /
-`lay_out_swin`). Swin's shifted-window masks are computed here (0 / -100, as timm).
+its integer form (`int_form()` / `int_params()`, qvit/quantizers.py and qvit/attention.py). What
+differs per family (which modules, in which layout) is the family's `export` (qvit/models/deit.py,
+swin.py), which lays the model out with the layout the synthetic builders share
+(`qvit_compile.intmodel.lay_out_deit` / `lay_out_swin`); this module is the generic part.
 
     export_model(model)             a quantized torch model in memory
     export_checkpoint(path)         a `qvit train` checkpoint directory
@@ -16,9 +17,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from qvit_edge import intmodel
+from qvit_compile import intmodel
+from qvit_compile.intmodel import GraphBuilder, IntModel
 from qvit_edge.clikit import UserError
-from qvit_edge.intmodel import GraphBuilder, IntModel
 
 
 class ExportError(UserError):
@@ -74,7 +75,8 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().float().numpy().astype(np.float32)
 
 
-def _gelu_clip(mlp: nn.Module):
+def gelu_clip(mlp: nn.Module):
+    """The clip of an MLP's GELU (None: plain exact GELU), as the integer model's gelu op has it."""
     act = mlp.act
     if hasattr(act, "clip"):
         return act.clip
@@ -93,82 +95,6 @@ def _bits(model: nn.Module) -> dict:
             "head": q.quant.head_bits,
         }
     raise ExportError("the model is not quantized (full-precision models have no integer form)")
-
-
-def _deit_spec(model: nn.Module) -> dict:
-    for attr, ok, why in (
-        ("reg_token", lambda v: v is None, "register tokens"),
-        ("no_embed_class", lambda v: not v, "position embeddings without the class token"),
-        ("dynamic_img_size", lambda v: not v, "dynamic image size"),
-        ("global_pool", lambda v: v == "token", "pooling other than the class token"),
-        ("cls_token", lambda v: v is not None, "no class token"),
-    ):
-        if hasattr(model, attr) and not ok(getattr(model, attr)):
-            raise ExportError(f"DeiT with {why} is not supported by the integer format")
-    for attr in ("norm_pre", "fc_norm"):
-        if not isinstance(getattr(model, attr, nn.Identity()), nn.Identity):
-            raise ExportError(f"DeiT with {attr} is not supported by the integer format")
-    blk0 = model.blocks[0]
-    for blk in model.blocks:
-        for ls in ("ls1", "ls2"):
-            if not isinstance(getattr(blk, ls, nn.Identity()), nn.Identity):
-                raise ExportError("DeiT with layer scale is not supported by the integer format")
-    pe = model.patch_embed
-    if not isinstance(getattr(pe, "norm", nn.Identity()), nn.Identity):
-        raise ExportError("DeiT with a patch-embedding norm is not supported by the integer format")
-    conv = pe.proj
-    return {
-        "in_chans": conv.in_channels,
-        "img_size": tuple(pe.img_size),
-        "patch": conv.kernel_size[0],
-        "dim": model.embed_dim,
-        "depth": len(model.blocks),
-        "heads": blk0.attn.num_heads,
-        "mlp_hidden": blk0.mlp.fc1.out_features,
-        "num_classes": model.num_classes,
-        "distilled": getattr(model, "dist_token", None) is not None,
-        "gelu_clip": _gelu_clip(blk0.mlp),
-    }
-
-
-def _swin_spec(model: nn.Module) -> dict:
-    pe = model.patch_embed
-    if getattr(model, "absolute_pos_embed", None) is not None:
-        raise ExportError("Swin with absolute position embedding is not supported by the integer format")
-    if (
-        getattr(model.head, "global_pool", None) is not None
-        and getattr(model.head.global_pool, "pool_type", "avg") != "avg"
-    ):
-        raise ExportError("Swin pooling other than the average is not supported by the integer format")
-    stages, embed_dim = [], pe.proj.out_channels
-    for layer in model.layers:
-        blocks = []
-        for blk in layer.blocks:
-            blocks.append(
-                {"window": intmodel._compact(blk.window_size), "shift": intmodel._compact(blk.shift_size)}
-            )
-        blk0 = layer.blocks[0]
-        stages.append(
-            {
-                "dim": blk0.norm1.normalized_shape[0],
-                "heads": blk0.attn.num_heads,
-                "downsample": not isinstance(layer.downsample, nn.Identity),
-                "blocks": blocks,
-                "grid": tuple(blk0.input_resolution),
-            }
-        )
-    blk0 = model.layers[0].blocks[0]
-    return {
-        "in_chans": pe.proj.in_channels,
-        "img_size": tuple(pe.img_size),
-        "patch": pe.proj.kernel_size[0],
-        "embed_dim": embed_dim,
-        "patch_norm": not isinstance(pe.norm, nn.Identity),
-        "num_classes": model.num_classes,
-        "gelu_clip": _gelu_clip(blk0.mlp),
-        "mlp_ratio": blk0.mlp.fc1.out_features / blk0.norm1.normalized_shape[0],
-        "stages": stages,
-    }
 
 
 def default_input(model: nn.Module) -> dict:
@@ -207,42 +133,27 @@ def export_model(
     # NaN / Inf weights or an activation step <= 0 would export a model that answers confidently
     check_tensors(model.state_dict(), "the model")
     model = model.eval()
-    src, b = _TorchSource(model), GraphBuilder()
-    if qc.family == "deit":
-        spec = _deit_spec(model)
-        intmodel.lay_out_deit(b, src, spec)
-        extra = {"distilled": spec["distilled"]}
-    elif qc.family == "swin":
-        spec = _swin_spec(model)
-        _check_swin_grids(spec)
-        intmodel.lay_out_swin(b, src, spec)
-        extra = {}
-    else:
-        raise ExportError(f"unknown model family {qc.family!r}")
+    from qvit.models import get_family
+
+    try:
+        family = get_family(qc.family)
+    except ValueError as e:
+        raise ExportError(str(e)) from None
+    b = GraphBuilder()
+    extra = family.export(model, b, _TorchSource(model))
     try:
         return b.build(
             arch=arch or qc.arch,
             family=qc.family,
             bits=bits,
             input=input_cfg or default_input(model),
-            num_classes=spec["num_classes"],
+            num_classes=model.num_classes,
             classes=classes,
             irm=bool(qc.quant.irm),
             **extra,
         )
     except intmodel.IntModelError as e:
         raise ExportError(f"exported model is inconsistent: {e}") from None
-
-
-def _check_swin_grids(spec: dict) -> None:
-    """The layout derives each stage's grid; it must be the one timm's blocks were built for."""
-    p = spec["patch"]
-    grid = (spec["img_size"][0] // p, spec["img_size"][1] // p)
-    for i, st in enumerate(spec["stages"]):
-        if st["downsample"]:
-            grid = ((grid[0] + 1) // 2, (grid[1] + 1) // 2)
-        if tuple(st["grid"]) != grid:
-            raise ExportError(f"Swin stage {i} runs on a {st['grid']} grid, expected {grid}")
 
 
 def export_checkpoint(path: str, model: nn.Module | None = None) -> IntModel:
@@ -327,7 +238,7 @@ def check_agreement(
     """Run the fake-quant PyTorch model, the integer reference and (given an ONNX model) ONNX
     Runtime on the same images. Per runner: top-1 agreement with PyTorch, largest logit
     difference (absolute, and relative to the largest |logit|), top-1 accuracy when labels are given."""
-    from qvit_edge import reference
+    from qvit_compile.intmodel import reference
 
     model = model.eval()
     runners = {"reference": lambda x: reference.run(im, x)}

@@ -1,13 +1,14 @@
-"""A standard QDQ ONNX model of a fully quantized network (issue #7), built from its integer model.
+"""A standard QDQ ONNX model of a fully quantized network, built from its integer model.
 
 Every quantized op becomes the usual QuantizeLinear -> DequantizeLinear pattern on its input and
 a DequantizeLinear of its integer weight codes (per output channel) feeding MatMul / Conv, so
 any QDQ-aware runtime can fuse them into integer kernels, and any ONNX runtime computes the same
 function as the integer reference. q, k, v and the attention probabilities are Q/DQ'd per head
-(per-axis on the head axis). Codes live in the narrowest ONNX integer type that holds them:
-UINT2/INT2 (opset 25) for 1-2 bits, UINT4/INT4 (opset 21) for 3-4 bits, UINT8/INT8 otherwise;
-where the code range is narrower than its container (1 or 3 bits, ...) the float input is
-clipped to the range first (exact: the clip bounds quantize to the end codes).
+(per-axis on the head axis). Weight codes live in the narrowest ONNX integer type that holds
+them: INT2 (opset 25) for 1-2 bits, INT4 (opset 21) for 3-4 bits, INT8 otherwise. Activation
+codes are UINT4 for 1-4 bits and UINT8 above, never UINT2 (see `_act_type`). Where the code range
+is narrower than its container (1-3 bits in UINT4, ...) the float input is clipped to the range
+first (exact: the clip bounds quantize to the end codes).
 """
 
 from __future__ import annotations
@@ -19,16 +20,17 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from qvit_compile.intmodel import IntModel, irm_stat, padded_grid, pair
 from qvit_edge import quant
-from qvit_edge.intmodel import IntModel, irm_stat, padded_grid, pair
 
 F32 = np.float32
 
 
 def _act_type(bits: int):
-    # UINT2 activations load in ONNX Runtime 1.32 but its default graph optimizations then move
-    # Q/DQ across Reshape and fail ("no Reshape kernel for uint2"), so activations use UINT4 at
-    # least (with the clip below); weights are constants and run as INT2.
+    # ONNX (opset 25) has UINT2, and ONNX Runtime 1.32 runs UINT2 activations with basic graph
+    # optimizations, but its default level (ORT_ENABLE_ALL) moves a Q/DQ pair across a Reshape
+    # whose CPU kernel has no uint2 type, and the session fails to load. So activations take
+    # UINT4 at least (with the clip); weights are DequantizeLinear constants and run as INT2.
     if bits <= 4:
         return TensorProto.UINT4, 4
     return TensorProto.UINT8, 8
@@ -220,7 +222,7 @@ def _patch_merge(g, op, x, c):
 def _gelu(g, x, clip):
     e = g.op("Erf", [g.op("Mul", [x, g.const(F32(1 / np.sqrt(2.0)))])])
     y = g.op("Mul", [g.op("Mul", [x, g.op("Add", [e, g.const(F32(1))])]), g.const(F32(0.5))])
-    if clip is not None:  # Max/Min, not Clip: ORT's Clip->QuantizeLinear fusion rejects UINT2 (ORT 1.32)
+    if clip is not None:  # Max/Min, not Clip: ORT's Clip->QuantizeLinear fusion rejects UINT4 (ORT 1.32)
         y = g.op("Min", [g.op("Max", [y, g.const(F32(-clip))]), g.const(F32(clip))])
     return y
 
@@ -290,7 +292,7 @@ def intmodel_to_onnx(im: IntModel) -> onnx.ModelProto:
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", im.num_classes])],
         g.inits,
     )
-    opset = 25 if narrow else 21  # INT2/UINT2 need opset 25, INT4/UINT4 opset 21
+    opset = 25 if narrow else 21  # INT2 needs opset 25, INT4/UINT4 opset 21
     model = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="qvit-edge"
     )

@@ -10,7 +10,6 @@ clamp(round(u), 0, 2^b - 1), pooled over heads.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
@@ -109,6 +108,3 @@ def plot_qk_distributions(checkpoints: dict[str, str], path: Path, layer: int = 
     plt.close(fig)
     return rows
 
-
-def max_entropy(bits: int) -> float:
-    return math.log2(1 << bits)

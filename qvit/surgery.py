@@ -1,4 +1,6 @@
-"""Module surgery: a full-precision timm DeiT / Swin becomes a fully quantized Q-ViT in place.
+"""Module surgery shared by the families: a full-precision timm model becomes a fully quantized
+Q-ViT in place. Each family's `quantize_<family>` (qvit/models/deit.py, swin.py) walks its model
+and uses the pieces here; qvit.models.build looks the family up in the registry.
 
 timm's attribute names are kept (patch_embed.proj, blocks[i].attn.qkv, mlp.fc1, head, ...), so
 timm checkpoints load into the result and the exporter can walk it like the timm model.
@@ -15,8 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from qvit.attention import QuantAttention, QuantWindowAttention
-from qvit.quantizers import QuantConv2d, QuantLinear
+from qvit.quantizers import QuantLinear
 
 
 class ClippedGELU(nn.Module):
@@ -35,55 +36,10 @@ class ClippedGELU(nn.Module):
         return x if self.clip is None else x.clamp(-self.clip, self.clip)
 
 
-def _quantize_mlp(mlp: nn.Module, w_bits: int, a_bits: int, gelu_clip: float | None) -> None:
+def quantize_mlp(mlp: nn.Module, w_bits: int, a_bits: int, gelu_clip: float | None) -> None:
     mlp.fc1 = QuantLinear.from_linear(mlp.fc1, w_bits, a_bits)
     mlp.fc2 = QuantLinear.from_linear(mlp.fc2, w_bits, a_bits)
     if not isinstance(mlp.act, nn.GELU):
         raise ValueError(f"only GELU MLPs can be quantized, got {type(mlp.act).__name__}")
     mlp.act = ClippedGELU(gelu_clip)
 
-
-def quantize_deit(
-    model: nn.Module,
-    w_bits: int,
-    a_bits: int,
-    embed_bits: int = 8,
-    head_bits: int = 8,
-    irm: bool = True,
-    gelu_clip: float | None = 10.0,
-    irm_stat: str = "token",
-) -> nn.Module:
-    model.patch_embed.proj = QuantConv2d.from_conv(model.patch_embed.proj, embed_bits, embed_bits)
-    for blk in model.blocks:
-        blk.attn = QuantAttention.from_timm(blk.attn, w_bits, a_bits, irm=irm, irm_stat=irm_stat)
-        _quantize_mlp(blk.mlp, w_bits, a_bits, gelu_clip)
-    for name in ("head", "head_dist"):
-        head = getattr(model, name, None)
-        if isinstance(head, nn.Linear):
-            setattr(model, name, QuantLinear.from_linear(head, head_bits, head_bits))
-    return model
-
-
-def quantize_swin(
-    model: nn.Module,
-    w_bits: int,
-    a_bits: int,
-    embed_bits: int = 8,
-    head_bits: int = 8,
-    irm: bool = True,
-    gelu_clip: float | None = 10.0,
-    irm_stat: str = "token",
-) -> nn.Module:
-    model.patch_embed.proj = QuantConv2d.from_conv(model.patch_embed.proj, embed_bits, embed_bits)
-    for layer in model.layers:
-        if hasattr(layer.downsample, "reduction"):
-            layer.downsample.reduction = QuantLinear.from_linear(layer.downsample.reduction, w_bits, a_bits)
-        for blk in layer.blocks:
-            blk.attn = QuantWindowAttention.from_timm(blk.attn, w_bits, a_bits, irm=irm, irm_stat=irm_stat)
-            _quantize_mlp(blk.mlp, w_bits, a_bits, gelu_clip)
-    if isinstance(model.head.fc, nn.Linear):
-        model.head.fc = QuantLinear.from_linear(model.head.fc, head_bits, head_bits)
-    return model
-
-
-QUANTIZE = {"deit": quantize_deit, "swin": quantize_swin}

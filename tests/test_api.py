@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 import qvit_edge
-from qvit_edge import reference
+from qvit_compile.intmodel import reference
 from qvit_edge.api import InputError, Prediction, normalized_bound
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

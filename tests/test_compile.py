@@ -79,7 +79,7 @@ def test_bitserial_linear_is_exact(linear_kernels, ab, wb):
 def test_attention_kernel_is_exact(irm):
     """The attention kernel (C micro-kernel per head) on one head group: q, k, v and probability codes
     and planes, code sums and the P V output against qvit_edge.quant / reference arithmetic."""
-    from qvit_edge import reference
+    from qvit_compile.intmodel import reference
     bp, t, h, d, bits = 2, 9, 2, 5, 3
     ins, outs = K.attention(bp, t, h, d, bits, irm, 1e-6, 0.5, False, 0)
     mod = tvm.compile(tvm.IRModule({"att": schedules.prim_func("att", ins, outs)}), target=HOST.tvm()).mod
@@ -171,7 +171,7 @@ def test_cli_missing_cross_compiler(tmp_path):
                                                ((7, 7), (7, 7), (0, 0)), ((6, 10), (4, 4), (2, 2))])
 def test_window_ops(grid, window, shift):
     """Window partition / reverse (roll, padding) and patch merging equal the reference's."""
-    from qvit_edge import reference
+    from qvit_compile.intmodel import reference
     c = 3
     funcs = {}
     for name, (ins, outs) in {"wp": K.window_partition(c, grid, window, shift),

@@ -13,9 +13,9 @@ pytest.importorskip("timm")
 
 from qvit import export  # noqa: E402
 from qvit.models import create_model  # noqa: E402
+from qvit_compile.intmodel import IntModel  # noqa: E402
+from qvit_compile.intmodel import reference as ref  # noqa: E402
 from qvit_edge import quant  # noqa: E402
-from qvit_edge import reference as ref  # noqa: E402
-from qvit_edge.intmodel import IntModel  # noqa: E402
 
 
 def _lively(model, seed):

@@ -13,7 +13,7 @@ ort = pytest.importorskip("onnxruntime")
 from test_export import MODELS, _images, _lively  # noqa: E402
 
 from qvit import export, export_onnx  # noqa: E402
-from qvit_edge import reference as ref  # noqa: E402
+from qvit_compile.intmodel import reference as ref  # noqa: E402
 
 # (model, integer types its Q/DQ must use): low-bit codes in low-bit ONNX types
 CASES = {

@@ -1,4 +1,4 @@
-"""The integer model file (qvit_edge.intmodel): round trip, interop, one-line errors."""
+"""The integer model file (qvit_compile.intmodel): round trip, interop, one-line errors."""
 
 import json
 import struct
@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from qvit_edge import intmodel
-from qvit_edge.intmodel import IntModel, IntModelError
+from qvit_compile import intmodel
+from qvit_compile.intmodel import IntModel, IntModelError
 
 
 @pytest.fixture(scope="module")
@@ -240,7 +240,7 @@ def test_a_plain_safetensors_file_is_not_an_integer_model(tmp_path):
 
 def test_reader_needs_only_numpy():
     code = (
-        "import sys, qvit_edge.intmodel, qvit_edge.reference\n"
+        "import sys, qvit_compile.intmodel, qvit_compile.intmodel.reference\n"
         "print(sorted(m for m in ('torch', 'timm', 'tvm', 'safetensors') if m in sys.modules))"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

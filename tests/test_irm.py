@@ -5,8 +5,9 @@ import os
 import pytest
 import torch
 
-from qvit.attention import HeadNorm, QuantAttention, calibrate_irm
+from qvit.attention import HeadNorm, calibrate_irm
 from qvit.models import create_model
+from qvit.models.deit import QuantAttention
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FP = os.path.join(ROOT, "models", "fmnist_deit_tiny_fp")

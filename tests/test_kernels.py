@@ -4,8 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from qvit_compile.intmodel import reference
 from qvit_edge import kernels as K
-from qvit_edge import quant, reference
+from qvit_edge import quant
 
 PATHS = K.paths()
 BITS = [1, 2, 3, 4, 8]
@@ -209,7 +210,7 @@ def test_bench_kernels_runs_and_reports_targets(tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("onnxruntime")
     out = tmp_path / "bench.md"
-    cmd = [sys.executable, "-m", "qvit_edge.bench_kernels", "--threads", "1", "--repeat", "1",
+    cmd = [sys.executable, "-m", "qvit_compile.bench_kernels", "--threads", "1", "--repeat", "1",
            "--models", "deit_small", "--out", str(out)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]

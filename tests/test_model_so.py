@@ -1,6 +1,6 @@
 """Whole models through the compile stage and the device executor: random tiny DeiT and Swin
 integer models -> model.so (x86_64 natively, aarch64 under qemu) -> qvit_edge.model, checked
-against the numpy integer reference (qvit_edge.reference) layer by layer and end to end."""
+against the numpy integer reference (qvit_compile.intmodel.reference) layer by layer and end to end."""
 from __future__ import annotations
 
 import os
@@ -13,8 +13,8 @@ import pytest
 
 pytest.importorskip("tvm")
 
-from qvit_compile import compiler, packing  # noqa: E402
-from qvit_edge import intmodel, reference  # noqa: E402
+from qvit_compile import compiler, intmodel, packing  # noqa: E402
+from qvit_compile.intmodel import reference  # noqa: E402
 from qvit_edge import model as model_so  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -111,8 +111,8 @@ def tiny(tmp_path_factory):
     pytest.importorskip("tvm", reason="the compile stage (apache-tvm) is not installed")
     from PIL import Image
 
+    from qvit_compile import intmodel
     from qvit_compile.compiler import compile_model
-    from qvit_edge import intmodel
 
     d = tmp_path_factory.mktemp("validation")
     path = str(d / "deit.so")
@@ -124,8 +124,8 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_aarch64(tiny):
+    from qvit_compile import intmodel
     from qvit_compile.compiler import compile_model
-    from qvit_edge import intmodel
 
     path = str(tiny["dir"] / "deit_aarch64.so")
     compile_model(intmodel.random_deit(seed=0), "aarch64", path, progress=lambda *a: None)

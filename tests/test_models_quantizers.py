@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from qvit.attention import QuantAttention
+from qvit.models.deit import QuantAttention
 from qvit.quantizers import ActQuant, QuantConv2d, QuantLinear, WeightQuant
 from qvit_edge import quant
 

@@ -6,8 +6,9 @@ import torch
 from safetensors.torch import save_file
 from test_models_quantizers import attention_from_int_form
 
-from qvit.attention import QuantAttention, QuantWindowAttention
 from qvit.models import create_model, list_models
+from qvit.models.deit import QuantAttention
+from qvit.models.swin import QuantWindowAttention
 from qvit.quantizers import ActQuant, QuantConv2d, QuantLinear
 from qvit.surgery import ClippedGELU
 from qvit_edge.clikit import UserError

@@ -31,3 +31,35 @@ def test_every_listed_package_and_its_data_exist():
     for package, patterns in SETUPTOOLS["package-data"].items():
         for pattern in patterns:
             assert list(_folder(package).glob(pattern)), f"{package}: nothing matches {pattern}"
+
+
+# The runtime wheel holds only what the device runs: numpy, cffi and Pillow, never the stages
+# before it (they need torch / TVM, which a board does not have).
+EDGE = ROOT / "edge_runtime"
+NOT_ON_DEVICE = ("qvit", "qvit_compile", "torch", "tvm", "tvm_ffi", "timm", "onnx", "onnxruntime")
+
+
+def _imported_modules(path: Path) -> set[str]:
+    import ast
+
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_the_device_runtime_imports_nothing_of_the_other_stages():
+    for path in sorted(EDGE.rglob("*.py")):
+        if "build" in path.relative_to(EDGE).parts:
+            continue
+        bad = sorted(m for m in _imported_modules(path) if m.split(".")[0] in NOT_ON_DEVICE)
+        assert not bad, f"{path.relative_to(ROOT)} imports {', '.join(bad)}"
+
+
+def test_the_integer_model_and_the_kernel_benchmark_live_outside_the_runtime():
+    for name in ("intmodel.py", "reference.py", "bench_kernels.py", "intmodel"):
+        assert not (EDGE / name).exists(), f"edge_runtime/{name} belongs to qvit_compile"
+    assert (ROOT / "compile" / "intmodel" / "__init__.py").is_file()

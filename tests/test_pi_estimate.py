@@ -26,7 +26,7 @@ from qvit_compile import pi_estimate, pi_mca, pi_symbols, pi_trace  # noqa: E402
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     from qvit_compile.compiler import compile_model
-    from qvit_edge.intmodel import random_deit
+    from qvit_compile.intmodel import random_deit
 
     d = tmp_path_factory.mktemp("pi_estimate")
     m = random_deit(seed=0)

@@ -1,10 +1,12 @@
-"""The numpy integer reference (qvit_edge.reference) against independent float computations and timm."""
+"""The numpy integer reference (qvit_compile.intmodel.reference) against independent float computations
+and timm."""
 
 import numpy as np
 import pytest
 
-from qvit_edge import intmodel, quant
-from qvit_edge import reference as ref
+from qvit_compile import intmodel
+from qvit_compile.intmodel import reference as ref
+from qvit_edge import quant
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ import pytest
 from conftest import one_line_error as _one_line
 from PIL import Image
 
-from qvit_edge import intmodel
+from qvit_compile import intmodel
 from qvit_edge import preprocess as pp
 from qvit_edge.preprocess import ImageError, InputSpec, load_image
 
@@ -631,7 +631,7 @@ def test_the_fixture_checkpoint_exports(checkpoint, tmp_path, monkeypatch, capsy
 def test_a_weight_step_trained_below_zero_is_a_pruned_channel(checkpoint, tmp_path, monkeypatch, capsys):
     """Training uses max(step, 1e-8): a weight step <= 0 zeroes that output channel (the shipped
     W4A4 model has three). Export keeps the channel at the smallest step, never <= 0."""
-    from qvit_edge.intmodel import IntModel
+    from qvit_compile.intmodel import IntModel
 
     ok = _edit_checkpoint(checkpoint, tmp_path / "pruned", tensors=_set(WSTEP, lambda t: _nan_at(t, -0.25)))
     out = tmp_path / "m.qvit.safetensors"

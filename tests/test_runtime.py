@@ -38,8 +38,8 @@ def _edge(*args, python=sys.executable, timeout=300):
 def models(tmp_path_factory):
     """{arch: path} of the same tiny integer model compiled for x86_64 and aarch64 (+ the int model)."""
     pytest.importorskip("tvm", reason="the compile stage (apache-tvm) is not installed")
+    from qvit_compile import intmodel
     from qvit_compile.compiler import compile_model
-    from qvit_edge import intmodel
 
     d = tmp_path_factory.mktemp("models")
     m = intmodel.random_deit(seed=0)
@@ -120,7 +120,7 @@ def test_info_text(host_model):
 
 
 def test_run_predicts_what_the_integer_reference_predicts(host_model, models, images):
-    from qvit_edge import reference
+    from qvit_compile.intmodel import reference
     from qvit_edge.preprocess import InputSpec, load_batch
 
     r = _edge("run", host_model, *images, "--topk", "10", "--json")
@@ -312,8 +312,8 @@ def test_aarch64_python_has_only_the_runtime_dependencies(aarch64_python):
 @pytest.fixture(scope="session")
 def swin_models(models, tmp_path_factory):
     """A tiny Swin (windows, shifts, masks, patch merging) at 3 bits, for both CPUs."""
+    from qvit_compile import intmodel
     from qvit_compile.compiler import compile_model
-    from qvit_edge import intmodel
 
     if "aarch64" not in models:
         pytest.skip("no aarch64 cross compiler")

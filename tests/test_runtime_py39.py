@@ -65,8 +65,8 @@ def py39():
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     pytest.importorskip("tvm", reason="the compile stage (apache-tvm) is not installed")
+    from qvit_compile import intmodel
     from qvit_compile.compiler import compile_model
-    from qvit_edge import intmodel
 
     path = str(tmp_path_factory.mktemp("m") / "deit.so")
     compile_model(intmodel.random_deit(seed=0), {"x86_64": "x86_64", "aarch64": "aarch64"}.get(

@@ -40,8 +40,9 @@ _CHILD = r"""
 import sys
 import numpy as np
 import qvit_edge._native as nat
-from qvit_edge import model, reference
-from qvit_edge.intmodel import IntModel
+from qvit_compile.intmodel import reference
+from qvit_edge import model
+from qvit_compile.intmodel import IntModel
 
 assert nat.__file__.startswith(sys.argv[1]), nat.__file__  # the sanitized build, not the installed one
 san_path, plain_path, int_path, threads = sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])

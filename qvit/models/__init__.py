@@ -11,9 +11,22 @@ from dataclasses import dataclass, field
 
 import torch.nn as nn
 
-from qvit.models.registry import ArchSpec, get_arch, list_models, register_arch  # noqa: F401
+# Each family file registers the family and its architectures (timm's one family per file).
+from qvit.models import deit, swin  # noqa: F401
+from qvit.models.registry import (  # noqa: F401
+    ArchSpec,
+    Family,
+    get_arch,
+    get_family,
+    list_models,
+    register_arch,
+    register_family,
+)
 
-__all__ = ["create_model", "list_models", "register_arch", "ArchSpec", "get_arch", "QConfig"]
+__all__ = [
+    "create_model", "list_models", "register_arch", "register_family", "ArchSpec", "Family", "get_arch",
+    "get_family", "QConfig",
+]
 
 
 @dataclass
@@ -87,13 +100,12 @@ def create_model(
 
 def build(cfg: ModelConfig, init_from: str | None = None) -> nn.Module:
     from qvit.checkpoint import load_weights_into
-    from qvit.surgery import QUANTIZE
 
     spec = get_arch(cfg.arch)
     model = spec.build(**cfg.timm_kwargs)
     if cfg.quant.quantized:
         q = cfg.quant
-        QUANTIZE[spec.family](
+        get_family(spec.family).quantize(
             model, q.w_bits, q.a_bits, q.embed_bits, q.head_bits, irm=q.irm, gelu_clip=q.gelu_clip,
             irm_stat=q.irm_stat,
         )

@@ -1,28 +1,58 @@
-"""The architectures qvit knows: timm DeiT / Swin, plus small variants for 28-32 px images."""
+"""The registries, timm-style: model families and the architectures built from them.
+
+A family (qvit/models/deit.py, swin.py) registers what differs between families: how to quantize
+a timm model of it, how to export one into the integer graph, and what to set once timm has
+built it. An architecture is a timm model of a family plus the kwargs that make the variant;
+each family file registers its own.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import timm
 import torch.nn as nn
 
 
 @dataclass(frozen=True)
+class Family:
+    name: str
+    # (model, w_bits, a_bits, embed_bits, head_bits, irm=, gelu_clip=, irm_stat=) -> the model, in place
+    quantize: Callable[..., nn.Module]
+    # (quantized model, GraphBuilder, source) -> extra config entries of the integer model
+    export: Callable[..., dict]
+    prepare: Callable[[nn.Module], None] | None = None  # after timm has built the model
+
+
+@dataclass(frozen=True)
 class ArchSpec:
     name: str
-    family: str  # "deit" or "swin"
+    family: str  # a registered Family's name
     timm_name: str  # timm architecture it is built from (pretrained=False, always)
     defaults: dict = field(default_factory=dict)  # timm kwargs that make the variant
 
     def build(self, **kwargs) -> nn.Module:
         model = timm.create_model(self.timm_name, pretrained=False, **{**self.defaults, **kwargs})
-        if self.family == "deit" and hasattr(model, "set_distilled_training"):
-            model.set_distilled_training(True)  # train mode returns (cls, dist) logits; eval their mean
+        prepare = get_family(self.family).prepare
+        if prepare is not None:
+            prepare(model)
         return model
 
 
+_FAMILIES: dict[str, Family] = {}
 _ARCHS: dict[str, ArchSpec] = {}
+
+
+def register_family(family: Family) -> Family:
+    _FAMILIES[family.name] = family
+    return family
+
+
+def get_family(name: str) -> Family:
+    if name not in _FAMILIES:
+        raise ValueError(f"unknown model family {name!r}; known: {', '.join(sorted(_FAMILIES))}")
+    return _FAMILIES[name]
 
 
 def register_arch(spec: ArchSpec) -> ArchSpec:
@@ -38,54 +68,3 @@ def get_arch(name: str) -> ArchSpec:
 
 def list_models() -> list[str]:
     return sorted(_ARCHS)
-
-
-for _size in ("tiny", "small", "base"):
-    for _d in ("", "_distilled"):
-        register_arch(ArchSpec(f"deit_{_size}{_d}_patch16_224", "deit", f"deit_{_size}{_d}_patch16_224"))
-
-# Small images: 28 px gray (Fashion-MNIST, 7x7 patches of 4 px) and 32 px RGB (CIFAR-like).
-_SMALL_28 = dict(img_size=28, patch_size=4, in_chans=1, num_classes=10)
-_SMALL_32 = dict(img_size=32, patch_size=4, in_chans=3, num_classes=10)
-for _size in ("tiny", "small"):
-    for _d in ("", "_distilled"):
-        _timm = f"deit_{_size}{_d}_patch16_224"
-        register_arch(ArchSpec(f"deit_{_size}{_d}_patch4_28", "deit", _timm, _SMALL_28))
-        register_arch(ArchSpec(f"deit_{_size}{_d}_patch4_32", "deit", _timm, _SMALL_32))
-
-for _size in ("tiny", "small"):
-    register_arch(ArchSpec(f"swin_{_size}_patch4_window7_224", "swin", f"swin_{_size}_patch4_window7_224"))
-# 28 px: 2 px patches -> 14x14 tokens, 7x7 windows (shifted in stage 1), one merge to 7x7.
-register_arch(
-    ArchSpec(
-        "swin_tiny_patch2_window7_28",
-        "swin",
-        "swin_tiny_patch4_window7_224",
-        dict(
-            img_size=28,
-            patch_size=2,
-            window_size=7,
-            in_chans=1,
-            num_classes=10,
-            depths=(2, 6),
-            num_heads=(3, 6),
-        ),
-    )
-)
-# 32 px: 2 px patches -> 16x16 tokens, 4x4 windows, merges to 8x8 and 4x4.
-register_arch(
-    ArchSpec(
-        "swin_tiny_patch2_window4_32",
-        "swin",
-        "swin_tiny_patch4_window7_224",
-        dict(
-            img_size=32,
-            patch_size=2,
-            window_size=4,
-            in_chans=3,
-            num_classes=10,
-            depths=(2, 2, 6),
-            num_heads=(3, 6, 12),
-        ),
-    )
-)

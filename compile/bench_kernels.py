@@ -1,7 +1,7 @@
 """`make bench-kernels`: the native low-bit GEMMs on DeiT-T / DeiT-S shapes against PyTorch FP32
 and ONNX Runtime int8 (MatMulInteger), measured in the same run, interleaved.
 
-    python -m qvit_edge.bench_kernels [--threads 1 2] [--repeat 15] [--models deit_tiny deit_small]
+    python -m qvit_compile.bench_kernels [--threads 1 2] [--repeat 15] [--models deit_tiny deit_small]
                                       [--out docs/bench-kernels-results.md]
 
 Every candidate of one shape is timed round-robin (per round: one untimed warm-up call, then
@@ -22,8 +22,8 @@ import time
 
 import numpy as np
 
-from . import kernels as K
-from . import quant
+from qvit_edge import kernels as K
+from qvit_edge import quant
 
 MODELS = {  # name: (embed dim, heads, mlp ratio); M = 197 tokens (224 px, patch 16, cls)
     "deit_tiny": (192, 3, 4),
@@ -132,7 +132,7 @@ def popcount_peak_samples(path: str, n: int, seconds: float) -> list[float]:
 
 def bench_float_ops(repeat, seed=0):
     """The float ops of a DeiT-S block, native C against the numpy integer reference's own."""
-    from . import reference
+    from qvit_compile.intmodel import reference
     rng = np.random.default_rng(seed)
     d, h = 384, 6
     x = rng.standard_normal((TOKENS, d)).astype(np.float32)
@@ -297,7 +297,8 @@ def report(path, peaks, rows, repeat, float_rows=()) -> str:
                    f"block {fp_best * 1e6:.0f} µs.)")
     out.append("")
     if float_rows:
-        out.append("### Float ops of a DeiT-S block, 1 thread: native C vs numpy (qvit_edge.reference)")
+        out.append("### Float ops of a DeiT-S block, 1 thread: native C vs numpy "
+                   "(qvit_compile.intmodel.reference)")
         out.append("")
         out.append("| op | C µs | numpy µs | numpy / C |")
         out.append("|---|---:|---:|---:|")
@@ -311,7 +312,7 @@ def main(argv=None) -> int:
     # Three thread pools (torch's OpenMP, ORT's, ours) take turns on the same cores: none may keep
     # spinning after its call, or the next candidate runs against a busy core.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    ap = argparse.ArgumentParser(prog="python -m qvit_edge.bench_kernels",
+    ap = argparse.ArgumentParser(prog="python -m qvit_compile.bench_kernels",
                                  description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--repeat", type=int, default=15)

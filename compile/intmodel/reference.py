@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from qvit_edge import quant
-from qvit_edge.intmodel import IntModel, IntModelError, irm_stat, num_windows, padded_grid, pair
+
+from .format import IntModel
+from .spec import IntModelError, irm_stat, num_windows, padded_grid, pair
 
 F32 = np.float32
 
