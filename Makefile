@@ -13,7 +13,7 @@ BENCH_THREADS ?= 1,2
 comma := ,
 PI_TOOLS := build/tools/tb_count.so build/tools/cpu_clock
 
-.PHONY: install system-deps test demo compile bench bench-kernels pi-bench pi-estimate lint clean sanitize experiments
+.PHONY: install system-deps test demo compile bench bench-kernels pi-bench pi-estimate lint clean sanitize experiments wheels
 
 install: system-deps $(STAMP) $(PI_TOOLS)
 
@@ -29,11 +29,13 @@ build/tools/cpu_clock: native/tools/cpu_clock.c
 	@mkdir -p $(@D)
 	gcc -O2 -o $@ $< -lpthread
 
-# Re-installs only when the package metadata changed; quick otherwise.
-$(STAMP): pyproject.toml constraints.txt $(wildcard setup.py native/*.c native/*.h native/*/*.c native/*/*.h native/build_ffi.py)
+# Re-installs only when the package metadata changed; quick otherwise. Two distributions, both
+# editable: the device runtime qvit-edge (edge_runtime/, builds the native library from native/)
+# and the training + compile side qvit (this folder), which depends on it.
+$(STAMP): pyproject.toml edge_runtime/pyproject.toml constraints.txt $(wildcard edge_runtime/setup.py native/*.c native/*.h native/*/*.c native/*/*.h native/build_ffi.py)
 	@test -x $(VPY) || $(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip setuptools wheel cffi
-	$(VPY) -m pip install -q -c constraints.txt -e '.[train,compile,dev]'
+	$(VPY) -m pip install -q -c constraints.txt -e ./edge_runtime -e '.[compile,dev]'
 	@touch $(STAMP)
 
 test: install
@@ -44,6 +46,11 @@ demo: install
 
 compile: install
 	$(VPY) -m qvit_compile --target $(TARGET) --model "$(MODEL)" --out $(OUT)
+
+# The device runtime (qvit-edge) as abi3 manylinux wheels for x86_64 and aarch64 -> build/wheels/
+# (docs/runtime.md, The wheels). A board installs one with pip and needs no compiler.
+wheels: install
+	$(VPY) scripts/build_wheels.py --out build/wheels
 
 bench: install
 	$(VPY) -m qvit_compile.bench --threads $(BENCH_THREADS)

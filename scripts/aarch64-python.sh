@@ -130,14 +130,15 @@ fi
 # Links are only added and removed, never all replaced, so a run in progress keeps its modules.
 mkdir -p "$PKGS/qvit_edge"
 for f in "$ROOT"/edge_runtime/*.py; do
+  [ "$(basename "$f")" = setup.py ] && continue  # the distribution's build script, no module
   [ -L "$PKGS/qvit_edge/$(basename "$f")" ] || ln -s "$f" "$PKGS/qvit_edge/$(basename "$f")"
 done
-for l in "$PKGS"/qvit_edge/*.py; do [ -e "$l" ] || rm -f "$l"; done
+for l in "$PKGS"/qvit_edge/*.py; do [ -e "$l" ] && [ "$(basename "$l")" != setup.py ] || rm -f "$l"; done
 
 # The native extension, cross-compiled: cffi's generated C (from native/build_ffi.py, run on
 # the host) + the kernel sources, built against the aarch64 Python headers.
 build_native() {
-  local out="$PKGS/qvit_edge/_native$EXT_SUFFIX" work="$BASE/native-build"
+  local out="$PKGS/qvit_edge/_native$EXT_SUFFIX"
   if [ ! -f "$ROOT/native/build_ffi.py" ]; then
     rm -f "$out"
     log "native/build_ffi.py not there yet: qvit_edge._native left out"
@@ -145,44 +146,14 @@ build_native() {
   fi
   local srcs newest
   srcs=$(find "$ROOT/native" -name '*.c' -o -name '*.h' -o -name 'build_ffi.py' | sort)
-  newest=$(ls -t $srcs "${BASH_SOURCE[0]}" | head -1)
+  newest=$(ls -t $srcs "${BASH_SOURCE[0]}" "$ROOT/scripts/build_wheels.py" | head -1)
   if [ -f "$out" ] && [ "$out" -nt "$newest" ]; then return; fi
   log "cross-compiling qvit_edge._native for aarch64"
-  rm -rf "$work" && mkdir -p "$work"
-  # build_ffi.py says which C file cffi generates and which sources and flags go with it.
-  "$HOST_PY" - "$ROOT" "$work" >"$work/plan.sh" <<'EOF' || die "native/build_ffi.py failed"
-import contextlib, importlib.util, os, shlex, sys
-root, work = sys.argv[1], sys.argv[2]
-sys.path.insert(0, os.path.join(root, "native"))
-os.chdir(root)
-spec = importlib.util.spec_from_file_location("build_ffi", os.path.join(root, "native", "build_ffi.py"))
-mod = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(mod)
-ffi = mod.ffibuilder
-c_file = os.path.join(work, "_native.c")
-with contextlib.redirect_stdout(sys.stderr):  # cffi says "generating ..." on stdout
-    ffi.emit_c_code(c_file)
-# build_ffi.py publishes its lists (absolute paths); cffi's own record is the fallback.
-kw = ffi._assigned_source[3]
-srcs = [os.path.join(root, s) for s in getattr(mod, "SOURCES", kw.get("sources", []))]
-incs = [os.path.join(root, d) for d in getattr(mod, "INCLUDE_DIRS", kw.get("include_dirs", []))]
-args = [a for a in getattr(mod, "CFLAGS", kw.get("extra_compile_args", []))
-        if not a.startswith(("-march", "-mtune", "-mavx", "-mno-"))]
-libs = getattr(mod, "LDFLAGS", ["-l" + x for x in kw.get("libraries", [])])
-print("C_FILE=" + shlex.quote(c_file))
-print("SRCS=(" + " ".join(shlex.quote(s) for s in srcs) + ")")
-print("INCS=(" + " ".join(shlex.quote("-I" + d) for d in incs) + ")")
-print("ARGS=(" + " ".join(shlex.quote(a) for a in args) + ")")
-print("LIBS=(" + " ".join(shlex.quote(x) for x in libs) + ")")
-EOF
-  local C_FILE SRCS INCS ARGS LIBS
-  # shellcheck disable=SC1091
-  source "$work/plan.sh"
-  "$CC" -shared -fPIC -O2 -pthread "${ARGS[@]}" "${INCS[@]}" \
-    -I"$SYSROOT/usr/include/python$PYVER" -idirafter "$SYSROOT/usr/include" \
-    "$C_FILE" "${SRCS[@]}" -o "$out.tmp" "${LIBS[@]}" -lm >"$work/cc.log" 2>&1 \
-    || die "cross-compiling the native extension failed: $("$HOST_PY" "$ROOT/edge_runtime/clikit.py" compiler-error <"$work/cc.log")"
-  mv "$out.tmp" "$out"
+  # The one cross build, shared with the aarch64 wheel (scripts/build_wheels.py): cffi's generated
+  # C + native/'s sources and flags from native/build_ffi.py, against the aarch64 Python headers.
+  "$HOST_PY" "$ROOT/scripts/build_wheels.py" cross-native "$out" --cc "$CC" \
+    --python-include "$SYSROOT/usr/include/python$PYVER" --sysroot-include "$SYSROOT/usr/include" \
+    || exit 1
 }
 build_native
 

@@ -4,13 +4,11 @@
 #   scripts/pi-bench.sh user@host build/aarch64/model.so [qvit-edge bench flags, e.g. --threads 4]
 #
 # 1. checks the model here (qvit-edge info: built for aarch64, format, weights checksum),
-# 2. bundles the runtime (edge_runtime/ as qvit_edge, the native sources, and the native
-#    library cross-compiled by scripts/aarch64-python.sh for a Python 3.11 board), the model
-#    and a small setup script,
+# 2. bundles the runtime's aarch64 wheel (scripts/build_wheels.py: abi3, any Python >= 3.9, the
+#    native library prebuilt), the model and a small setup script,
 # 3. copies the bundle with one `ssh host tar -x` into ~/qvit-edge-bench on the board, where
-#    the setup script uses the system's numpy/cffi/Pillow when present, else makes a venv and
-#    pip-installs them; it builds the native library on the board only if the shipped one
-#    does not fit its Python (needs gcc and python3-dev then),
+#    the setup script unpacks the wheel beside it (a wheel is a zip; no pip, no compiler) and
+#    uses the system's numpy/cffi/Pillow when present, else makes a venv and pip-installs them,
 # 4. runs `qvit-edge bench --json` there, prints the JSON and keeps a copy under build/pi-bench/.
 #
 # PI=local:DIR runs steps 3-4 in DIR on this machine instead of over ssh, with $PI_PYTHON as
@@ -35,15 +33,7 @@ machine="$(printf '%s' "$info" | "$HOST_PY" -c 'import json, sys; print(json.loa
 # 2. the bundle.
 STAGE="$(mktemp -d)"
 trap 'rm -rf "$STAGE"' EXIT
-mkdir -p "$STAGE/qvit_edge" "$STAGE/native"
-cp "$ROOT"/edge_runtime/*.py "$STAGE/qvit_edge/"
-(cd "$ROOT/native" && find . \( -name '*.c' -o -name '*.h' -o -name 'build_ffi.py' \) -not -path './tests/*' -print0 \
-  | tar --null -T - -cf -) | tar -C "$STAGE/native" -xf -
-if a64="$(bash "$ROOT/scripts/aarch64-python.sh" 2>/dev/null)"; then
-  cp "$(dirname "$a64")"/../pkgs/qvit_edge/_native.cpython-*-aarch64-linux-gnu.so "$STAGE/qvit_edge/" 2>/dev/null || true
-else
-  log "no cross-built native library (scripts/aarch64-python.sh failed): the board will build it"
-fi
+"$HOST_PY" "$ROOT/scripts/build_wheels.py" --arch aarch64 --out "$STAGE" >/dev/null || exit 2
 cp "$MODEL" "$STAGE/model.so"
 cat >"$STAGE/run.sh" <<'EOF'
 #!/bin/sh
@@ -69,13 +59,8 @@ if ! "$PY" -c 'import numpy, cffi, PIL' 2>/dev/null; then
   fi
   PY=venv/bin/python
 fi
-if ! PYTHONPATH=. "$PY" -c 'import qvit_edge._native' 2>/dev/null; then
-  say "building the native library for this Python (gcc + python3-dev)"
-  rm -f qvit_edge/_native.*.so
-  PYTHONPATH=. "$PY" -c 'import sys; sys.path.insert(0, "native"); import build_ffi; build_ffi.ffibuilder.compile(tmpdir=".")' >build.log 2>&1 \
-    || { say "error: building the native library failed: $("$PY" qvit_edge/clikit.py compiler-error <build.log) (sudo apt install gcc python3-dev)"; exit 2; }
-fi
-PYTHONPATH=. exec "$PY" -m qvit_edge bench model.so --json "$@"
+rm -rf lib && "$PY" -m zipfile -e qvit_edge-*.whl lib || { say "error: unpacking the runtime's wheel failed"; exit 2; }
+PYTHONPATH=lib exec "$PY" -m qvit_edge bench model.so --json "$@"
 EOF
 
 # 3-4. copy, run, keep the result.

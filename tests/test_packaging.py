@@ -1,5 +1,7 @@
-"""pyproject.toml lists every package: with an explicit `packages` list, a folder left out is
-silently missing from a wheel (`pip install .`), though the editable install of `make` works."""
+"""Two distributions: qvit (pyproject.toml: training + compile) and qvit-edge (edge_runtime/
+pyproject.toml: the device runtime). Each lists every package it has: with an explicit `packages`
+list, a folder left out is silently missing from a wheel, though the editable install of `make`
+works. What the runtime wheel really holds: tests/test_wheels.py."""
 
 from pathlib import Path
 
@@ -8,7 +10,9 @@ import pytest
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
 ROOT = Path(__file__).resolve().parent.parent
-SETUPTOOLS = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+QVIT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+EDGE_PROJECT = tomllib.loads((ROOT / "edge_runtime" / "pyproject.toml").read_text())
+SETUPTOOLS = QVIT["tool"]["setuptools"]
 
 
 def _folder(package: str) -> Path:
@@ -31,6 +35,24 @@ def test_every_listed_package_and_its_data_exist():
     for package, patterns in SETUPTOOLS["package-data"].items():
         for pattern in patterns:
             assert list(_folder(package).glob(pattern)), f"{package}: nothing matches {pattern}"
+
+
+def test_the_runtime_is_its_own_distribution_and_qvit_depends_on_it():
+    edge, qvit = EDGE_PROJECT["project"], QVIT["project"]
+    assert edge["name"] == "qvit-edge" and qvit["name"] == "qvit"
+    # released together: qvit pins the runtime of its own version
+    assert f"qvit-edge=={edge['version']}" in qvit["dependencies"] and qvit["version"] == edge["version"]
+    assert sorted(d.split(">")[0] for d in edge["dependencies"]) == ["cffi", "numpy", "pillow"]
+    assert list(edge["scripts"]) == ["qvit-edge"] and list(qvit["scripts"]) == ["qvit"]
+    assert EDGE_PROJECT["tool"]["setuptools"]["packages"] == ["qvit_edge"]
+    assert EDGE_PROJECT["tool"]["setuptools"]["package-dir"] == {"qvit_edge": "."}
+    assert (ROOT / "edge_runtime" / edge["readme"]).is_file()
+    # a flat package: a subpackage would need listing
+    inits = [p for p in (ROOT / "edge_runtime").rglob("__init__.py") if "build" not in p.parts]
+    assert inits == [ROOT / "edge_runtime" / "__init__.py"]
+    # no package of one distribution is also in the other
+    assert "qvit_edge" not in SETUPTOOLS["package-dir"] and not any(
+        p.startswith("qvit_edge") for p in SETUPTOOLS["packages"])
 
 
 # The runtime wheel holds only what the device runs: numpy, cffi and Pillow, never the stages

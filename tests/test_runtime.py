@@ -377,7 +377,7 @@ def test_pi_bench_refuses_a_model_for_another_cpu(models):
 @pytest.mark.qemu
 def test_pi_bench_bundle_runs_on_an_aarch64_python(models, aarch64_python, tmp_path):
     """The same bundle and board script as over ssh, run in a folder with the qemu aarch64 Python
-    as the board's python3: it must import the bundled runtime and print the bench JSON."""
+    as the board's python3: it must run the bundled wheel's runtime and print the bench JSON."""
     if "aarch64" not in models:
         pytest.skip("no aarch64 build")
     board = tmp_path / "board"
@@ -386,7 +386,13 @@ def test_pi_bench_bundle_runs_on_an_aarch64_python(models, aarch64_python, tmp_p
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     assert d["schema"] == "qvit-edge.bench/2" and d["machine"] == "aarch64" and d["runs"] == 3
-    assert (board / "model.so").exists() and (board / "qvit_edge" / "cmd_bench.py").exists()
+    # the runtime is the aarch64 wheel, unpacked on the board: its prebuilt native library is used
+    (whl,) = board.glob("qvit_edge-*manylinux_2_17_aarch64.whl")
+    assert (board / "model.so").exists() and (board / "lib" / "qvit_edge" / "_native.abi3.so").exists()
+    where = subprocess.run([aarch64_python, "-c", "import qvit_edge._native as n; print(n.__file__)"],
+                           capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": str(board / "lib")})
+    assert where.stdout.strip() == str(board / "lib" / "qvit_edge" / "_native.abi3.so"), where.stderr
     saved = r.stderr.strip().splitlines()[-1].split("saved ")[-1]
     assert json.load(open(os.path.join(ROOT, saved))) == d
     os.remove(os.path.join(ROOT, saved))

@@ -1,5 +1,5 @@
-# Only job: build the native kernels (cffi, API mode) as qvit_edge._native at install time.
-# All package metadata lives in pyproject.toml.
+# Only job: build the native library (cffi, API mode; C in ../native) as qvit_edge._native when
+# the qvit-edge distribution is built or installed. All package metadata lives in pyproject.toml.
 import importlib.util
 import os
 import subprocess
@@ -7,6 +7,7 @@ import sys
 
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -14,7 +15,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def _compiler_error():
     # The one definition, in the runtime's stdlib-only CLI toolkit (not importable yet: we are
     # building it).
-    spec = importlib.util.spec_from_file_location("_clikit", os.path.join(HERE, "edge_runtime", "clikit.py"))
+    spec = importlib.util.spec_from_file_location("_clikit", os.path.join(HERE, "clikit.py"))
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod  # its dataclasses look their module up there
     spec.loader.exec_module(mod)
@@ -42,4 +43,18 @@ class OneLineErrorBuildExt(build_ext):
         super().build_extension(ext)
 
 
-setup(cffi_modules=["native/build_ffi.py:ffibuilder"], cmdclass={"build_ext": OneLineErrorBuildExt})
+class BuildPyWithoutSetup(build_py):
+    """This folder is both the project and the qvit_edge package: its setup.py is no module of
+    the package, so the wheel leaves it out."""
+
+    def find_package_modules(self, package, package_dir):
+        return [m for m in super().find_package_modules(package, package_dir) if m[1] != "setup"]
+
+
+setup(
+    cffi_modules=["../native/build_ffi.py:ffibuilder"],
+    cmdclass={"build_ext": OneLineErrorBuildExt, "build_py": BuildPyWithoutSetup},
+    # The extension uses only the stable ABI (cffi builds it with Py_LIMITED_API): one wheel per
+    # CPU architecture serves CPython 3.9 and every later version.
+    options={"bdist_wheel": {"py_limited_api": "cp39"}},
+)
