@@ -9,8 +9,8 @@ three timed calls; `repeat` rounds) so load from other processes hits all of the
 each is measured warm, as in a steady layer loop; the tables give medians. Output buffers are allocated
 once (PyTorch `out=`, ours `dst=`; ONNX Runtime reuses its arena), as a runtime does. Weights
 are packed once ahead of time; activations (and both operands of the attention matmuls) are
-packed inside every timed call, and for bit-serial that cost is included. Needs torch and onnxruntime (the
-[train] extra) for the peers.
+packed inside every timed call, and for bit-serial that cost is included. Needs torch and onnxruntime
+(dependencies of the qvit distribution) for the peers.
 """
 from __future__ import annotations
 
@@ -325,7 +325,7 @@ def main(argv=None) -> int:
         import onnxruntime  # noqa: F401
         import torch  # noqa: F401
     except ImportError as e:
-        print(f"bench-kernels: needs torch and onnxruntime for the peers ({e}); pip install '.[train]'",
+        print(f"bench-kernels: needs torch and onnxruntime for the peers ({e}); pip install ./edge_runtime .",
               file=sys.stderr)
         return 2
     try:

@@ -31,10 +31,8 @@ def _json(r) -> dict:
 
 
 def _random_deit(seed):
-    try:
-        from qvit_compile.intmodel import random_deit
-    except ImportError:  # before the integer model moved to the compile stage
-        from qvit_edge.intmodel import random_deit
+    from qvit_compile.intmodel import random_deit
+
     return random_deit(seed=seed)
 
 

@@ -4,6 +4,7 @@ whose tool is missing fails instead of skipping."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -178,13 +179,19 @@ def test_qvit_main_honours_its_argv(monkeypatch, capsys):
 
 
 def test_native_build_failure_ends_with_the_first_compiler_error(tmp_path):
-    """`pip install .` on a board whose compiler cannot build: the last words name the error."""
+    """`pip install ./edge_runtime` (the runtime from source) on a board whose compiler cannot
+    build: the last words name the error."""
     cc = tmp_path / "gcc"
     cc.write_text(f"#!/bin/sh\ncat >&2 <<'EOF'\n{NO_LIBC_HEADERS}EOF\nexit 1\n")
     cc.chmod(0o755)
+    # a clean copy, as a checkout is: no objects of an earlier build that would skip the compiler
+    src = tmp_path / "src"
+    skip = shutil.ignore_patterns("build", "*.so", "*.o", "__pycache__", "*.egg-info")
+    for d in ("edge_runtime", "native"):
+        shutil.copytree(os.path.join(ROOT, d), src / d, ignore=skip)
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                        "-w", str(tmp_path / "wheels"), ROOT], capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "CC": str(cc)}, cwd=tmp_path)
+                        "-w", str(tmp_path / "wheels"), str(src / "edge_runtime")], capture_output=True,
+                       text=True, timeout=300, env={**os.environ, "CC": str(cc)}, cwd=tmp_path)
     assert r.returncode != 0
     out = r.stdout + r.stderr
     assert "error: building the native kernels (qvit_edge._native)" in out, out[-3000:]
