@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import signal
 import statistics
 import subprocess
@@ -41,6 +42,12 @@ LIGHT_AUG = ["--re-prob", "0", "--drop-path", "0"]
 # that model's 4 plus the 18 that took it to 89 % (docs/results.md).
 TEACHER_ARGS = ["--lr", "1e-3", "--warmup-epochs", "1"]
 TEACHER_EPOCHS = 22
+# That teacher, trained once and kept in git (runs/ is not): its best/ checkpoint plus the run's
+# log.json and test.json. `run` restores runs/exp/teacher from it instead of training the 22
+# epochs again; --retrain-teacher trains anew, and `ship-teacher` replaces it with the run's.
+SHIPPED_TEACHER = Path("models/fmnist_deit_tiny_teacher")
+TEACHER_CHECKPOINT = ("config.json", "model.safetensors")
+TEACHER_RECORD = ("log.json", "test.json")
 
 # name: (label, extra flags); the student always distils the teacher's logits (hard, dist token).
 VARIANTS = {
@@ -139,6 +146,34 @@ def plan(seeds: list[int], epochs: int, jobs: int, only: list[str] | None = None
 
 # ----------------------------------------------------------------------------------------------
 # run
+
+
+def ship_teacher(teacher: Run, dest: Path = SHIPPED_TEACHER) -> None:
+    """Copies the finished teacher run's best checkpoint and record into dest (for git)."""
+    if not teacher.done() or teacher.test_top1() is None:
+        raise SystemExit(f"ship-teacher: {teacher.out} is not a finished teacher run "
+                         "(python -m qvit.experiments run --retrain-teacher trains it)")
+    from qvit.checkpoint import checkpoint_dir
+
+    best = checkpoint_dir(teacher.out / "best")
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in TEACHER_CHECKPOINT:
+        shutil.copy2(best / name, dest / name)
+    for name in TEACHER_RECORD:
+        shutil.copy2(teacher.out / name, dest / name)
+
+
+def restore_teacher(teacher: Run, src: Path = SHIPPED_TEACHER) -> bool:
+    """Makes runs/exp/teacher the shipped teacher (best/ + its record) when that run is not done.
+    Returns whether it did."""
+    if teacher.done() or not all((src / n).exists() for n in TEACHER_CHECKPOINT + TEACHER_RECORD):
+        return False
+    (teacher.out / "best").mkdir(parents=True, exist_ok=True)
+    for name in TEACHER_CHECKPOINT:
+        shutil.copy2(src / name, teacher.out / "best" / name)
+    for name in TEACHER_RECORD:
+        shutil.copy2(src / name, teacher.out / name)
+    return True
 
 
 def _launch(run: Run) -> subprocess.Popen:
@@ -446,13 +481,16 @@ def write_report(block: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m qvit.experiments", description=__doc__.splitlines()[0])
-    p.add_argument("action", choices=["run", "report", "all", "irm-table"],
-                   help="irm-table: before-QAT accuracy of every IRM form from models/fmnist_deit_tiny_fp")
+    p.add_argument("action", choices=["run", "report", "all", "irm-table", "ship-teacher"],
+                   help="irm-table: before-QAT accuracy of every IRM form from models/fmnist_deit_tiny_fp; "
+                        f"ship-teacher: copy the finished teacher run into {SHIPPED_TEACHER} (for git)")
     p.add_argument("--jobs", type=int, default=2, help="runs (threads) at a time")
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--epochs", type=int, default=1, help="QAT epochs per run")
     p.add_argument("--only", help="comma-separated rows to run, e.g. w2a2_base,w2a2_qvit")
     p.add_argument("--dry-run", action="store_true", help="print the commands and their state only")
+    p.add_argument("--retrain-teacher", action="store_true",
+                   help=f"train the teacher ({TEACHER_EPOCHS} epochs) instead of restoring {SHIPPED_TEACHER}")
     args = p.parse_args(argv)
     os.chdir(ROOT)
     if args.action == "irm-table":
@@ -465,7 +503,14 @@ def main(argv: list[str] | None = None) -> int:
     if only and (unknown := set(only) - {f"w{b}a{b}_{v}" for b, v in GRID}):
         p.error(f"unknown rows {', '.join(sorted(unknown))}")
     runs = plan([int(s) for s in args.seeds.split(",")], args.epochs, args.jobs, only)
+    if args.action == "ship-teacher":
+        ship_teacher(runs[0])
+        print(f"wrote {SHIPPED_TEACHER}: commit it")
+        return 0
     rc = 0
+    if args.action in ("run", "all") and not args.retrain_teacher and not args.dry_run \
+            and restore_teacher(runs[0]):
+        print(f"teacher: restored {runs[0].out} from {SHIPPED_TEACHER} (--retrain-teacher trains it anew)")
     if args.action in ("run", "all"):
         rc = run_all(runs, args.jobs, args.dry_run)
     if args.action in ("report", "all") and rc == 0 and not args.dry_run:

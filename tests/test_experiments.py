@@ -3,6 +3,7 @@
 import argparse
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -57,6 +58,29 @@ def test_a_run_is_done_only_when_its_log_reaches_the_last_epoch(tmp_path, monkey
     assert run.done() and experiments._top1(run) is None  # no test.json: not reported
     (run.out / "test.json").write_text(json.dumps({"test_top1": 58.5}))
     assert experiments._top1(run) == 58.5
+
+
+def test_the_shipped_teacher_round_trips_and_is_restored_only_when_the_run_is_missing(tmp_path, monkeypatch):
+    monkeypatch.setattr(experiments, "RUNS", tmp_path / "runs")
+    teacher = experiments.plan([0], epochs=1, jobs=1)[0]
+    shipped = tmp_path / "models" / "teacher"
+    with pytest.raises(SystemExit, match="not a finished teacher run"):
+        experiments.ship_teacher(teacher, shipped)
+    assert not experiments.restore_teacher(teacher, shipped)  # nothing shipped yet
+    log = [{"epoch": e, "val_top1": 80.0 + e / 10} for e in range(1, experiments.TEACHER_EPOCHS + 1)]
+    (teacher.out / "best").mkdir(parents=True)
+    (teacher.out / "best" / "config.json").write_text("{}")
+    (teacher.out / "best" / "model.safetensors").write_bytes(b"weights")
+    (teacher.out / "log.json").write_text(json.dumps(log))
+    (teacher.out / "test.json").write_text(json.dumps({"test_top1": 89.5}))
+    experiments.ship_teacher(teacher, shipped)
+    want = ["config.json", "log.json", "model.safetensors", "test.json"]
+    assert sorted(p.name for p in shipped.iterdir()) == want
+    assert not experiments.restore_teacher(teacher, shipped)  # the run is there: left alone
+    shutil.rmtree(teacher.out)
+    assert experiments.restore_teacher(teacher, shipped)
+    assert teacher.done() and teacher.test_top1() == 89.5
+    assert (teacher.out / "best" / "model.safetensors").read_bytes() == b"weights"
 
 
 def test_report_block_replaces_only_its_own_section(tmp_path, monkeypatch):
