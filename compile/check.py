@@ -51,7 +51,7 @@ def run_model_so(path: str, x: np.ndarray, arch: str, threads: int = 1) -> np.nd
 def fashion_images(n: int, input_cfg: dict) -> tuple[np.ndarray, np.ndarray]:
     """The first n Fashion-MNIST test images, normalised as the model's metadata says."""
     from qvit.data import load_dataset
-    ds = load_dataset("fashion-mnist", "val")
+    ds = load_dataset("fashion-mnist", "test")
     img = ds.images[:n].numpy().astype(np.float32) / 255.0
     mean = np.asarray(input_cfg["mean"], np.float32).reshape(1, -1, 1, 1)
     std = np.asarray(input_cfg["std"], np.float32).reshape(1, -1, 1, 1)
