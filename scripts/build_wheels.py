@@ -28,7 +28,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import zipfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MANYLINUX = "manylinux_2_17"        # glibc 2.17: every 64-bit Raspberry Pi OS and distribution since
@@ -138,10 +137,6 @@ def build_host_wheel(work: str) -> str:
     return os.path.join(out, wheels[0])
 
 
-def wheel_tag_of(path: str) -> str:
-    return "-".join(os.path.basename(path)[:-4].split("-")[-3:])
-
-
 def set_platform(wheel: str, arch: str, native_so: str | None, out_dir: str) -> str:
     """The wheel with its platform tag set to manylinux_2_17_<arch> (+ the 2014 alias) and,
     given native_so, the native library replaced; RECORD rewritten by `wheel pack`."""
@@ -220,11 +215,6 @@ def build_wheels(archs: list[str], out_dir: str) -> list[str]:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return made
-
-
-def wheel_files(path: str) -> list[str]:
-    with zipfile.ZipFile(path) as z:
-        return z.namelist()
 
 
 def main(argv=None) -> int:
