@@ -26,6 +26,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int_range(0, 2**32 - 1), default=0)
     # checked while parsing: an unwritable --out must fail before the compile, not after it
     p.add_argument("--out", required=True, type=creatable_file_path, help="model.so to write")
+    p.add_argument("--engine", help="force the GEMM engine of the <= 4-bit linear layers: bitserial or "
+                                    "int8dot (default: $QVIT_GEMM_ENGINE, else chosen for the target CPU)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     return p
 
@@ -71,11 +73,13 @@ def main(argv=None) -> int:
     try:
         t = targets.get(args.target, args.mcpu)
         targets.check_compiler(t)
+        from . import engines
+        engines.override(args.engine)  # an unknown engine fails before the model is loaded
         out_dir = os.path.dirname(os.path.abspath(args.out))
         os.makedirs(out_dir, exist_ok=True)
         model = load_source(args)
         from .compiler import compile_model
-        compile_model(model, args.target, args.out, args.mcpu,
+        compile_model(model, args.target, args.out, args.mcpu, engine=args.engine,
                       progress=(lambda *a: None) if args.quiet else (lambda s: print(s, flush=True)))
     except UserError as e:
         print(f"qvit_compile: error: {e}", file=sys.stderr)

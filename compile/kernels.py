@@ -158,6 +158,71 @@ def bitserial_linear(m: int, n: int, k: int, a_bits: int, w_bits: int, epilogue:
     return ins, [y]
 
 
+INT8DOT_QUANT = "qvit_int8dot_quant"  # compile/csrc/int8dot.c
+INT8DOT_PANEL = "qvit_int8dot_panel"
+INT8DOT_KBLOCK = 16  # codes and weight panels are zero padded along K to a multiple of this
+EPILOGUES = {"none": 0, "gelu": 1, "add": 2}  # csrc/epilogue.h
+
+
+def int8dot_k(k: int) -> int:
+    return -(-k // INT8DOT_KBLOCK) * INT8DOT_KBLOCK
+
+
+def int8dot_quant(m: int, k: int, bits: int, ln_eps: float | None = None):
+    """x [M, K] float (LayerNorm first with ln_eps) -> activation codes [Mpad, Kp] int8 (unsigned
+    values 0..2^b-1, zero past K and for rows >= M), row-major for the int8dot GEMM: a parallel loop
+    over blocks of PACK_BLOCK rows calling qvit_int8dot_quant (compile/csrc/int8dot.c), whose codes
+    are common.h's quantize_row, as the bit-serial pack kernel's."""
+    ins, _, step, zp = _act_input(m, k, None)
+    if ln_eps is not None:
+        ins += [te.placeholder((k,), "float32", name="ln_w"), te.placeholder((k,), "float32", name="ln_b")]
+    ins += [step, zp]
+    mp, kp = rows_padded(m), int8dot_k(k)
+
+    def body(bufs, outs):
+        blk = tirx.Var("block", "int32")
+        x = bufs[0]
+        g, b = (bufs[1], bufs[2]) if ln_eps is not None else (x, x)  # unused when no LayerNorm
+        i32 = lambda v: tirx.const(int(v), "int32")  # noqa: E731
+        r0 = blk * PACK_BLOCK
+        call = tirx.call_extern("int32", INT8DOT_QUANT, r0, r0 + PACK_BLOCK, i32(m), i32(mp), i32(k), i32(kp),
+                                i32(bits), i32(ln_eps is not None),
+                                tirx.const(float(ln_eps or 0.0), "float32"), x.data, g.data, b.data,
+                                bufs[-2].data, bufs[-1].data, outs[0].data)
+        return tirx.For(blk, 0, -(-mp // PACK_BLOCK), tirx.ForKind.PARALLEL, tirx.Evaluate(call))
+
+    codes = te.extern([(mp, kp)], ins, body, name="acodes", dtype=["int8"])
+    return ins, [codes]
+
+
+def int8dot_linear(m: int, n: int, k: int, epilogue: str = "none", gelu_clip: float | None = None):
+    """codes [Mpad, Kp] int8 x weight panels [ceil(N/16), Kp/4, 16, 4] int8 (packing.int8_panel) ->
+    y [M, N] float32, with bitserial_linear's epilogue (y = scale[n] * (acc - corr[n]) + bias[n], then
+    GELU or + residual): a parallel loop over the 16-channel panels calling qvit_int8dot_panel."""
+    mp, kp, npan = rows_padded(m), int8dot_k(k), -(-n // 16)
+    a = te.placeholder((mp, kp), "int8", name="acodes")
+    wp = te.placeholder((npan, kp // 4, 16, 4), "int8", name="wpanel8")
+    scale = te.placeholder((n,), "float32", name="scale")
+    corr = te.placeholder((n,), "int32", name="corr")
+    bias = te.placeholder((n,), "float32", name="bias")
+    ins = [a, wp, scale, corr, bias]
+    if epilogue == "add":
+        ins.append(te.placeholder((m, n), "float32", name="residual"))
+
+    def body(bufs, outs):
+        pn = tirx.Var("panel", "int32")
+        i32 = lambda v: tirx.const(int(v), "int32")  # noqa: E731
+        res = bufs[5] if epilogue == "add" else bufs[0]  # unused pointer without the residual
+        call = tirx.call_extern("int32", INT8DOT_PANEL, pn, i32(m), i32(mp), i32(n), i32(kp),
+                                i32(EPILOGUES[epilogue]), i32(gelu_clip is not None),
+                                tirx.const(float(gelu_clip or 0.0), "float32"),
+                                *[b.data for b in bufs[:5]], res.data, outs[0].data)
+        return tirx.For(pn, 0, npan, tirx.ForKind.PARALLEL, tirx.Evaluate(call))
+
+    y = te.extern([(m, n)], ins, body, name="y", dtype=["float32"])
+    return ins, [y]
+
+
 def quant_codes(m: int, k: int, bits: int, ln_eps: float | None = None):
     """x [M, K] float -> int16 codes minus zero point (for the 8-bit integer GEMM)."""
     ins, src, step, zp = _act_input(m, k, ln_eps)

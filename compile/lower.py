@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import engines, packing, schedules
 from . import kernels as K
-from . import packing, schedules
 from .intmodel import IRM_TENSORS, irm_stat, pair
 
-BITSERIAL_MAX_BITS = 4
+BITSERIAL_MAX_BITS = engines.LOWBIT_MAX
 
 
 @dataclass
@@ -83,9 +83,11 @@ def _is_quant_linear(op: dict) -> bool:
 
 
 class Lowering:
-    def __init__(self, model, target_kind: str):
+    def __init__(self, model, target_kind: str, select=None):
         self.model = model
         self.target_kind = target_kind
+        # engines.Selection: the GEMM engine of each quantized linear layer (None: bit-serial for all)
+        self.select = select
         self.plan = Plan()
         self.consumers: dict[str, list[int]] = {}
         self.producer: dict[str, int] = {"image": -1}
@@ -188,7 +190,19 @@ class Lowering:
         if epi == "add":
             res = [p.view(self._residual, (m, n))]
         clip_v = None if clip is None else float(clip)
-        if ab <= BITSERIAL_MAX_BITS and wb <= BITSERIAL_MAX_BITS:
+        engine = (self.select.pick(kind, ab, wb) if self.select is not None
+                  else engines.choose("", (), ab, wb))
+        if engine == engines.INT8DOT:
+            kp = K.int8dot_k(k)
+            codes = p.act(f"{op['out']}.acodes", (K.rows_padded(m), kp), "int8")
+            kid = self._generic(("quant8", m, k, ab, eps), "int8dot_quant", K.int8dot_quant, m, k, ab, eps)
+            p.step(kid, kind, [x2, *ln_args, a_step, a_zp, codes], op["out"])
+            panel = p.const(f"{name}.wpanel8", packing.int8_panel(wt, kp))
+            corr = p.const(f"{name}.corr", packing.zero_point_correction(wt, int(prm["a_zp"])))
+            kid = p.kernel(("int8dot", m, n, k, epi, clip_v), "int8dot_gemm",
+                           lambda fname: schedules.prim_func(fname, *K.int8dot_linear(m, n, k, epi, clip_v)))
+            p.step(kid, kind, [codes, panel, scale, corr, bias, *res, y2], op["out"])
+        elif engine == engines.BITSERIAL:
             planes = p.act(f"{op['out']}.planes", (ab, K.rows_padded(m), K.linear_words(k)), "uint64")
             kid = self._generic(("pack", m, k, ab, eps), "pack", K.pack_act, m, k, ab, eps)
             p.step(kid, kind, [x2, *ln_args, a_step, a_zp, planes], op["out"])
@@ -335,5 +349,5 @@ class Lowering:
         p.step(kid, "patch_merge", [op["in"], out], op["out"])
 
 
-def lower(model, target_kind: str) -> Plan:
-    return Lowering(model, target_kind).run()
+def lower(model, target_kind: str, select=None) -> Plan:
+    return Lowering(model, target_kind, select).run()

@@ -54,3 +54,13 @@ def int16_panel(w: np.ndarray) -> np.ndarray:
     csrc/igemm.c: element [p, k2, l, t] = w[16 p + l, 2 k2 + t]."""
     n, k = w.shape
     return np.ascontiguousarray(np.asarray(w, np.int16).reshape(n // 16, 16, k // 2, 2).transpose(0, 2, 1, 3))
+
+
+def int8_panel(w: np.ndarray, kp: int) -> np.ndarray:
+    """Signed codes [N, K] -> int8 panels [ceil(N / 16), kp / 4, 16, 4] for csrc/int8dot.c (zero past N
+    and K): element [p, g, l, j] = w[16 p + l, 4 g + j], one 64-byte group = 16 channels x 4 k."""
+    n, k = w.shape
+    npad = -(-n // 16) * 16
+    full = np.zeros((npad, kp), np.int8)
+    full[:n, :k] = np.asarray(w, np.int8)
+    return np.ascontiguousarray(full.reshape(npad // 16, 16, kp // 4, 4).transpose(0, 2, 1, 3))

@@ -24,7 +24,7 @@ def describe(path: str) -> dict:
     verified = verify_model_file(path, machine="any")  # every check but the CPU one
     info = verified.elf
     doc = {k: v for k, v in verified.doc.items() if k != "plan"}
-    keys = ("format", "format_version", "arch", "family", "bits", "target", "input", "num_classes",
+    keys = ("format", "format_version", "arch", "family", "bits", "target", "gemm", "input", "num_classes",
             "classes", "weights_sha256")
     out = {"schema": SCHEMA, "path": path, "size_bytes": info.size, "machine": info.machine,
            "runs_here": info.machine == host_machine()}
@@ -32,6 +32,15 @@ def describe(path: str) -> dict:
     out["model_sha256"] = verified.sha256
     out["extra"] = {k: v for k, v in doc.items() if k not in keys}
     return out
+
+
+def _gemm(g) -> str:
+    """The GEMM engines per layer kind (compile/engines.py), or what files from before them were."""
+    if not g:
+        return "not recorded (compiled before the engines were: bitserial for <= 4-bit layers)"
+    rows = [f"{r['kind']} W{r['w_bits']}A{r['a_bits']}: {r['engine']} "
+            f"({r['layers']} layer{'' if r['layers'] == 1 else 's'})" for r in g.get("layers", [])]
+    return ", ".join(rows) + f" [mcpu {g['mcpu']}{', forced' if g.get('forced') else ''}]"
 
 
 def _fmt(v) -> str:
@@ -57,6 +66,7 @@ def run(args) -> int:
         ("architecture", f"{d['arch']} ({d['family']})"),
         ("bits", _fmt(d["bits"])),
         ("target", _fmt(d["target"])),
+        ("gemm engines", _gemm(d["gemm"])),
         ("built for", f"{d['machine']}; runs here: {here}"),
         ("input", _fmt(d["input"])),
         ("classes", f"{d['num_classes']}: {shown}"),

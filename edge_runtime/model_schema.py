@@ -228,6 +228,29 @@ def _check_meta(doc: dict, blob_size: int) -> None:
     for key in ("source_digest", "compiler"):
         if key in doc:
             _text(doc[key], key, empty=True)
+    if "gemm" in doc:  # absent in files from before the engines were recorded
+        _check_gemm(doc["gemm"])
+
+
+MAX_GEMM_ROWS = 1024
+
+
+def _check_gemm(g) -> None:
+    """The GEMM engines the compiler chose (compile/engines.py): informative only, the kernels are
+    in the file, so any engine name is accepted (a newer compiler may know more)."""
+    g = _obj(g, "gemm")
+    _text(_need(g, "mcpu", "gemm"), "gemm.mcpu")
+    for f in _list(g.get("features", []), "gemm.features", 0, 64):
+        _text(f, "gemm.features")
+    if "forced" in g and not isinstance(g["forced"], bool):
+        raise SchemaError(f"gemm.forced: {_show(g['forced'])} is not true or false")
+    for row in _list(_need(g, "layers", "gemm"), "gemm.layers", 0, MAX_GEMM_ROWS):
+        row = _obj(row, "gemm.layers")
+        _text(_need(row, "kind", "gemm.layers"), "gemm.layers.kind")
+        _text(_need(row, "engine", "gemm.layers"), "gemm.layers.engine")
+        for k in ("w_bits", "a_bits"):
+            _int(_need(row, k, "gemm.layers"), f"gemm.layers.{k}", 1, MAX_BITS)
+        _int(_need(row, "layers", "gemm.layers"), "gemm.layers.layers", 0, MAX_STEPS)
 
 
 # ---------------------------------------------------------------------------------------------- plan

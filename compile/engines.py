@@ -1,0 +1,97 @@
+"""GEMM engines of the quantized linear layers: which kernel computes a layer, per target CPU.
+
+All engines compute the same integers (sum_k (a - z_a) w exactly) and the same float epilogue; they
+differ only in speed, which depends on the CPU:
+
+  bitserial  bit planes + AND/popcount (TVM-generated, kernels.bitserial_linear): every CPU;
+  int8dot    int8 codes x int8 weights, 4-byte dot products (csrc/int8dot.c): Arm SDOT
+             (vdotq_laneq_s32), x86 AVX-512 VNNI / AVX-VNNI (vpdpbusd), portable C elsewhere.
+             1-4-bit codes are exact in int8, and one SDOT does 32 MACs/cycle on a Cortex-A76
+             where the bit-serial kernel needs a_bits * w_bits binary products per MAC.
+
+The choice is made once per compile from (arch, CPU features of the target's mcpu, a_bits, w_bits)
+by `choose` (the table below), or forced with `--engine` / QVIT_GEMM_ENGINE, and recorded in the
+model.so metadata (field "gemm": docs/model-so.md).
+"""
+from __future__ import annotations
+
+import os
+
+from qvit_edge.clikit import UserError
+
+BITSERIAL, INT8DOT = "bitserial", "int8dot"
+ENGINES = (BITSERIAL, INT8DOT)
+LOWBIT_MAX = 4  # layers with at most this many bits (weights and activations) have a choice
+INT16 = "int16"  # 8-bit layers (patch embedding, head): int16 codes x int8 weights, no choice
+ENV = "QVIT_GEMM_ENGINE"
+
+# CPU features (LLVM names) that make int8dot the faster engine, per arch.
+INT8DOT_FEATURES = {"aarch64": ("dotprod",), "x86_64": ("avx512vnni", "avxvnni")}
+
+
+def choose(arch: str, features, a_bits: int, w_bits: int) -> str:
+    """The engine table: the engine for a layer of a_bits x w_bits on a CPU with `features`."""
+    if a_bits > LOWBIT_MAX or w_bits > LOWBIT_MAX:
+        return INT16
+    feats = set(features)
+    if arch == "aarch64":
+        # dot product (A55, A76, A78, Neoverse N1...): 32 int8 MACs/cycle beat a2*w2 binary planes;
+        # without it (A53, A72) bit-serial wins at these widths (int8 runs on SMLAL at ~8 MACs/cycle)
+        return INT8DOT if feats & set(INT8DOT_FEATURES["aarch64"]) else BITSERIAL
+    if arch == "x86_64":
+        # VNNI: 64 MACs/cycle per 512-bit vpdpbusd. Without it (AVX2 only) the popcount kernel stays.
+        # A per-CPU measured choice (e.g. VPOPCNTDQ machines at W1A1) would refine this branch.
+        return INT8DOT if feats & set(INT8DOT_FEATURES["x86_64"]) else BITSERIAL
+    return BITSERIAL
+
+
+def override(engine: str | None) -> str | None:
+    """The forced engine: the argument (--engine), else $QVIT_GEMM_ENGINE, else None. Checked."""
+    forced = engine or os.environ.get(ENV) or None
+    if forced is not None and forced not in ENGINES:
+        src = "--engine" if engine else ENV
+        raise UserError(f"{src}: unknown GEMM engine {forced!r} (known: {', '.join(ENGINES)})")
+    return forced
+
+
+def cpu_features(target) -> list:
+    """The LLVM features of the target's CPU that the table reads (empty when LLVM cannot say)."""
+    wanted = INT8DOT_FEATURES.get(target.arch, ())
+    try:
+        from tvm.target import codegen
+        feats = codegen.llvm_get_cpu_features(target.tvm())
+    except Exception:  # an LLVM without the query: the table's conservative branch
+        return []
+    return sorted(f for f in wanted if f in feats)
+
+
+class Selection:
+    """The engines of one compile: per layer, and the summary written into the metadata."""
+
+    def __init__(self, target, engine: str | None = None):
+        self.arch, self.mcpu = target.arch, target.mcpu
+        self.features = cpu_features(target)
+        self.forced = override(engine)
+        self.layers: dict[tuple, dict] = {}
+
+    def pick(self, kind: str, a_bits: int, w_bits: int) -> str:
+        e = choose(self.arch, self.features, a_bits, w_bits)
+        if self.forced is not None and e != INT16:
+            e = self.forced
+        row = self.layers.setdefault((kind, int(w_bits), int(a_bits)),
+                                     {"kind": kind, "w_bits": int(w_bits), "a_bits": int(a_bits),
+                                      "engine": e, "layers": 0})
+        row["layers"] += 1
+        return e
+
+    def meta(self) -> dict:
+        return {"mcpu": self.mcpu, "features": list(self.features), "forced": self.forced is not None,
+                "layers": [self.layers[k] for k in sorted(self.layers)]}
+
+
+def describe(gemm: dict) -> str:
+    """One line for people: 'qlinear W2A2: int8dot (48), ... [mcpu cortex-a76, forced]'."""
+    rows = [f"{r['kind']} W{r['w_bits']}A{r['a_bits']}: {r['engine']} ({r['layers']})"
+            for r in gemm["layers"]]
+    extra = f"mcpu {gemm['mcpu']}" + (", forced" if gemm.get("forced") else "")
+    return f"{', '.join(rows) or 'no linear layers'} [{extra}]"
