@@ -104,6 +104,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--act-init", choices=["mse", "lsq"], default=d.act_init,
                    help="activation steps from the first batch: least quantization error, "
                         "or LSQ's 2 mean|x|/sqrt(Qp)")
+    g.add_argument("--lsq-grad-scale", choices=["sample", "batch"], default=d.lsq_grad_scale,
+                   help="elements counted in LSQ's gradient scale 1/sqrt(n Qp): per sample, or the official "
+                        "code's whole batch / whole weight")
     g.add_argument(
         "--gelu-clip",
         type=nonneg_float,
@@ -174,6 +177,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr", type=positive_float, default=d.lr)
     g.add_argument("--min-lr", type=nonneg_float, default=d.min_lr)
     g.add_argument("--warmup-epochs", type=nonneg_float, default=d.warmup_epochs)
+    g.add_argument("--lr-base-size", type=positive_int, metavar="N",
+                   help="--lr is per N samples: scaled by the global batch / N (DeiT's and the official "
+                        "Q-ViT code's rule; the paper: --lr 2e-4 --lr-base-size 512)")
     g.add_argument("--weight-decay", type=nonneg_float, default=d.weight_decay)
     g.add_argument("--opt", choices=["adamw", "lamb", "sgd"], default=d.opt)
     g.add_argument(
@@ -234,6 +240,7 @@ def config_from_args(args) -> "TrainConfig":  # noqa: F821
         irm_stat=args.irm_stat,
         irm_calib=args.irm_calib,
         act_init=args.act_init,
+        lsq_grad_scale=args.lsq_grad_scale,
         gelu_clip=args.gelu_clip or None,
         model_args=dict(args.model_arg),
         img_size=inp["img_size"],
@@ -256,6 +263,7 @@ def config_from_args(args) -> "TrainConfig":  # noqa: F821
         lr=args.lr,
         min_lr=args.min_lr,
         warmup_epochs=args.warmup_epochs,
+        lr_base_size=args.lr_base_size,
         weight_decay=args.weight_decay,
         opt=args.opt,
         aug_pad=args.aug_pad,

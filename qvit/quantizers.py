@@ -123,6 +123,24 @@ def _mse_step(xs: torch.Tensor, zp: torch.Tensor, qmax: int) -> torch.Tensor:
     return step
 
 
+# LSQ gradient scale g = 1 / sqrt(elements per step * Qp), the elements counted either per sample
+# ("sample": independent of the batch size and the number of processes) or as the official Q-ViT
+# code does ("batch": x.numel() with the batch, w.numel() over the whole weight, so g shrinks as
+# the per-process batch grows).
+GRAD_SCALES = ("sample", "batch")
+
+
+def set_grad_scale(model: nn.Module, mode: str) -> int:
+    """Choose how every quantizer of `model` counts the elements of its LSQ gradient scale."""
+    if mode not in GRAD_SCALES:
+        raise ValueError(f"unknown LSQ gradient scale {mode!r} (one of {', '.join(GRAD_SCALES)})")
+    n = 0
+    for m in model.modules():
+        if isinstance(m, (ActQuant, WeightQuant)):
+            m.grad_scale_mode, n = mode, n + 1
+    return n
+
+
 def set_act_init(model: nn.Module, method: str) -> int:
     """Choose how every activation quantizer of `model` initialises from its first batch."""
     if method not in ACT_INITS:
@@ -153,6 +171,7 @@ class ActQuant(nn.Module):
                              f"(one of {', '.join(ACT_INITS)})")
         self.channels = channels
         self.channel_dim = channel_dim
+        self.grad_scale_mode = "sample"
         shape = () if channels is None else (channels,)
         self.step = nn.Parameter(torch.ones(shape))
         self.offset = nn.Parameter(torch.zeros(shape))
@@ -199,9 +218,8 @@ class ActQuant(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.initialized:
             self.init_from(x)
-        # LSQ gradient scale 1/sqrt(elements per step * Qp), per sample so it does not depend on
-        # the batch size or the number of DDP processes (the official code uses x.numel()).
-        n = x[0].numel() // (self.channels or 1)
+        # LSQ gradient scale (GRAD_SCALES)
+        n = (x[0] if self.grad_scale_mode == "sample" else x).numel() // (self.channels or 1)
         g = 1.0 / math.sqrt(max(n, 1) * self.qmax)
         step = self._view(grad_scale(self.step.clamp_min(MIN_STEP), g), x)
         zp = self._view(grad_scale(self.zero_point(), g), x)
@@ -230,6 +248,7 @@ class WeightQuant(nn.Module):
         super().__init__()
         quant.weight_range(bits)
         self.bits = bits
+        self.grad_scale_mode = "sample"
         self.step = nn.Parameter(torch.ones(out_channels))
         self.register_buffer("initialized", torch.zeros((), dtype=torch.uint8))
 
@@ -257,7 +276,8 @@ class WeightQuant(nn.Module):
         if not self.initialized:
             self.init_from(w)
         qp = 1 if self.bits == 1 else (1 << (self.bits - 1)) - 1
-        step = grad_scale(self.step.clamp_min(MIN_STEP), 1.0 / math.sqrt(w[0].numel() * qp))
+        n = (w[0] if self.grad_scale_mode == "sample" else w).numel()  # GRAD_SCALES
+        step = grad_scale(self.step.clamp_min(MIN_STEP), 1.0 / math.sqrt(n * qp))
         return self.codes(w, step) * step.view((-1,) + (1,) * (w.dim() - 1))
 
     @torch.no_grad()

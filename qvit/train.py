@@ -29,7 +29,7 @@ from qvit.attention import calibrate_irm
 from qvit.data import ArraySet, Augment, DataSet, FolderSet, load_dataset, shard_order
 from qvit.distill import DistillationLoss, DistillConfig
 from qvit.models import ModelConfig, QConfig, build, get_arch
-from qvit.quantizers import ActQuant, WeightQuant, set_act_init
+from qvit.quantizers import ActQuant, WeightQuant, set_act_init, set_grad_scale
 from qvit_edge.clikit import UserError
 
 
@@ -47,6 +47,7 @@ class TrainConfig:
     irm_stat: str = "head"  # IRM statistics: "head" (per-head, the default) or "token" (official code)
     irm_calib: int = 256  # training images the IRM affine is least-squares calibrated on (0: off)
     act_init: str = "mse"  # activation steps from the first batch: "mse" or "lsq" (qvit/quantizers.py)
+    lsq_grad_scale: str = "sample"  # quantizers.GRAD_SCALES
     gelu_clip: float | None = 10.0
     model_args: dict = field(default_factory=dict)  # extra timm kwargs (depth, embed_dim, ...)
     img_size: int | None = None
@@ -66,7 +67,8 @@ class TrainConfig:
     dgd_point: str = "rectified"
     epochs: int = 10
     batch_size: int = 128  # per process
-    lr: float = 5e-4  # at the global batch; not rescaled
+    lr: float = 5e-4  # at the global batch, unless lr_base_size is set
+    lr_base_size: int | None = None  # lr is per this many samples: scaled by global batch / it
     min_lr: float = 1e-5
     warmup_epochs: float = 0.0
     weight_decay: float = 0.05
@@ -274,15 +276,24 @@ def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     raise UserError(f"unknown optimizer {cfg.opt!r} (adamw, lamb, sgd)")
 
 
-def lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
-    """Linear warmup, then cosine from lr to min_lr over the run (a pure function of the step, so
-    the schedule's whole state is the step number)."""
+def peak_lr(cfg: TrainConfig, world: int = 1) -> float:
+    """The schedule's peak: --lr, or with --lr-base-size the linear scaling rule of DeiT and the
+    official Q-ViT code (lr x global batch / base size: 2e-4 at 512 is 5e-5 at 128)."""
+    if cfg.lr_base_size is None:
+        return cfg.lr
+    return cfg.lr * cfg.batch_size * world / cfg.lr_base_size
+
+
+def lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int, world: int = 1) -> float:
+    """Linear warmup, then cosine from the peak to min_lr over the run (a pure function of the
+    step, so the schedule's whole state is the step number)."""
+    lr = peak_lr(cfg, world)
     total = max(cfg.epochs * steps_per_epoch, 1)
     warm = int(cfg.warmup_epochs * steps_per_epoch)
     if step < warm:
-        return cfg.lr * (step + 1) / warm
+        return lr * (step + 1) / warm
     t = (step - warm) / max(total - warm, 1)
-    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(t, 1.0)))
+    return cfg.min_lr + 0.5 * (lr - cfg.min_lr) * (1 + math.cos(math.pi * min(t, 1.0)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -537,6 +548,7 @@ def run(cfg: TrainConfig) -> dict:
     steps_per_epoch = math.ceil(per_rank / cfg.batch_size)
     aug = Augment(cfg.aug_pad, cfg.flip, cfg.re_prob)
 
+    set_grad_scale(model, cfg.lsq_grad_scale)
     opt = make_optimizer(cfg, model)
     epoch, step, best, history = 0, 0, -1.0, []
     if resume:
@@ -607,7 +619,7 @@ def run(cfg: TrainConfig) -> dict:
                 seed=cfg.seed,
             ):
                 x, y = x.to(device), y.to(device)
-                lr = lr_at(cfg, step, steps_per_epoch)
+                lr = lr_at(cfg, step, steps_per_epoch, world)
                 for g in opt.param_groups:
                     g["lr"] = lr
                 loss, parts = criterion(net, x, y)
@@ -641,7 +653,7 @@ def run(cfg: TrainConfig) -> dict:
             row = {
                 "epoch": epoch,
                 "step": step,
-                "lr": lr_at(cfg, step - 1, steps_per_epoch),
+                "lr": lr_at(cfg, step - 1, steps_per_epoch, world),
                 "train_loss": tot_loss / max(tot_n, 1),
                 "epoch_seconds": round(time.time() - t0, 2),
                 "params_in_sync": sync_ok,

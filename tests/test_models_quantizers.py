@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from qvit.models.deit import QuantAttention
-from qvit.quantizers import ActQuant, QuantConv2d, QuantLinear, WeightQuant
+from qvit.quantizers import ActQuant, QuantConv2d, QuantLinear, WeightQuant, set_grad_scale
 from qvit_edge import quant
 
 torch.manual_seed(0)
@@ -250,3 +250,23 @@ def test_fused_act_quant_gradients_equal_the_composed_straight_through_ops(chann
     torch.testing.assert_close(gs, gs2, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(go, go2, rtol=1e-5, atol=1e-6)
     assert go.abs().sum() > 0 and gs.abs().sum() > 0
+
+
+def test_official_lsq_gradient_scale_counts_the_whole_batch_and_weight():
+    """--lsq-grad-scale batch: g = 1/sqrt(x.numel() Qp) with the batch (and w.numel() over every
+    output channel), so the step's gradient is sqrt(B) (sqrt(N_out)) times smaller than per sample."""
+    torch.manual_seed(0)
+    x = torch.randn(8, 5, 12)
+    w = torch.randn(6, 12)
+    grads = {}
+    for mode in ("sample", "batch"):
+        aq, wq = ActQuant(3), WeightQuant(3, 6)
+        aq.init_from(x)
+        wq.init_from(w)
+        assert set_grad_scale(torch.nn.Sequential(aq, wq), mode) == 2
+        (aq(x).sum() + wq(w).pow(2).sum()).backward()
+        grads[mode] = (aq.step.grad.clone(), wq.step.grad.clone())
+    torch.testing.assert_close(grads["batch"][0], grads["sample"][0] / 8 ** 0.5)
+    torch.testing.assert_close(grads["batch"][1], grads["sample"][1] / 6 ** 0.5)
+    with pytest.raises(ValueError):
+        set_grad_scale(ActQuant(2), "token")

@@ -185,6 +185,10 @@ def test_train_and_eval_command_lines(tmp_path, monkeypatch, capsys):
         "--bits",
         "2",
         "--no-progress",
+        "--lr-base-size",
+        "512",
+        "--lsq-grad-scale",
+        "batch",
         "--out",
         str(out),
     ]
@@ -192,12 +196,22 @@ def test_train_and_eval_command_lines(tmp_path, monkeypatch, capsys):
         args += ["--model-arg", f"{k}={v}"]
     rc, _, err = _main(monkeypatch, capsys, *args)
     assert rc == 0, err
+    saved = json.loads((out / "best" / "config.json").read_text())["train"]
+    assert saved["lr_base_size"] == 512 and saved["lsq_grad_scale"] == "batch"
     r = _cli("eval", str(out / "best"), "--json", "--limit", "100")  # a fresh process reads it back
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["images"] == 100 and 0 <= res["top1"] <= res["top5"] <= 100 and res["w_bits"] == 2
     rc, _, err = _main(monkeypatch, capsys, *args)  # the run exists: refuse without --resume
     assert rc == 2 and "--resume" in err
+
+
+def test_lr_base_size_scales_the_peak_by_the_global_batch():
+    cfg = train.TrainConfig(lr=2e-4, lr_base_size=512, batch_size=128, epochs=1, min_lr=0.0)
+    assert train.peak_lr(cfg) == pytest.approx(5e-5)  # the paper's 2e-4 at 512, per sample
+    assert train.peak_lr(cfg, world=4) == pytest.approx(2e-4)
+    assert train.lr_at(cfg, 0, 100) == pytest.approx(5e-5)  # cosine starts at the scaled peak
+    assert train.peak_lr(train.TrainConfig(lr=2e-4, batch_size=128)) == 2e-4  # unset: --lr as given
 
 
 @pytest.mark.parametrize(
