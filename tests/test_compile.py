@@ -75,6 +75,116 @@ def test_bitserial_linear_is_exact(linear_kernels, ab, wb):
     np.testing.assert_array_equal(y.numpy(), quant.int_linear(codes, zp, w).astype(np.float32))
 
 
+@pytest.fixture(scope="module", params=[(7, 21, 77), (13, 48, 40)], ids=["k77", "k40"])
+def int8dot_kernels(request, csrc_loaded):
+    """The int8dot engine (csrc/int8dot.c, here its portable C path: x86-64-v3 has no VNNI) beside
+    the bit-serial GEMM, for every epilogue, with LayerNorm fused and not."""
+    m, n, k = request.param
+    funcs = {}
+    for ab in range(1, 5):
+        for ln in (None, 1e-6):
+            name = f"quant{ab}_{ln is not None}"
+            funcs[name] = schedules.prim_func(name, *K.int8dot_quant(m, k, ab, ln))
+    for epi, clip in (("none", None), ("gelu", None), ("gelu", 1.5), ("add", None)):
+        name = f"i8_{epi}_{clip}"
+        funcs[name] = schedules.prim_func(name, *K.int8dot_linear(m, n, k, epi, clip))
+        name = f"bs_{epi}_{clip}"
+        func = schedules.prim_func(name, *K.bitserial_linear(m, n, k, 2, 3, epi, clip))
+        funcs[name] = schedules.bitserial_linear(func, name, m, n, "x86_64", *K.gemm_tile(epi),
+                                                 panel_epilogue=epi != "add")
+        funcs["pack2"] = schedules.generic(schedules.prim_func("pack2", *K.pack_act(m, k, 2)), "pack2")
+    ex = tvm.compile(tvm.IRModule(funcs), target=HOST.tvm())
+    return ex.mod, (m, n, k)
+
+
+@pytest.mark.parametrize("ab", [1, 2, 3, 4])
+@pytest.mark.parametrize("wb", [1, 2, 3, 4])
+def test_int8dot_linear_is_exact(int8dot_kernels, ab, wb):
+    """int8dot: the codes are the reference's (row-major, zero padded), the accumulators
+    quant.int_linear's exactly, for every bit width and ragged M, N, K."""
+    mod, (m, n, k) = int8dot_kernels
+    rng = np.random.default_rng(ab * 10 + wb)
+    step, zp = np.float32(0.37), int(rng.integers(0, 1 << ab))
+    x = rng.normal(0, 1.5, (m, k)).astype(np.float32)
+    w = rng.choice(quant.weight_levels(wb), size=(n, k)).astype(np.int8)
+    codes = quant.quantize_act(x, step, zp, ab)
+    kp = K.int8dot_k(k)
+    a = _t(np.full((K.rows_padded(m), kp), 7, np.int8))  # stale memory
+    mod[f"quant{ab}_False"](_t(x), _t(np.array([step], np.float32)), _t(np.array([zp], np.int32)), a)
+    got = a.numpy()
+    np.testing.assert_array_equal(got[:m, :k], codes)
+    assert not got[m:].any() and not got[:, k:].any()  # padding is zero codes
+    y = _t(np.zeros((m, n), np.float32))
+    ones, zeros = np.ones(n, np.float32), np.zeros(n, np.float32)
+    mod["i8_none_None"](a, _t(packing.int8_panel(w, kp)), _t(ones), _t(packing.zero_point_correction(w, zp)),
+                        _t(zeros), y)
+    np.testing.assert_array_equal(y.numpy(), quant.int_linear(codes, zp, w).astype(np.float32))
+
+
+def _erf_f32(x):
+    """kernels._erf in numpy float32, operation by operation."""
+    f = np.float32
+    x = np.maximum(np.minimum(x, f(4.0)), f(-4.0))
+    x2 = x * x
+    p = x2 * f(-2.72614225801306e-10) + f(2.77068142495902e-08)
+    for c in (-2.10102402082508e-06, -5.69250639462346e-05, -7.34990630326855e-04, -2.95459980854025e-03,
+              -1.60960333262415e-02):
+        p = x2 * p + f(c)
+    p = x * p
+    q = x2 * f(-1.45660718464996e-05) + f(-2.13374055278905e-04)
+    for c in (-1.68282697438203e-03, -7.37332916720468e-03, -1.42647390514189e-02):
+        q = x2 * q + f(c)
+    return p / q
+
+
+def _epilogue_f32(acc, corr, scale, bias, epi, clip, res):
+    f = np.float32
+    v = scale * (acc - corr).astype(f) + bias
+    if epi == "gelu":
+        v = v * f(0.5) * (f(1.0) + _erf_f32(v * f(0.7071067811865476)))
+        if clip is not None:
+            v = np.maximum(np.minimum(v, f(clip)), f(-clip))
+    elif epi == "add":
+        v = v + res
+    return v
+
+
+def test_int8dot_layernorm_codes_and_epilogues_match_bitserial(int8dot_kernels):
+    """LayerNorm-fused codes equal the reference's, and for each epilogue (none, GELU with and
+    without clip, residual add) the int8dot floats are the float32 operations of the bit-serial
+    kernel's epilogue in order, bit for bit (C without contraction; the TVM-generated bit-serial
+    kernel may fuse a multiply-add, so it agrees to an ulp)."""
+    from qvit_compile.intmodel import reference
+    mod, (m, n, k) = int8dot_kernels
+    rng = np.random.default_rng(7)
+    ab, wb, step, zp = 2, 3, np.float32(0.41), 1
+    x = rng.normal(0.3, 2.0, (m, k)).astype(np.float32)
+    g, b = rng.uniform(0.5, 1.5, k).astype(np.float32), rng.normal(0, 0.3, k).astype(np.float32)
+    kp = K.int8dot_k(k)
+    a = _t(np.zeros((K.rows_padded(m), kp), np.int8))
+    args = [_t(v) for v in (x, g, b, np.array([step], np.float32), np.array([zp], np.int32))]
+    mod[f"quant{ab}_True"](*args, a)
+    want = quant.quantize_act(reference.layernorm(x, g, b, 1e-6), step, zp, ab)
+    np.testing.assert_array_equal(a.numpy()[:m, :k], want)
+    w = rng.choice(quant.weight_levels(wb), size=(n, k)).astype(np.int8)
+    planes = _t(np.zeros((ab, K.rows_padded(m), K.linear_words(k)), np.uint64))
+    mod["pack2"](_t(x), _t(np.array([step], np.float32)), _t(np.array([zp], np.int32)), planes)
+    mod[f"quant{ab}_False"](_t(x), _t(np.array([step], np.float32)), _t(np.array([zp], np.int32)), a)
+    scale = rng.uniform(0.01, 0.2, n).astype(np.float32)
+    bias = rng.normal(0, 1, n).astype(np.float32)
+    corr = packing.zero_point_correction(w, zp)
+    res = rng.normal(0, 1, (m, n)).astype(np.float32)
+    for epi, clip in (("none", None), ("gelu", None), ("gelu", 1.5), ("add", None)):
+        extra = [_t(res)] if epi == "add" else []
+        y8, yb = _t(np.zeros((m, n), np.float32)), _t(np.zeros((m, n), np.float32))
+        mod[f"i8_{epi}_{clip}"](a, _t(packing.int8_panel(w, kp)), _t(scale), _t(corr), _t(bias), *extra, y8)
+        mod[f"bs_{epi}_{clip}"](planes, _t(packing.weight_panel(w, wb)), _t(scale), _t(corr), _t(bias),
+                                *extra, yb)
+        want = _epilogue_f32(quant.int_linear(a.numpy()[:m, :k], 0, w), corr, scale, bias, epi, clip, res)
+        np.testing.assert_array_equal(y8.numpy(), want, err_msg=f"{epi} clip={clip}")
+        np.testing.assert_allclose(yb.numpy(), want, rtol=1e-6, atol=1e-6, err_msg=f"{epi} clip={clip}")
+
+
 @pytest.mark.parametrize("irm", [0, 1, 2])  # K.IRM_MODES: none, per token, per head
 def test_attention_kernel_is_exact(irm):
     """The attention kernel (C micro-kernel per head) on one head group: q, k, v and probability codes

@@ -46,21 +46,40 @@ def compiled(tmp_path_factory):
         compiler.compile_model(m, "x86_64", path + ".keep.so", mcpu="x86-64-v3", progress=lambda *a: None,
                                keep_intermediates=True)
     # deit_w2 and swin_w3_head for this machine's CPU too: the C micro-kernels' AVX-512 paths
-    # (VPOPCNTDQ, VNNI) where the CPU has them (x86-64-v3 above runs their AVX2 / plain C paths)
+    # (VPOPCNTDQ, VNNI) where the CPU has them (x86-64-v3 above runs their AVX2 / plain C paths),
+    # with the GEMM engine the table picks for this CPU (int8dot where it has VNNI)
     for name in ("deit_w2", "swin_w3_head"):
         m = MODELS[name]()
         path = str(d / f"{name}_host.so")
         compiler.compile_model(m, "x86_64", path + ".keep.so", progress=lambda *a: None,
                                keep_intermediates=True)
         out[f"{name}_host"] = (m, path)
+    # each GEMM engine forced in turn (compile/engines.py), end to end and layer by layer
+    for variant, (name, mcpu, engine) in ENGINE_VARIANTS.items():
+        m = MODELS[name]()
+        path = str(d / f"{variant}.so")
+        compiler.compile_model(m, "x86_64", path, mcpu=mcpu, engine=engine, progress=lambda *a: None)
+        compiler.compile_model(m, "x86_64", path + ".keep.so", mcpu=mcpu, engine=engine,
+                               progress=lambda *a: None, keep_intermediates=True)
+        out[variant] = (m, path)
     return out
+
+
+# variant -> (model, mcpu (None: this machine's), forced engine)
+ENGINE_VARIANTS = {
+    "deit_w2_int8dot": ("deit_w2", "x86-64-v3", "int8dot"),  # int8dot's portable C path
+    "swin_w4_int8dot": ("swin_w4", "x86-64-v3", "int8dot"),
+    "deit_w1_int8dot": ("deit_w1", "x86-64-v3", "int8dot"),
+    "deit_w2_head_host_bitserial": ("deit_w2_head", None, "bitserial"),  # bit-serial with AVX-512
+    "swin_w3_head_host_int8dot": ("swin_w3_head", None, "int8dot"),  # VNNI where the CPU has it
+}
 
 
 def _images(m, n, seed=0):
     return np.random.default_rng(seed).standard_normal((n,) + m.input_shape).astype(np.float32)
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", list(MODELS) + list(ENGINE_VARIANTS))
 def test_logits_match_reference(compiled, name):
     m, path = compiled[name]
     x = _images(m, 6)
@@ -81,7 +100,8 @@ def _codes(planes: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize(
-    "name", ["deit_w2", "swin_w4", "deit_w2_host", "deit_w2_head", "swin_w3_head", "swin_w3_head_host"]
+    "name", ["deit_w2", "swin_w4", "deit_w2_host", "deit_w2_head", "swin_w3_head", "swin_w3_head_host",
+             *ENGINE_VARIANTS]
 )
 def test_every_layer_integer_codes_equal_reference(compiled, name):
     """For every quantized op: the activation codes the compiled kernels packed (linear inputs;
@@ -102,6 +122,12 @@ def test_every_layer_integer_codes_equal_reference(compiled, name):
             a = ints["a"].reshape(-1, ints["a"].shape[-1])
             got = _codes(so.tensor(f"{o}.planes"))[: a.shape[0], : a.shape[1]]
             np.testing.assert_array_equal(got, a, err_msg=f"{o}: input codes")
+            checked += 1
+        if op["op"] == "qlinear" and f"{o}.acodes" in names:  # the int8dot engine's row-major codes
+            a = ints["a"].reshape(-1, ints["a"].shape[-1])
+            got = so.tensor(f"{o}.acodes")
+            np.testing.assert_array_equal(got[: a.shape[0], : a.shape[1]], a, err_msg=f"{o}: input codes")
+            assert not got[a.shape[0]:].any() and not got[:, a.shape[1]:].any()
             checked += 1
         if op["op"] == "attention":
             t = ints["q"].shape[2]
@@ -200,12 +226,21 @@ AARCH64_PY = os.path.join(ROOT, "scripts", "aarch64-python.sh")
 @pytest.mark.qemu
 @pytest.mark.skipif(not shutil.which("qemu-aarch64") or not shutil.which("aarch64-linux-gnu-gcc"),
                     reason="needs qemu-user and gcc-aarch64-linux-gnu")
-@pytest.mark.parametrize("name", ["deit_w2", "deit_w2_head", "swin_w3_head"])
-def test_aarch64_model_so_under_qemu(tmp_path, name):
-    """Cross-compiled for the Cortex-A72, run by the aarch64 runtime (no TVM) under qemu."""
+@pytest.mark.parametrize("name,mcpu,engine", [
+    ("deit_w2", "cortex-a72", "bitserial"), ("deit_w2_head", "cortex-a72", "bitserial"),
+    ("swin_w3_head", "cortex-a72", "bitserial"),
+    # the Pi 5 core: the table picks int8dot, its SDOT path (qemu's max CPU has the dot product)
+    ("deit_w2_head", "cortex-a76", "int8dot"), ("swin_w3_head", "cortex-a76", "int8dot"),
+])
+def test_aarch64_model_so_under_qemu(tmp_path, name, mcpu, engine, monkeypatch):
+    """Cross-compiled for the Cortex-A72 (Pi 4) or A76 (Pi 5), run by the aarch64 runtime (no TVM)
+    under qemu, with the engine the table picks for that core."""
+    monkeypatch.delenv("QVIT_GEMM_ENGINE", raising=False)
     m = MODELS[name]()
     path = str(tmp_path / f"{name}_arm.so")
-    compiler.compile_model(m, "aarch64", path, progress=lambda *a: None)
+    meta = compiler.compile_model(m, "aarch64", path, mcpu=mcpu, progress=lambda *a: None)
+    lowbit = {r["engine"] for r in meta["gemm"]["layers"] if r["kind"] == "qlinear" and r["w_bits"] <= 4}
+    assert lowbit == {engine}
     x = _images(m, 3)
     np.save(tmp_path / "x.npy", x)
     r = subprocess.run(["bash", AARCH64_PY], capture_output=True, text=True, timeout=600)

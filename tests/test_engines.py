@@ -1,0 +1,223 @@
+"""GEMM engines (compile/engines.py): the table picks per target CPU, the override, the choice
+recorded in model.so and shown by `qvit-edge info` (old files without it still load), and every
+vector path of the int8dot micro-kernel (csrc/int8dot.c) equal to its portable C path, bit for bit.
+(Exactness against the reference: tests/test_compile.py kernel by kernel, tests/test_model_so.py
+whole models with each engine.)"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from qvit_compile import engines
+from qvit_edge.clikit import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CSRC = os.path.join(ROOT, "compile", "csrc")
+
+
+@pytest.mark.parametrize("arch,features,ab,wb,want", [
+    ("aarch64", ["dotprod"], 2, 2, "int8dot"),
+    ("aarch64", ["dotprod"], 4, 4, "int8dot"),
+    ("aarch64", ["dotprod"], 1, 1, "int8dot"),
+    ("aarch64", [], 2, 2, "bitserial"),
+    ("aarch64", [], 8, 8, "int16"),
+    ("aarch64", ["dotprod"], 8, 8, "int16"),
+    ("x86_64", ["avx512vnni"], 2, 2, "int8dot"),
+    ("x86_64", ["avxvnni"], 3, 3, "int8dot"),
+    ("x86_64", [], 2, 2, "bitserial"),
+    ("x86_64", ["avx512vnni"], 4, 8, "int16"),
+])
+def test_table(arch, features, ab, wb, want):
+    assert engines.choose(arch, features, ab, wb) == want
+
+
+tvm = pytest.importorskip("tvm")
+from qvit_compile import targets  # noqa: E402
+
+
+@pytest.mark.parametrize("arch,mcpu,want", [
+    ("aarch64", "cortex-a76", "int8dot"), ("aarch64", "cortex-a55", "int8dot"),
+    ("aarch64", "neoverse-n1", "int8dot"), ("aarch64", "cortex-a78", "int8dot"),
+    ("aarch64", "cortex-a72", "bitserial"), ("aarch64", "cortex-a53", "bitserial"),
+    ("x86_64", "sapphirerapids", "int8dot"), ("x86_64", "alderlake", "int8dot"),
+    ("x86_64", "znver4", "int8dot"),
+    ("x86_64", "x86-64-v3", "bitserial"), ("x86_64", "skylake", "bitserial"),
+])
+def test_table_per_mcpu(arch, mcpu, want, monkeypatch):
+    """The features come from LLVM's description of the CPU named by --mcpu."""
+    monkeypatch.delenv(engines.ENV, raising=False)
+    sel = engines.Selection(targets.get(arch, mcpu))
+    assert sel.pick("qlinear", 2, 2) == want
+    assert sel.pick("patch_embed", 8, 8) == "int16"
+    meta = sel.meta()
+    assert meta["mcpu"] == mcpu and meta["forced"] is False
+    assert [(r["kind"], r["engine"], r["layers"]) for r in meta["layers"]] == [
+        ("patch_embed", "int16", 1), ("qlinear", want, 1)]
+
+
+def test_override(monkeypatch):
+    t = targets.get("aarch64", "cortex-a72")
+    monkeypatch.delenv(engines.ENV, raising=False)
+    sel = engines.Selection(t, "int8dot")
+    assert sel.pick("qlinear", 2, 2) == "int8dot" and sel.pick("qlinear", 8, 8) == "int16"
+    assert sel.meta()["forced"] is True
+    monkeypatch.setenv(engines.ENV, "bitserial")
+    assert engines.Selection(targets.get("aarch64", "cortex-a76")).pick("qlinear", 2, 2) == "bitserial"
+    a76 = targets.get("aarch64", "cortex-a76")
+    assert engines.Selection(a76, "int8dot").pick("qlinear", 2, 2) == "int8dot"
+    monkeypatch.setenv(engines.ENV, "fast")
+    with pytest.raises(UserError, match="QVIT_GEMM_ENGINE: unknown GEMM engine 'fast'"):
+        engines.Selection(t)
+
+
+def test_cli_unknown_engine(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "qvit_compile", "--target", "x86_64", "--engine", "magic",
+                        "--model", "x", "--out", str(tmp_path / "m.so")], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        "qvit_compile: error: --engine: unknown GEMM engine 'magic' (known: bitserial, int8dot)"]
+
+
+# ------------------------------------------------------------------------ metadata and info
+
+def test_metadata_info_and_old_files(tmp_path, monkeypatch):
+    """model.so records the engines (and mcpu); info shows them; a file compiled before they were
+    recorded (no "gemm" field) still loads, runs and is described."""
+    from qvit_compile import compiler, intmodel, lower, package
+    from qvit_compile.intmodel import reference
+    from qvit_edge import cmd_info
+    from qvit_edge import model as model_so
+    monkeypatch.delenv(engines.ENV, raising=False)
+    m = intmodel.random_deit(bits=2, irm=False, depth=1, seed=2)
+    new = str(tmp_path / "new.so")
+    meta = compiler.compile_model(m, "x86_64", new, mcpu="x86-64-v3", engine="int8dot",
+                                  progress=lambda *a: None)
+    assert meta["gemm"]["mcpu"] == "x86-64-v3" and meta["gemm"]["forced"] is True
+    rows = {(r["kind"], r["w_bits"], r["a_bits"]): (r["engine"], r["layers"]) for r in meta["gemm"]["layers"]}
+    assert rows[("qlinear", 2, 2)] == ("int8dot", 4) and rows[("patch_embed", 8, 8)] == ("int16", 1)
+    x = np.random.default_rng(0).standard_normal((2,) + m.input_shape).astype(np.float32)
+    with model_so.load(new) as so:
+        assert so.meta["gemm"] == meta["gemm"]
+        np.testing.assert_allclose(so.run(x), reference.run(m, x), atol=1e-4, rtol=1e-4)
+    d = cmd_info.describe(new)
+    assert d["gemm"] == meta["gemm"] and "gemm" not in d["extra"]
+    r = subprocess.run([sys.executable, "-m", "qvit_edge", "info", new], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("gemm engines"))
+    assert "qlinear W2A2: int8dot (4 layers)" in line and "mcpu x86-64-v3, forced" in line
+
+    # the metadata of files from before the engines: no "gemm"
+    old = str(tmp_path / "old.so")
+    t = targets.get("x86_64", "x86-64-v3")
+    package.build(lower.lower(m, "x86_64"), compiler.model_meta(m), t, old, progress=lambda *a: None)
+    with model_so.load(old) as so:
+        assert "gemm" not in so.meta
+        np.testing.assert_allclose(so.run(x), reference.run(m, x), atol=1e-4, rtol=1e-4)
+    assert cmd_info.describe(old)["gemm"] is None
+    r = subprocess.run([sys.executable, "-m", "qvit_edge", "info", old], capture_output=True, text=True)
+    assert r.returncode == 0 and "gemm engines    not recorded" in r.stdout
+
+
+def test_schema_rejects_a_bad_gemm_field():
+    from qvit_edge import model_schema as schema
+    good = {"mcpu": "cortex-a76", "features": ["dotprod"], "forced": False,
+            "layers": [{"kind": "qlinear", "w_bits": 2, "a_bits": 2, "engine": "int8dot", "layers": 48}]}
+    schema._check_gemm(good)
+    schema._check_gemm({**good, "layers": [{**good["layers"][0], "engine": "a-later-engine"}]})
+    for bad, msg in (({**good, "forced": 1}, "gemm.forced"), ({k: v for k, v in good.items() if k != "mcpu"},
+                                                                "no 'mcpu'"),
+                     ({**good, "layers": [{**good["layers"][0], "w_bits": 99}]}, "gemm.layers.w_bits"),
+                     ({**good, "layers": "int8dot"}, "gemm.layers")):
+        with pytest.raises(schema.SchemaError, match=msg):
+            schema._check_gemm(bad)
+
+
+# ------------------------------------------------------- int8dot micro-kernel: every path in C
+
+_DRIVER = r"""
+#include "int8dot.c"
+#include <stdio.h>
+/* every epilogue and shape: qvit_int8dot_panel (this build's path) against plain loops with the
+ * scalar epilogue (gelu_f), floats compared bit for bit */
+static uint32_t rng = 12345;
+static int next(int n) { rng = rng * 1103515245u + 12345u; return (int)((rng >> 8) % (uint32_t)n); }
+int main(void) {
+  static const int shapes[][3] = {{13, 37, 77}, {197, 48, 384}, {8, 16, 16}, {5, 50, 1536}};
+  int bad = 0;
+  for (int s = 0; s < 4; s++) {
+    const int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
+    const int Mpad = (M + 7) / 8 * 8, Kp = (K + 15) / 16 * 16, P = (N + 15) / 16;
+    int8_t *a = calloc((size_t)Mpad * Kp, 1), *wp = calloc((size_t)P * 16 * Kp, 1);
+    int8_t *w = calloc((size_t)N * K, 1);
+    float *sc = malloc(4 * N), *bi = malloc(4 * N), *res = malloc(4 * (size_t)M * N);
+    float *y = malloc(4 * (size_t)M * N);
+    int32_t *corr = malloc(4 * N);
+    for (int r = 0; r < M; r++) for (int k = 0; k < K; k++) a[r * Kp + k] = (int8_t)next(16);
+    for (int n = 0; n < N; n++) {
+      for (int k = 0; k < K; k++) {
+        w[n * K + k] = (int8_t)(next(16) - 8);
+        wp[((n / 16) * (Kp / 4) + k / 4) * 64 + (n % 16) * 4 + k % 4] = w[n * K + k];
+      }
+      sc[n] = 0.001f * (float)(1 + next(50)), bi[n] = 0.01f * (float)(next(200) - 100);
+      corr[n] = next(300) - 150;
+    }
+    for (int i = 0; i < M * N; i++) res[i] = 0.01f * (float)(next(200) - 100);
+    for (int epi = 0; epi < 4; epi++) {
+      const int e = epi == 3 ? EPI_GELU : epi, clip_on = epi == 3;
+      for (int p = 0; p < P; p++)
+        qvit_int8dot_panel(p, M, Mpad, N, Kp, e, clip_on, 0.75f, a, wp, sc, corr, bi, res, y);
+      for (int r = 0; r < M; r++)
+        for (int n = 0; n < N; n++) {
+          int32_t acc = 0;
+          for (int k = 0; k < K; k++) acc += (int32_t)a[r * Kp + k] * w[n * K + k];
+          float v = sc[n] * (float)(acc - corr[n]) + bi[n];
+          if (e == EPI_GELU) v = gelu_f(v, clip_on, 0.75f);
+          else if (e == EPI_ADD) v = v + res[r * N + n];
+          if (memcmp(&v, &y[r * N + n], 4)) bad++;
+        }
+    }
+    free(a), free(wp), free(w), free(sc), free(bi), free(res), free(y), free(corr);
+  }
+  printf("path %d mismatches %d\n", qvit_int8dot_path(), bad);
+  return bad != 0;
+}
+"""
+
+
+def _host_flags(flag: str) -> bool:
+    try:
+        return flag in open("/proc/cpuinfo").read().split()
+    except OSError:
+        return False
+
+
+ARM_CC, QEMU = "aarch64-linux-gnu-gcc", ["qemu-aarch64", "-cpu", "max"]
+PATHS = [  # id, compiler, flags, runner, path number the object reports, needed
+    ("x86-portable", "gcc", ["-march=native", "-DQVIT_INT8DOT_PORTABLE"], [], 0, None),
+    ("x86-avx512vnni", "gcc", ["-march=native"], [], 2, "avx512_vnni"),
+    ("x86-avxvnni", "gcc", ["-march=alderlake"], [], 3, "avx_vnni"),
+    ("arm-sdot", ARM_CC, ["-mcpu=cortex-a76", "-static"], QEMU, 1, None),
+    ("arm-portable", ARM_CC, ["-mcpu=cortex-a72", "-static"], QEMU, 0, None),
+]
+
+
+@pytest.mark.parametrize("cc,flags,runner,path,need", [p[1:] for p in PATHS], ids=[p[0] for p in PATHS])
+def test_int8dot_paths_equal_portable(tmp_path, cc, flags, runner, path, need):
+    if not shutil.which(cc) or (runner and not shutil.which(runner[0])):
+        pytest.skip(f"needs {cc} and {runner[0] if runner else ''}")
+    if need and not _host_flags(need):
+        pytest.skip(f"this CPU has no {need}")
+    src = tmp_path / "driver.c"
+    src.write_text(_DRIVER)
+    exe = tmp_path / "driver"
+    r = subprocess.run([cc, "-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", *flags,
+                        "-I", CSRC, str(src), "-o", str(exe), "-lm"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = subprocess.run([*runner, str(exe)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == f"path {path} mismatches 0", r.stdout + r.stderr
