@@ -12,7 +12,7 @@
  *   P V bit-serial -> zero-point corrections -> float output [B', T, H*d]
  *
  * Arithmetic and vector conventions: common.h. The bit-serial products use AVX-512 VPOPCNTDQ
- * intrinsics where the target has them. The planes and sums are written to the tensors the plan
+ * intrinsics where the target has them, NEON byte counts on aarch64. The planes and sums are written to the tensors the plan
  * declares (tests read them).
  */
 #include "common.h"
@@ -32,7 +32,7 @@ static void transpose_planes(const uint64_t *src, int bits, int rows, int nw, in
 static inline __attribute__((always_inline)) void bs_row_k(const uint64_t *a, int64_t a_stride, const int nw,
                                                            const int bits, const uint64_t *bt, int cpad,
                                                            int32_t *out) {
-#if defined(__AVX512F__) && defined(__AVX512VPOPCNTDQ__)
+#if defined(QV_AVX512F) && defined(__AVX512VPOPCNTDQ__)
   for (int c = 0; c < cpad; c += 32) { /* 4 independent accumulators share each broadcast word */
     __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
     for (int s = 2 * bits - 2; s >= 0; s--) {
@@ -58,6 +58,40 @@ static inline __attribute__((always_inline)) void bs_row_k(const uint64_t *a, in
     _mm256_storeu_si256((__m256i *)(out + c + 24), _mm512_cvtepi64_epi32(a3));
   }
 #else
+#if defined(QV_NEON)
+  /* NEON counts bits per byte (cnt), two words of a row against two columns per register: a
+   * level s's byte counts add up in u8 (at most bits * nw terms of <= 8 each), then each level is
+   * doubled into u16 lanes Horner-style (uadalp: a lane holds 2 bytes' counts, at most
+   * 16 nw (2^bits - 1)^2 at the end) and the lanes of a column are summed last. Shapes past
+   * those bounds take the plain loop below. */
+  if (8 * bits * nw <= 255 && 16 * nw * ((1 << bits) - 1) * ((1 << bits) - 1) <= 65535) {
+    for (int c = 0; c < cpad; c += 8) {
+      uint16x8_t h0 = vdupq_n_u16(0), h1 = h0, h2 = h0, h3 = h0;
+      for (int s = 2 * bits - 2; s >= 0; s--) {
+        uint8x16_t l0 = vdupq_n_u8(0), l1 = l0, l2 = l0, l3 = l0;
+        for (int i = s < bits ? 0 : s - bits + 1; i <= s && i < bits; i++) {
+          const uint64_t *bj = bt + (int64_t)(s - i) * nw * cpad + c;
+          for (int w = 0; w < nw; w++) {
+            const uint64x2_t aw = vld1q_dup_u64(a + i * a_stride + w);
+            const uint64_t *bw = bj + (int64_t)w * cpad;
+            l0 = vaddq_u8(l0, vcntq_u8(vreinterpretq_u8_u64(vandq_u64(aw, vld1q_u64(bw)))));
+            l1 = vaddq_u8(l1, vcntq_u8(vreinterpretq_u8_u64(vandq_u64(aw, vld1q_u64(bw + 2)))));
+            l2 = vaddq_u8(l2, vcntq_u8(vreinterpretq_u8_u64(vandq_u64(aw, vld1q_u64(bw + 4)))));
+            l3 = vaddq_u8(l3, vcntq_u8(vreinterpretq_u8_u64(vandq_u64(aw, vld1q_u64(bw + 6)))));
+          }
+        }
+        h0 = vpadalq_u8(vshlq_n_u16(h0, 1), l0);
+        h1 = vpadalq_u8(vshlq_n_u16(h1, 1), l1);
+        h2 = vpadalq_u8(vshlq_n_u16(h2, 1), l2);
+        h3 = vpadalq_u8(vshlq_n_u16(h3, 1), l3);
+      }
+      /* per column: 4 u16 lanes -> 2 u32 (uaddlp) -> 1 (addp) */
+      vst1q_s32(out + c, vreinterpretq_s32_u32(vpaddq_u32(vpaddlq_u16(h0), vpaddlq_u16(h1))));
+      vst1q_s32(out + c + 4, vreinterpretq_s32_u32(vpaddq_u32(vpaddlq_u16(h2), vpaddlq_u16(h3))));
+    }
+    return;
+  }
+#endif
   for (int c = 0; c < cpad; c += 8) {
     uint32_t acc[8] = {0}; /* gcc vectorizes the 8 lanes where the target has vector popcount */
     for (int s = 2 * bits - 2; s >= 0; s--) {
@@ -96,6 +130,47 @@ static void bs_row(const uint64_t *a, int64_t a_stride, int nw, int bits, const 
 static void softmax_row(const int32_t *acc, int T, int32_t rc, int32_t qz, const int32_t *ks, float s_scale,
                         const float *bias_r, const float *mask_r, float p_step, int32_t p_zp, int bits, float *s,
                         float *e, uint8_t *codes) {
+#if defined(QV_NEON)
+  /* The portable code's operations on NEON registers. The running max is fmaxnm: a NaN score is
+   * skipped as vmax skips it, and where it picks +0 over -0 the row's max is used only as s - mx,
+   * whose value (and exp) is the same for either zero. */
+  {
+    int c = 0;
+    const float32x4_t sc = vdupq_n_f32(s_scale);
+    const int32x4_t rcv = vdupq_n_s32(rc), qzv = vdupq_n_s32(qz);
+    float32x4_t m = vdupq_n_f32(-3.4e38f);
+    for (; c + 4 <= T; c += 4) {
+      const int32x4_t iv = vsubq_s32(vaddq_s32(vld1q_s32(acc + c), rcv), vmulq_s32(qzv, vld1q_s32(ks + c)));
+      float32x4_t v = vmulq_f32(sc, vcvtq_f32_s32(iv));
+      if (bias_r) v = vaddq_f32(v, vld1q_f32(bias_r + c));
+      if (mask_r) v = vaddq_f32(v, vld1q_f32(mask_r + c));
+      vst1q_f32(s + c, v);
+      m = vmaxnmq_f32(v, m);
+    }
+    float mx = vmaxnmvq_f32(m);
+    for (; c < T; c++) {
+      float v = s_scale * (float)(acc[c] + rc - qz * ks[c]);
+      if (bias_r) v = v + bias_r[c];
+      if (mask_r) v = v + mask_r[c];
+      s[c] = v;
+      mx = v > mx ? v : mx;
+    }
+    const float32x4_t vmx = vdupq_n_f32(mx);
+    for (c = 0; c + 4 <= T; c += 4) vst1q_f32(e + c, nq_exp(vsubq_f32(vld1q_f32(s + c), vmx)));
+    for (; c < T; c++) e[c] = exp_f(s[c] - mx);
+    const float den = pairwise_sum(e, T);
+    const float hi = (float)((1 << bits) - 1), fz = (float)p_zp;
+    const float32x4_t vden = vdupq_n_f32(den), st = vdupq_n_f32(p_step), z = vdupq_n_f32(fz);
+    const uint8x16_t h8 = vdupq_n_u8((uint8_t)((1 << bits) - 1));
+    for (c = 0; c + 16 <= T; c += 16)
+      vst1q_u8(codes + c, nq_codes16(nq_code4(vdivq_f32(vld1q_f32(e + c), vden), st, z),
+                                     nq_code4(vdivq_f32(vld1q_f32(e + c + 4), vden), st, z),
+                                     nq_code4(vdivq_f32(vld1q_f32(e + c + 8), vden), st, z),
+                                     nq_code4(vdivq_f32(vld1q_f32(e + c + 12), vden), st, z), h8));
+    for (; c < T; c++) codes[c] = (uint8_t)code_of(e[c] / den, p_step, fz, hi);
+    return;
+  }
+#endif
   int c = 0;
   vf m = splat(-3.4e38f);
   for (; c + VL <= T; c += VL) {

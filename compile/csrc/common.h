@@ -6,16 +6,37 @@
  * (round half to even), exp is Cephes' expf (within 1 ulp of numpy's).
  *
  * Portable C on gcc vector extensions (16 float lanes: AVX-512 / 2x AVX2 / 4x NEON registers),
- * with intrinsics for the bit packing where the target has them; every vector loop has a scalar
- * tail doing the same operations in the same order.
+ * with intrinsics where the target has them: AVX-512 / AVX2 for max, min, floor and the bit
+ * packing; on aarch64 NEON versions of the row functions (gcc lowers the 16-lane selects, the
+ * 8-lane sums and the float -> byte conversions of the portable code to scalar code there). Every
+ * vector loop has a scalar tail doing the same operations in the same order, and every SIMD path
+ * computes the portable path's values. QVIT_CSRC_PORTABLE compiles the intrinsic paths out (the
+ * tests build both and compare).
  */
 #ifndef QVIT_CSRC_COMMON_H
 #define QVIT_CSRC_COMMON_H
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#if defined(__AVX2__) || defined(__AVX512F__)
+#if !defined(QVIT_CSRC_PORTABLE)
+#if defined(__AVX512F__)
+#define QV_AVX512F 1
+#endif
+#if defined(__AVX512BW__)
+#define QV_AVX512BW 1
+#endif
+#if defined(__AVX2__)
+#define QV_AVX2 1
+#endif
+#if defined(__aarch64__) && defined(__ARM_NEON)
+#define QV_NEON 1
+#endif
+#endif
+#if defined(QV_AVX2) || defined(QV_AVX512F)
 #include <immintrin.h>
+#endif
+#if defined(QV_NEON)
+#include <arm_neon.h>
 #endif
 
 #define WORD 64
@@ -41,23 +62,46 @@ static inline vi loadi(const int32_t *p) {
 static inline void storef(float *p, vf v) { memcpy(p, &v, sizeof v); }
 static inline vf splat(float x) { return (vf){0} + x; }
 static inline vf sel(vi m, vf a, vf b) { return (vf)(((vi)a & m) | ((vi)b & ~m)); }
-/* a > b ? a : b and a < b ? a : b (one instruction on AVX-512: maxps / minps are defined so) */
+#if defined(QV_NEON)
+/* a vf as its four NEON registers */
+typedef union { vf v; float32x4_t q[4]; } vf_q;
+#endif
+/* a > b ? a : b and a < b ? a : b (one instruction on AVX-512: maxps / minps are defined so).
+ * NEON's fmax / fmin differ for NaNs and a pair of zeros, so this is a compare and a bit select
+ * (the row functions below use fmaxnm / fminnm where those cases cannot change a value). */
 static inline vf vmax(vf a, vf b) {
-#if defined(__AVX512F__)
+#if defined(QV_AVX512F)
   return (vf)_mm512_max_ps((__m512)a, (__m512)b);
+#elif defined(QV_NEON)
+  vf_q x = {a}, y = {b}, r;
+  for (int k = 0; k < 4; k++) r.q[k] = vbslq_f32(vcgtq_f32(x.q[k], y.q[k]), x.q[k], y.q[k]);
+  return r.v;
 #else
   return sel(a > b, a, b);
 #endif
 }
 static inline vf vmin(vf a, vf b) {
-#if defined(__AVX512F__)
+#if defined(QV_AVX512F)
   return (vf)_mm512_min_ps((__m512)a, (__m512)b);
+#elif defined(QV_NEON)
+  vf_q x = {a}, y = {b}, r;
+  for (int k = 0; k < 4; k++) r.q[k] = vbslq_f32(vcltq_f32(x.q[k], y.q[k]), x.q[k], y.q[k]);
+  return r.v;
 #else
   return sel(a < b, a, b);
 #endif
 }
 
 /* ---------------------------------------------------------------------------- float helpers */
+
+#if defined(QV_NEON)
+/* numpy's reduction of its 8 accumulators, lo = r0..r3, hi = r4..r7:
+ * ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7)), by pairwise adds */
+static inline float nq_hsum8(float32x4_t lo, float32x4_t hi) {
+  const float32x4_t p = vpaddq_f32(lo, hi); /* r0+r1, r2+r3, r4+r5, r6+r7 */
+  return vpadds_f32(vget_low_f32(vpaddq_f32(p, p)));
+}
+#endif
 
 /* numpy's pairwise_sum for float32 (numpy/_core/src/umath/loops_utils.h.src): runs of up to 128
  * summed with 8 interleaved accumulators (one 8-lane vector here), longer runs split in two at a
@@ -69,6 +113,15 @@ static inline float pairwise_sum(const float *a, int n) {
     return res;
   }
   if (n <= 128) {
+#if defined(QV_NEON)
+    float32x4_t lo = vld1q_f32(a), hi = vld1q_f32(a + 4);
+    int i;
+    for (i = 8; i < n - (n % 8); i += 8) {
+      lo = vaddq_f32(lo, vld1q_f32(a + i));
+      hi = vaddq_f32(hi, vld1q_f32(a + i + 4));
+    }
+    float res = nq_hsum8(lo, hi);
+#else
     vf8 r;
     int i;
     memcpy(&r, a, sizeof r);
@@ -78,6 +131,7 @@ static inline float pairwise_sum(const float *a, int n) {
       r += v;
     }
     float res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+#endif
     for (; i < n; i++) res += a[i];
     return res;
   }
@@ -87,22 +141,35 @@ static inline float pairwise_sum(const float *a, int n) {
 }
 
 /* rint (half to even) for |x| <= 2^22: adding and removing 1.5 * 2^23 rounds in the default mode.
- * Larger values are clamped first: they clip to the same code either way. */
+ * Larger values are clamped first: they clip to the same code either way. The scalar functions'
+ * clamps are the vector ones' selects (vmin (vmax (x, lo), hi)), so a NaN goes where it goes in a
+ * vector lane and a row's tail gives what its vector part would. */
 static inline float round_even(float x) {
   const float big = 4194304.0f, magic = 12582912.0f;
-  x = x < -big ? -big : (x > big ? big : x);
+  x = x > -big ? x : -big;
+  x = x < big ? x : big;
   return (x + magic) - magic;
 }
 static inline vf round_even_v(vf x) {
-  const vf big = splat(4194304.0f), nbig = splat(-4194304.0f), magic = splat(12582912.0f);
+  const vf big = splat(4194304.0f), nbig = splat(-4194304.0f);
   x = vmin(vmax(x, nbig), big);
+#if defined(QV_NEON)
+  /* frintn rounds half to even; it keeps a zero's sign (-0.5 -> -0), adding +0 makes the +0 that
+   * the magic-number rounding gives */
+  vf_q r = {x};
+  for (int k = 0; k < 4; k++) r.q[k] = vaddq_f32(vrndnq_f32(r.q[k]), vdupq_n_f32(0.0f));
+  return r.v;
+#else
+  const vf magic = splat(12582912.0f);
   return (x + magic) - magic;
+#endif
 }
 
 /* quant.quantize_act of one value: clip(rint(x / step) + zp, 0, hi) */
 static inline int32_t code_of(float x, float step, float fz, float hi) {
   float q = round_even(x / step) + fz;
-  q = q < 0.0f ? 0.0f : (q > hi ? hi : q);
+  q = q > 0.0f ? q : 0.0f;
+  q = q < hi ? q : hi;
   return (int32_t)q;
 }
 static inline vi code_of_v(vf x, float step, float fz, float hi) {
@@ -111,10 +178,32 @@ static inline vi code_of_v(vf x, float step, float fz, float hi) {
   return __builtin_convertvector(q, vi);
 }
 
+#if defined(QV_NEON)
+/* code_of without the clip, as uint32: rint(x / step) + zp. The clamp at +-2^22 is left out: a
+ * value beyond it is beyond the clip bounds either way (|zp| < 2^22); fcvtzu saturates, sending
+ * negatives and NaN to 0 as the clip does, and nq_codes16's narrowing saturates, so
+ * nq_codes16 = min(sat_u8(q), hi) = code_of for every input, infinities and NaN included. */
+static inline uint32x4_t nq_code4(float32x4_t x, float32x4_t step, float32x4_t fz) {
+  return vcvtq_u32_f32(vaddq_f32(vrndnq_f32(vdivq_f32(x, step)), fz));
+}
+static inline uint8x16_t nq_codes16(uint32x4_t u0, uint32x4_t u1, uint32x4_t u2, uint32x4_t u3, uint8x16_t hi) {
+  const uint16x8_t h0 = vqmovn_high_u32(vqmovn_u32(u0), u1), h1 = vqmovn_high_u32(vqmovn_u32(u2), u3);
+  return vminq_u8(vqmovn_high_u16(vqmovn_u16(h0), h1), hi);
+}
+#endif
+
 /* codes of n values into uint8 (zero padding after n is the caller's) */
 static inline void quantize_row(const float *x, int n, float step, int32_t zp, int bits, uint8_t *codes) {
   const float hi = (float)((1 << bits) - 1), fz = (float)zp;
   int i = 0;
+#if defined(QV_NEON)
+  const float32x4_t st = vdupq_n_f32(step), z = vdupq_n_f32(fz);
+  const uint8x16_t h8 = vdupq_n_u8((uint8_t)((1 << bits) - 1));
+  for (; i + 16 <= n; i += 16)
+    vst1q_u8(codes + i, nq_codes16(nq_code4(vld1q_f32(x + i), st, z), nq_code4(vld1q_f32(x + i + 4), st, z),
+                                   nq_code4(vld1q_f32(x + i + 8), st, z), nq_code4(vld1q_f32(x + i + 12), st, z),
+                                   h8));
+#endif
   for (; i + VL <= n; i += VL) {
     vb cb = __builtin_convertvector(code_of_v(loadf(x + i), step, fz, hi), vb);
     memcpy(codes + i, &cb, sizeof cb);
@@ -130,7 +219,49 @@ static inline vf8 load8(const float *p) {
   return v;
 }
 
+#if defined(QV_NEON)
+/* the pairwise sum of (x[i] - m)^2 over one row of n; tmp[n] holds the squares when n is longer than
+ * one pairwise block (otherwise they stay in registers) */
+static inline float nq_sum_sqdev(const float *x, int n, float m, float *tmp) {
+  const float32x4_t vm = vdupq_n_f32(m);
+  int i = 0;
+  if (n >= 8 && n <= 128) { /* pairwise_sum's one block, over the squares as they are made */
+    float32x4_t c = vsubq_f32(vld1q_f32(x), vm), lo = vmulq_f32(c, c);
+    c = vsubq_f32(vld1q_f32(x + 4), vm);
+    float32x4_t hi = vmulq_f32(c, c);
+    for (i = 8; i < n - (n % 8); i += 8) {
+      c = vsubq_f32(vld1q_f32(x + i), vm);
+      lo = vaddq_f32(lo, vmulq_f32(c, c));
+      c = vsubq_f32(vld1q_f32(x + i + 4), vm);
+      hi = vaddq_f32(hi, vmulq_f32(c, c));
+    }
+    float res = nq_hsum8(lo, hi);
+    for (; i < n; i++) res += (x[i] - m) * (x[i] - m);
+    return res;
+  }
+  for (; i + 4 <= n; i += 4) {
+    const float32x4_t c = vsubq_f32(vld1q_f32(x + i), vm);
+    vst1q_f32(tmp + i, vmulq_f32(c, c));
+  }
+  for (; i < n; i++) tmp[i] = (x[i] - m) * (x[i] - m);
+  return pairwise_sum(tmp, n);
+}
+#endif
+
 static inline void layernorm_row(const float *x, int n, const float *w, const float *b, float eps, float *out) {
+#if defined(QV_NEON)
+  {
+    const float mu = pairwise_sum(x, n) / (float)n;
+    const float den = __builtin_sqrtf(nq_sum_sqdev(x, n, mu, out) / (float)n + eps);
+    const float32x4_t vm = vdupq_n_f32(mu), vd = vdupq_n_f32(den);
+    int i = 0;
+    for (; i + 4 <= n; i += 4)
+      vst1q_f32(out + i, vaddq_f32(vmulq_f32(vdivq_f32(vsubq_f32(vld1q_f32(x + i), vm), vd), vld1q_f32(w + i)),
+                                   vld1q_f32(b + i)));
+    for (; i < n; i++) out[i] = (x[i] - mu) / den * w[i] + b[i];
+    return;
+  }
+#endif
   if (n % 8 == 0 && n >= 8 && n <= 128) { /* one pairwise block: the 8 accumulators in registers */
     vf8 r = load8(x);
     for (int i = 8; i < n; i += 8) r += load8(x + i);
@@ -171,6 +302,12 @@ static inline void head_stats(const float *x, int64_t stride, int T, int n, floa
   const float count = (float)(T * n);
   for (int r = 0; r < T; r++) rows[r] = pairwise_sum(x + r * stride, n);
   const float m = pairwise_sum(rows, T) / count;
+#if defined(QV_NEON)
+  for (int r = 0; r < T; r++) rows[r] = nq_sum_sqdev(x + r * stride, n, m, tmp);
+  *mu = m;
+  *sd = __builtin_sqrtf(pairwise_sum(rows, T) / count + eps);
+  return;
+#endif
   for (int r = 0; r < T; r++) {
     const float *xr = x + r * stride;
     int i = 0;
@@ -189,6 +326,12 @@ static inline void head_stats(const float *x, int64_t stride, int T, int n, floa
 static inline void headnorm_row(const float *x, int n, float mu, float sd, const float *gamma, const float *beta,
                                 float *out) {
   int i = 0;
+#if defined(QV_NEON)
+  const float32x4_t vm = vdupq_n_f32(mu), vs = vdupq_n_f32(sd);
+  for (; i + 4 <= n; i += 4)
+    vst1q_f32(out + i, vdivq_f32(vaddq_f32(vsubq_f32(vld1q_f32(x + i), vm), vld1q_f32(beta + i)),
+                                 vmulq_f32(vld1q_f32(gamma + i), vs)));
+#endif
   for (; i + VL <= n; i += VL) storef(out + i, ((loadf(x + i) - mu) + loadf(beta + i)) / (loadf(gamma + i) * sd));
   for (; i < n; i++) out[i] = ((x[i] - mu) + beta[i]) / (gamma[i] * sd);
 }
@@ -196,8 +339,8 @@ static inline void headnorm_row(const float *x, int n, float mu, float sd, const
 /* Cephes expf: Cody-Waite reduction + degree-7 polynomial, within 1 ulp of libm's
  * for softmax inputs (<= 0). exp_f and exp_v do the same operations in the same order. */
 static inline float exp_f(float x) {
-  x = x > 88.3762626647949f ? 88.3762626647949f : x;
-  x = x < -87.3365478515625f ? -87.3365478515625f : x;
+  x = x < 88.3762626647949f ? x : 88.3762626647949f;
+  x = x > -87.3365478515625f ? x : -87.3365478515625f;
   float t = x * 1.44269504088896341f + 0.5f;
   float n = (float)(int32_t)t;
   n = n > t ? n - 1.0f : n; /* floor */
@@ -217,8 +360,12 @@ static inline vf exp_v(vf x) {
   const vf hi = splat(88.3762626647949f), lo = splat(-87.3365478515625f);
   x = vmax(vmin(x, hi), lo);
   vf t = x * 1.44269504088896341f + 0.5f;
-#if defined(__AVX512F__)
+#if defined(QV_AVX512F)
   vf n = (vf)_mm512_roundscale_ps((__m512)t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC); /* floor */
+#elif defined(QV_NEON)
+  vf_q f = {t}; /* frintm: floor */
+  for (int k = 0; k < 4; k++) f.q[k] = vrndmq_f32(f.q[k]);
+  vf n = f.v;
 #else
   vf n = __builtin_convertvector(__builtin_convertvector(t, vi), vf);
   n = sel(n > t, n - 1.0f, n);
@@ -234,18 +381,55 @@ static inline vf exp_v(vf x) {
   vi two_n = (__builtin_convertvector(n, vi) + 127) << 23;
   return p * (vf)two_n;
 }
+#if defined(QV_NEON)
+/* exp_v on one NEON register: the same operations in the same order. fminnm / fmaxnm clamp as
+ * vmin / vmax do here: a NaN x goes to the upper bound, and the bounds are not zero. */
+static inline float32x4_t nq_exp(float32x4_t x) {
+  x = vmaxnmq_f32(vminnmq_f32(x, vdupq_n_f32(88.3762626647949f)), vdupq_n_f32(-87.3365478515625f));
+  const float32x4_t t = vaddq_f32(vmulq_f32(x, vdupq_n_f32(1.44269504088896341f)), vdupq_n_f32(0.5f));
+  const float32x4_t n = vrndmq_f32(t);
+  const float32x4_t r =
+      vsubq_f32(vsubq_f32(x, vmulq_f32(n, vdupq_n_f32(0.693359375f))), vmulq_f32(n, vdupq_n_f32(-2.12194440e-4f)));
+  float32x4_t p = vdupq_n_f32(1.9875691500e-4f);
+  p = vaddq_f32(vmulq_f32(p, r), vdupq_n_f32(1.3981999507e-3f));
+  p = vaddq_f32(vmulq_f32(p, r), vdupq_n_f32(8.3334519073e-3f));
+  p = vaddq_f32(vmulq_f32(p, r), vdupq_n_f32(4.1665795894e-2f));
+  p = vaddq_f32(vmulq_f32(p, r), vdupq_n_f32(1.6666665459e-1f));
+  p = vaddq_f32(vmulq_f32(p, r), vdupq_n_f32(5.0000001201e-1f));
+  p = vaddq_f32(vaddq_f32(vmulq_f32(vmulq_f32(p, r), r), r), vdupq_n_f32(1.0f));
+  const int32x4_t two_n = vshlq_n_s32(vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127)), 23);
+  return vmulq_f32(p, vreinterpretq_f32_s32(two_n));
+}
+#endif
 
 /* ------------------------------------------------------------------------------- bit planes */
 
+#if defined(QV_NEON)
+/* bit i of the 64 codes in c0..c3 -> one word: a byte test, each byte's bit weighted by its place
+ * in its group of 8, and pairwise adds down to the 8 bytes of the word */
+static inline uint64_t nq_plane_word(uint8x16_t c0, uint8x16_t c1, uint8x16_t c2, uint8x16_t c3, int i) {
+  static const uint8_t place[16] = {1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128};
+  const uint8x16_t wv = vld1q_u8(place), bit = vdupq_n_u8((uint8_t)(1 << i));
+  const uint8x16_t m0 = vandq_u8(vtstq_u8(c0, bit), wv), m1 = vandq_u8(vtstq_u8(c1, bit), wv);
+  const uint8x16_t m2 = vandq_u8(vtstq_u8(c2, bit), wv), m3 = vandq_u8(vtstq_u8(c3, bit), wv);
+  uint8x16_t p = vpaddq_u8(vpaddq_u8(m0, m1), vpaddq_u8(m2, m3)); /* sums of 4 */
+  p = vpaddq_u8(p, p);                                              /* sums of 8: the word's bytes */
+  return vgetq_lane_u64(vreinterpretq_u64_u8(p), 0);
+}
+#endif
+
 /* Bit i of 64 codes -> one word (bit t = code t). AVX-512BW: one byte-test mask; AVX2: two
- * movemasks; otherwise 8 codes at a time by a multiply that gathers one bit per byte. */
+ * movemasks; NEON: nq_plane_word; otherwise 8 codes at a time by a multiply that gathers one bit
+ * per byte. */
 static inline uint64_t plane_word(const uint8_t *c, int i) {
-#if defined(__AVX512BW__)
+#if defined(QV_AVX512BW)
   return (uint64_t)_mm512_test_epi8_mask(_mm512_loadu_si512((const void *)c), _mm512_set1_epi8((char)(1 << i)));
-#elif defined(__AVX2__)
+#elif defined(QV_AVX2)
   __m256i lo = _mm256_slli_epi16(_mm256_loadu_si256((const __m256i *)c), 7 - i);
   __m256i hi = _mm256_slli_epi16(_mm256_loadu_si256((const __m256i *)(c + 32)), 7 - i);
   return (uint64_t)(uint32_t)_mm256_movemask_epi8(lo) | (uint64_t)(uint32_t)_mm256_movemask_epi8(hi) << 32;
+#elif defined(QV_NEON)
+  return nq_plane_word(vld1q_u8(c), vld1q_u8(c + 16), vld1q_u8(c + 32), vld1q_u8(c + 48), i);
 #else
   uint64_t word = 0;
   for (int g = 0; g < 8; g++) {
@@ -261,6 +445,14 @@ static inline uint64_t plane_word(const uint8_t *c, int i) {
 /* codes (zero padded to a whole number of words) -> bits planes of nw words, plane i at
  * dst + i * plane_stride. */
 static inline void pack_row(const uint8_t *codes, int nw, int bits, uint64_t *dst, int64_t plane_stride) {
+#if defined(QV_NEON) /* each word's codes loaded once for all its planes */
+  for (int w = 0; w < nw; w++) {
+    const uint8_t *c = codes + w * WORD;
+    const uint8x16_t c0 = vld1q_u8(c), c1 = vld1q_u8(c + 16), c2 = vld1q_u8(c + 32), c3 = vld1q_u8(c + 48);
+    for (int i = 0; i < bits; i++) dst[i * plane_stride + w] = nq_plane_word(c0, c1, c2, c3, i);
+  }
+  return;
+#endif
   for (int i = 0; i < bits; i++)
     for (int w = 0; w < nw; w++) dst[i * plane_stride + w] = plane_word(codes + w * WORD, i);
 }
