@@ -7,7 +7,10 @@ differ only in speed, which depends on the CPU:
   int8dot    int8 codes x int8 weights, 4-byte dot products (csrc/int8dot.c): Arm SDOT
              (vdotq_laneq_s32), x86 AVX-512 VNNI / AVX-VNNI (vpdpbusd), portable C elsewhere.
              1-4-bit codes are exact in int8, and one SDOT does 32 MACs/cycle on a Cortex-A76
-             where the bit-serial kernel needs a_bits * w_bits binary products per MAC.
+             where the bit-serial kernel needs a_bits * w_bits binary products per MAC;
+  bitserial-neon  the bit-serial GEMM as a C micro-kernel (csrc/bsneon.c) with byte counters
+             (CNT + UADALP, widened every 31 words) on the same planes: Arm cores without the dot
+             product; portable C elsewhere (tests).
 
 The choice is made once per compile from (arch, CPU features of the target's mcpu, a_bits, w_bits)
 by `choose` (the table below), or forced with `--engine` / QVIT_GEMM_ENGINE, and recorded in the
@@ -19,8 +22,8 @@ import os
 
 from qvit_edge.clikit import UserError
 
-BITSERIAL, INT8DOT = "bitserial", "int8dot"
-ENGINES = (BITSERIAL, INT8DOT)
+BITSERIAL, INT8DOT, BITSERIAL_NEON = "bitserial", "int8dot", "bitserial-neon"
+ENGINES = (BITSERIAL, INT8DOT, BITSERIAL_NEON)
 LOWBIT_MAX = 4  # layers with at most this many bits (weights and activations) have a choice
 INT16 = "int16"  # 8-bit layers (patch embedding, head): int16 codes x int8 weights, no choice
 ENV = "QVIT_GEMM_ENGINE"
@@ -36,8 +39,9 @@ def choose(arch: str, features, a_bits: int, w_bits: int) -> str:
     feats = set(features)
     if arch == "aarch64":
         # dot product (A55, A76, A78, Neoverse N1...): 32 int8 MACs/cycle beat a2*w2 binary planes;
-        # without it (A53, A72) bit-serial wins at these widths (int8 runs on SMLAL at ~8 MACs/cycle)
-        return INT8DOT if feats & set(INT8DOT_FEATURES["aarch64"]) else BITSERIAL
+        # without it (A53, A72) bit-serial wins at these widths (int8 runs on SMLAL at ~8 MACs/cycle),
+        # and the C kernel's byte counters beat TVM's 64-bit popcount lanes, which spill
+        return INT8DOT if feats & set(INT8DOT_FEATURES["aarch64"]) else BITSERIAL_NEON
     if arch == "x86_64":
         # VNNI: 64 MACs/cycle per 512-bit vpdpbusd. Without it (AVX2 only) the popcount kernel stays.
         # A per-CPU measured choice (e.g. VPOPCNTDQ machines at W1A1) would refine this branch.

@@ -223,6 +223,40 @@ def int8dot_linear(m: int, n: int, k: int, epilogue: str = "none", gelu_clip: fl
     return ins, [y]
 
 
+BSNEON_GROUP = "qvit_bsneon_group"  # compile/csrc/bsneon.c
+BSNEON_NV = 8  # channels per weight panel of the bitserial-neon engine (two panels per call)
+
+
+def bsneon_linear(m: int, n: int, k: int, a_bits: int, w_bits: int, epilogue: str = "none",
+                  gelu_clip: float | None = None):
+    """bitserial_linear as the C micro-kernel qvit_bsneon_group (compile/csrc/bsneon.c): the same
+    planes [ab, Mpad, KW] and weight panels [ceil(N/16) * 2, wb, KW, 8] (packing.weight_panel of the
+    weights padded to 16 channels), the same integers and epilogue; a parallel loop over groups of 16
+    channels."""
+    kw, mp, groups = linear_words(k), rows_padded(m), -(-n // 16)
+    ap = te.placeholder((a_bits, mp, kw), U64, name="planes")
+    wp = te.placeholder((2 * groups, w_bits, kw, BSNEON_NV), U64, name="wpanel")
+    scale = te.placeholder((n,), "float32", name="scale")
+    corr = te.placeholder((n,), "int32", name="corr")
+    bias = te.placeholder((n,), "float32", name="bias")
+    ins = [ap, wp, scale, corr, bias]
+    if epilogue == "add":
+        ins.append(te.placeholder((m, n), "float32", name="residual"))
+
+    def body(bufs, outs):
+        g = tirx.Var("group", "int32")
+        i32 = lambda v: tirx.const(int(v), "int32")  # noqa: E731
+        res = bufs[5] if epilogue == "add" else bufs[2]  # unused pointer without the residual
+        call = tirx.call_extern("int32", BSNEON_GROUP, g, i32(m), i32(mp), i32(n), i32(kw), i32(a_bits),
+                                i32(w_bits), i32(EPILOGUES[epilogue]), i32(gelu_clip is not None),
+                                tirx.const(float(gelu_clip or 0.0), "float32"),
+                                *[b.data for b in bufs[:5]], res.data, outs[0].data)
+        return tirx.For(g, 0, groups, tirx.ForKind.PARALLEL, tirx.Evaluate(call))
+
+    y = te.extern([(m, n)], ins, body, name="y", dtype=["float32"])
+    return ins, [y]
+
+
 def quant_codes(m: int, k: int, bits: int, ln_eps: float | None = None):
     """x [M, K] float -> int16 codes minus zero point (for the 8-bit integer GEMM)."""
     ins, src, step, zp = _act_input(m, k, ln_eps)

@@ -202,6 +202,16 @@ class Lowering:
             kid = p.kernel(("int8dot", m, n, k, epi, clip_v), "int8dot_gemm",
                            lambda fname: schedules.prim_func(fname, *K.int8dot_linear(m, n, k, epi, clip_v)))
             p.step(kid, kind, [codes, panel, scale, corr, bias, *res, y2], op["out"])
+        elif engine == engines.BITSERIAL_NEON:
+            planes = p.act(f"{op['out']}.planes", (ab, K.rows_padded(m), K.linear_words(k)), "uint64")
+            kid = self._generic(("pack", m, k, ab, eps), "pack", K.pack_act, m, k, ab, eps)
+            p.step(kid, kind, [x2, *ln_args, a_step, a_zp, planes], op["out"])
+            panel = p.const(f"{name}.wpanel", packing.bsneon_panel(wt, wb))
+            corr = p.const(f"{name}.corr", packing.zero_point_correction(wt, int(prm["a_zp"])))
+            ins_outs = K.bsneon_linear(m, n, k, ab, wb, epi, clip_v)
+            kid = p.kernel(("bsneon", m, n, k, ab, wb, epi, clip_v), "bsneon_gemm",
+                           lambda fname: schedules.prim_func(fname, *ins_outs))
+            p.step(kid, kind, [planes, panel, scale, corr, bias, *res, y2], op["out"])
         elif engine == engines.BITSERIAL:
             planes = p.act(f"{op['out']}.planes", (ab, K.rows_padded(m), K.linear_words(k)), "uint64")
             kid = self._generic(("pack", m, k, ab, eps), "pack", K.pack_act, m, k, ab, eps)

@@ -175,7 +175,7 @@ def build(plan: Plan, meta: dict, target: Target, out_path: str, progress=print)
 
 # C micro-kernels the TVM kernels call (call_extern), compiled for the target and linked in.
 CSRC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
-CSRC = [os.path.join(CSRC_DIR, f) for f in ("attention.c", "pack.c", "igemm.c", "int8dot.c")]
+CSRC = [os.path.join(CSRC_DIR, f) for f in ("attention.c", "pack.c", "igemm.c", "int8dot.c", "bsneon.c")]
 # Exact float32 as the reference computes it: no FMA contraction, no fast-math reassociation.
 # (-fno-trapping-math only lets gcc if-convert float selects so those loops vectorize.)
 CFLAGS = ["-O3", "-fPIC", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math"]

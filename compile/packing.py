@@ -64,3 +64,12 @@ def int8_panel(w: np.ndarray, kp: int) -> np.ndarray:
     full = np.zeros((npad, kp), np.int8)
     full[:n, :k] = np.asarray(w, np.int8)
     return np.ascontiguousarray(full.reshape(npad // 16, 16, kp // 4, 4).transpose(0, 2, 1, 3))
+
+
+def bsneon_panel(w: np.ndarray, bits: int) -> np.ndarray:
+    """weight_panel with 8 channels per panel and N padded to 16 (zero rows: never stored), for
+    csrc/bsneon.c, which takes two panels per call."""
+    n = w.shape[0]
+    w16 = np.zeros((-(-n // 16) * 16, w.shape[1]), np.int64)
+    w16[:n] = w
+    return weight_panel(w16, bits, 8)

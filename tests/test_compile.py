@@ -121,6 +121,51 @@ def test_int8dot_linear_is_exact(int8dot_kernels, ab, wb):
     np.testing.assert_array_equal(y.numpy(), quant.int_linear(codes, zp, w).astype(np.float32))
 
 
+@pytest.fixture(scope="module")
+def bsneon_kernels(csrc_loaded):
+    """bitserial-neon (csrc/bsneon.c, its portable C path on x86) for every (a_bits, w_bits), and its
+    epilogues, on ragged M, N and K."""
+    m, n, k = 7, 21, 77
+    funcs = {}
+    for ab in range(1, 5):
+        pk = schedules.prim_func(f"pack{ab}", *K.pack_act(m, k, ab))
+        funcs[f"pack{ab}"] = schedules.generic(pk, f"pack{ab}")
+        for wb in range(1, 5):
+            funcs[f"bsn{ab}{wb}"] = schedules.prim_func(f"bsn{ab}{wb}", *K.bsneon_linear(m, n, k, ab, wb))
+    for epi, clip in (("gelu", 1.5), ("add", None)):
+        funcs[f"bsn_{epi}"] = schedules.prim_func(f"bsn_{epi}", *K.bsneon_linear(m, n, k, 2, 3, epi, clip))
+    ex = tvm.compile(tvm.IRModule(funcs), target=HOST.tvm())
+    return ex.mod, (m, n, k)
+
+
+@pytest.mark.parametrize("ab", [1, 2, 3, 4])
+@pytest.mark.parametrize("wb", [1, 2, 3, 4])
+def test_bsneon_linear_is_exact(bsneon_kernels, ab, wb):
+    mod, (m, n, k) = bsneon_kernels
+    rng = np.random.default_rng(ab * 10 + wb)
+    step, zp = np.float32(0.37), int(rng.integers(0, 1 << ab))
+    x = rng.normal(0, 1.5, (m, k)).astype(np.float32)
+    w = rng.choice(quant.weight_levels(wb), size=(n, k)).astype(np.int8)
+    codes = quant.quantize_act(x, step, zp, ab)
+    planes = _t(np.zeros((ab, K.rows_padded(m), K.linear_words(k)), np.uint64))
+    mod[f"pack{ab}"](_t(x), _t(np.array([step], np.float32)), _t(np.array([zp], np.int32)), planes)
+    y = _t(np.zeros((m, n), np.float32))
+    ones, zeros = np.ones(n, np.float32), np.zeros(n, np.float32)
+    wp = _t(packing.bsneon_panel(w, wb))
+    mod[f"bsn{ab}{wb}"](planes, wp, _t(ones), _t(packing.zero_point_correction(w, zp)), _t(zeros), y)
+    np.testing.assert_array_equal(y.numpy(), quant.int_linear(codes, zp, w).astype(np.float32))
+    if (ab, wb) == (2, 3):  # the fused epilogues: float32 operations in order, as int8dot's
+        scale = rng.uniform(0.01, 0.2, n).astype(np.float32)
+        bias = rng.normal(0, 1, n).astype(np.float32)
+        corr = packing.zero_point_correction(w, zp)
+        res = rng.normal(0, 1, (m, n)).astype(np.float32)
+        acc = quant.int_linear(codes, 0, w)
+        for epi, clip in (("gelu", 1.5), ("add", None)):
+            extra = [_t(res)] if epi == "add" else []
+            mod[f"bsn_{epi}"](planes, wp, _t(scale), _t(corr), _t(bias), *extra, y)
+            np.testing.assert_array_equal(y.numpy(), _epilogue_f32(acc, corr, scale, bias, epi, clip, res))
+
+
 def _erf_f32(x):
     """kernels._erf in numpy float32, operation by operation."""
     f = np.float32

@@ -24,7 +24,7 @@ CSRC = os.path.join(ROOT, "compile", "csrc")
     ("aarch64", ["dotprod"], 2, 2, "int8dot"),
     ("aarch64", ["dotprod"], 4, 4, "int8dot"),
     ("aarch64", ["dotprod"], 1, 1, "int8dot"),
-    ("aarch64", [], 2, 2, "bitserial"),
+    ("aarch64", [], 2, 2, "bitserial-neon"),
     ("aarch64", [], 8, 8, "int16"),
     ("aarch64", ["dotprod"], 8, 8, "int16"),
     ("x86_64", ["avx512vnni"], 2, 2, "int8dot"),
@@ -43,7 +43,7 @@ from qvit_compile import targets  # noqa: E402
 @pytest.mark.parametrize("arch,mcpu,want", [
     ("aarch64", "cortex-a76", "int8dot"), ("aarch64", "cortex-a55", "int8dot"),
     ("aarch64", "neoverse-n1", "int8dot"), ("aarch64", "cortex-a78", "int8dot"),
-    ("aarch64", "cortex-a72", "bitserial"), ("aarch64", "cortex-a53", "bitserial"),
+    ("aarch64", "cortex-a72", "bitserial-neon"), ("aarch64", "cortex-a53", "bitserial-neon"),
     ("x86_64", "sapphirerapids", "int8dot"), ("x86_64", "alderlake", "int8dot"),
     ("x86_64", "znver4", "int8dot"),
     ("x86_64", "x86-64-v3", "bitserial"), ("x86_64", "skylake", "bitserial"),
@@ -81,7 +81,8 @@ def test_cli_unknown_engine(tmp_path):
                        timeout=300)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
-        "qvit_compile: error: --engine: unknown GEMM engine 'magic' (known: bitserial, int8dot)"]
+        "qvit_compile: error: --engine: unknown GEMM engine 'magic' "
+        "(known: bitserial, int8dot, bitserial-neon)"]
 
 
 # ------------------------------------------------------------------------ metadata and info
@@ -215,6 +216,74 @@ def test_int8dot_paths_equal_portable(tmp_path, cc, flags, runner, path, need):
         pytest.skip(f"this CPU has no {need}")
     src = tmp_path / "driver.c"
     src.write_text(_DRIVER)
+    exe = tmp_path / "driver"
+    r = subprocess.run([cc, "-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", *flags,
+                        "-I", CSRC, str(src), "-o", str(exe), "-lm"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = subprocess.run([*runner, str(exe)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == f"path {path} mismatches 0", r.stdout + r.stderr
+
+
+_BS_DRIVER = r"""
+#include "bsneon.c"
+#include <stdio.h>
+/* qvit_bsneon_group (this build's path) against popcount loops, every (a_bits, w_bits), K of 1, 6,
+ * 24 and 40 words (40: more than one 31-word flush), scale 1, bias 0: y is the integer sum */
+static uint64_t rng = 88172645463325252ull;
+static uint64_t next(void) { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; return rng; }
+int main(void) {
+  static const int kws[] = {1, 6, 24, 40};
+  int bad = 0;
+  for (int s = 0; s < 4; s++)
+    for (int ab = 1; ab <= 4; ab++)
+      for (int wb = 1; wb <= 4; wb++) {
+        const int M = 5, Mpad = 8, N = 21, G = 2, KW = kws[s];
+        uint64_t *a = calloc((size_t)ab * Mpad * KW, 8), *w = calloc((size_t)2 * G * wb * KW * 8, 8);
+        for (int i = 0; i < ab; i++) for (int r = 0; r < M; r++) for (int k = 0; k < KW; k++)
+          a[((int64_t)i * Mpad + r) * KW + k] = next();
+        for (size_t q = 0; q < (size_t)2 * G * wb * KW * 8; q++) w[q] = next();
+        float *sc = malloc(4 * N), *bi = calloc(N, 4), *y = malloc(4 * M * N);
+        int32_t *corr = calloc(N, 4);
+        for (int n = 0; n < N; n++) sc[n] = 1.0f;
+        for (int g = 0; g < G; g++)
+          qvit_bsneon_group(g, M, Mpad, N, KW, ab, wb, 0, 0, 0, a, w, sc, corr, bi, 0, y);
+        for (int r = 0; r < M; r++)
+          for (int n = 0; n < N; n++) {
+            int64_t acc = 0;
+            for (int i = 0; i < ab; i++)
+              for (int j = 0; j < wb; j++) {
+                int64_t c = 0, ca = 0;
+                for (int k = 0; k < KW; k++) {
+                  const uint64_t av = a[((int64_t)i * Mpad + r) * KW + k];
+                  c += __builtin_popcountll(av & w[(((int64_t)(n / 8) * wb + j) * KW + k) * 8 + n % 8]);
+                  ca += __builtin_popcountll(av);
+                }
+                if (wb == 1) acc += (2 * c - ca) << i;
+                else acc += (j == wb - 1 ? -c : c) << (i + j);
+              }
+            if ((float)acc != y[r * N + n]) bad++;
+          }
+        free(a), free(w), free(sc), free(bi), free(y), free(corr);
+      }
+  printf("path %d mismatches %d\n", qvit_bsneon_path(), bad);
+  return bad != 0;
+}
+"""
+
+BS_PATHS = [
+    ("x86-portable", "gcc", ["-march=native"], [], 0),
+    ("arm-neon-a72", ARM_CC, ["-mcpu=cortex-a72", "-static"], QEMU, 1),
+    ("arm-portable", ARM_CC, ["-mcpu=cortex-a72", "-static", "-DQVIT_BSNEON_PORTABLE"], QEMU, 0),
+]
+
+
+@pytest.mark.parametrize("cc,flags,runner,path", [p[1:] for p in BS_PATHS], ids=[p[0] for p in BS_PATHS])
+def test_bsneon_paths_exact(tmp_path, cc, flags, runner, path):
+    """bitserial-neon's NEON byte-counter path and its portable C path give the popcount sums."""
+    if not shutil.which(cc) or (runner and not shutil.which(runner[0])):
+        pytest.skip(f"needs {cc} and {runner[0] if runner else ''}")
+    src = tmp_path / "driver.c"
+    src.write_text(_BS_DRIVER)
     exe = tmp_path / "driver"
     r = subprocess.run([cc, "-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", *flags,
                         "-I", CSRC, str(src), "-o", str(exe), "-lm"], capture_output=True, text=True)

@@ -72,6 +72,8 @@ ENGINE_VARIANTS = {
     "deit_w1_int8dot": ("deit_w1", "x86-64-v3", "int8dot"),
     "deit_w2_head_host_bitserial": ("deit_w2_head", None, "bitserial"),  # bit-serial with AVX-512
     "swin_w3_head_host_int8dot": ("swin_w3_head", None, "int8dot"),  # VNNI where the CPU has it
+    "swin_w3_head_bsneon": ("swin_w3_head", "x86-64-v3", "bitserial-neon"),  # its portable C path
+    "deit_w1_bsneon": ("deit_w1", "x86-64-v3", "bitserial-neon"),
 }
 
 
@@ -226,19 +228,20 @@ AARCH64_PY = os.path.join(ROOT, "scripts", "aarch64-python.sh")
 @pytest.mark.qemu
 @pytest.mark.skipif(not shutil.which("qemu-aarch64") or not shutil.which("aarch64-linux-gnu-gcc"),
                     reason="needs qemu-user and gcc-aarch64-linux-gnu")
-@pytest.mark.parametrize("name,mcpu,engine", [
-    ("deit_w2", "cortex-a72", "bitserial"), ("deit_w2_head", "cortex-a72", "bitserial"),
-    ("swin_w3_head", "cortex-a72", "bitserial"),
+@pytest.mark.parametrize("name,mcpu,forced,engine", [
+    # the Pi 4 core: the table picks bitserial-neon (byte-counter NEON micro-kernel)
+    ("deit_w2", "cortex-a72", None, "bitserial-neon"), ("swin_w3_head", "cortex-a72", None, "bitserial-neon"),
+    ("deit_w2_head", "cortex-a72", "bitserial", "bitserial"),  # TVM's bit-serial kernel on aarch64
     # the Pi 5 core: the table picks int8dot, its SDOT path (qemu's max CPU has the dot product)
-    ("deit_w2_head", "cortex-a76", "int8dot"), ("swin_w3_head", "cortex-a76", "int8dot"),
+    ("deit_w2_head", "cortex-a76", None, "int8dot"), ("swin_w3_head", "cortex-a76", None, "int8dot"),
 ])
-def test_aarch64_model_so_under_qemu(tmp_path, name, mcpu, engine, monkeypatch):
+def test_aarch64_model_so_under_qemu(tmp_path, name, mcpu, forced, engine, monkeypatch):
     """Cross-compiled for the Cortex-A72 (Pi 4) or A76 (Pi 5), run by the aarch64 runtime (no TVM)
-    under qemu, with the engine the table picks for that core."""
+    under qemu, with the engine the table picks for that core (or one forced)."""
     monkeypatch.delenv("QVIT_GEMM_ENGINE", raising=False)
     m = MODELS[name]()
     path = str(tmp_path / f"{name}_arm.so")
-    meta = compiler.compile_model(m, "aarch64", path, mcpu=mcpu, progress=lambda *a: None)
+    meta = compiler.compile_model(m, "aarch64", path, mcpu=mcpu, engine=forced, progress=lambda *a: None)
     lowbit = {r["engine"] for r in meta["gemm"]["layers"] if r["kind"] == "qlinear" and r["w_bits"] <= 4}
     assert lowbit == {engine}
     x = _images(m, 3)
