@@ -273,20 +273,20 @@ def collect(runs: list[Run]) -> dict:
     return table
 
 
-INIT_POINTS = [(8, False), (8, True), (4, False), (4, True), (2, False), (2, True)]
+# (bits, IRM form or None, IRM calibration images): no IRM, the official per-token LayerNorm with
+# its identity affine, and the per-head statistics with the least-squares affine (the default)
+INIT_POINTS = [(b, stat, calib) for b in (8, 4, 2)
+               for stat, calib in ((None, 0), ("token", 0), ("head", 256))]
 
 
 def init_accuracy(cache: Path = RUNS / "init_accuracy.json") -> list[dict]:
-    """Top-1 (10k test images) of the students before QAT: the teacher's weights with the
-    quantizers initialised from the first training batch, exactly as `qvit train` starts (seed 0).
-    It shows what IRM costs at the start: a LayerNorm on q and k that the teacher did not have."""
+    """Top-1 (validation images) of the W{b}A{b} students before QAT: the teacher's weights with
+    the quantizers initialised from the first training batch, exactly as `qvit train` starts
+    (seed 0), for each IRM form. It shows what an IRM costs at the start."""
     rows = json.loads(cache.read_text()) if cache.exists() else []
-    if len(rows) == len(INIT_POINTS):
+    if [(r["bits"], r["irm"], r["irm_calib"]) for r in rows] == INIT_POINTS:
         return rows
-
-
-    rows = [dict(r, irm=r["irm"] is not None) for r in before_qat(
-        str(RUNS / "teacher" / "best"), [(b, "head" if irm else None, 256) for b, irm in INIT_POINTS])]
+    rows = before_qat(str(RUNS / "teacher" / "best"), INIT_POINTS)
     cache.write_text(json.dumps(rows, indent=1))
     return rows
 
@@ -322,7 +322,8 @@ IRM_POINTS = [(bits, stat, calib) for bits in (8, 4)
               for stat, calib in ((None, 0), ("token", 0), ("token", 256), ("head", 0), ("head", 256))]
 
 
-def write_plots(runs: list[Run], table: dict, teacher_top1: float | None) -> tuple[list[str], list[dict]]:
+def write_plots(runs: list[Run], table: dict,
+                teacher_top1: float | None) -> tuple[list[str], list[dict], list[dict]]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -361,7 +362,23 @@ def write_plots(runs: list[Run], table: dict, teacher_top1: float | None) -> tup
 
         qk_rows = plot_qk_distributions(pair, IMG / "qk_distributions.png")
         made.append("qk_distributions.png")
-    return made, qk_rows
+    forms = {
+        IRM_FORMS[r.variant]: str(r.out / "best")
+        for r in runs
+        if r.bits == 2 and r.seed == runs[1].seed and r.variant in IRM_FORMS and r.done()
+    }
+    form_rows: list[dict] = []
+    if len(forms) == len(IRM_FORMS):
+        from qvit.qk_stats import plot_irm_forms
+
+        teacher = runs[0].out / "best"
+        form_rows = plot_irm_forms(forms, str(teacher) if runs[0].done() else None, IMG / "irm_forms.png")
+        made.append("irm_forms.png")
+    return made, qk_rows, form_rows
+
+
+# W2A2 rows that differ only in the IRM form (all with DGD averaged, except the baseline's none)
+IRM_FORMS = {"base": "no IRM (LSQ baseline)", "qvit_token": "per-token IRM", "qvit_mean": "per-head IRM"}
 
 
 LONGER = (3,)  # QAT schedules reported besides the 1-epoch grid when their runs exist
@@ -375,7 +392,7 @@ def report(runs: list[Run]) -> str:
     t_best = max(t_hist, key=lambda h: h["val_top1"]) if teacher.done() else None
     t_top1 = teacher.test_top1() if t_best else None
     table = collect(runs)
-    plots, qk_rows = write_plots(runs, table, t_top1)
+    plots, qk_rows, form_rows = write_plots(runs, table, t_top1)
     seeds = sorted({r.seed for r in runs[1:]})
     seeds_done = sorted({r.seed for r in runs[1:] if r.done()})
     lines = [
@@ -392,15 +409,18 @@ def report(runs: list[Run]) -> str:
         f"dist token; seeds with results: {', '.join(map(str, seeds_done)) or 'none'}. Top-1 on the "
         "full 10k test set after the last epoch: **mean** (each seed).",
         "",
+        "Q-ViT is the default recipe: per-head IRM and DGD averaged (`--dgd-reduce mean`); the "
+        "paper's summed DGD is shown beside it.",
+        "",
         "| bits (W/A) | "
-        + " | ".join(VARIANTS[v][0] for v in ("base", "qvit", "qvit_mean"))
-        + " | Q-ViT - baseline |",
+        + " | ".join(VARIANTS[v][0] for v in ("base", "qvit_mean", "qvit"))
+        + " | Q-ViT (averaged DGD) - baseline |",
         "|---|---|---|---|---|",
     ]
     for bits in (4, 3, 2):
-        base, qv, qm = (table.get((bits, v), []) for v in ("base", "qvit", "qvit_mean"))
-        gap = f"{statistics.mean(qv) - statistics.mean(base):+.2f}" if base and qv else "-"
-        lines.append(f"| W{bits}A{bits} | {_fmt(base)} | {_fmt(qv)} | {_fmt(qm)} | {gap} |")
+        base, qm, qv = (table.get((bits, v), []) for v in ("base", "qvit_mean", "qvit"))
+        gap = f"{statistics.mean(qm) - statistics.mean(base):+.2f}" if base and qm else "-"
+        lines.append(f"| W{bits}A{bits} | {_fmt(base)} | {_fmt(qm)} | {_fmt(qv)} | {gap} |")
     lines += [
         "",
         "The ablation at W2A2 (the paper's Table: IRM and DGD one at a time):",
@@ -410,12 +430,27 @@ def report(runs: list[Run]) -> str:
     ]
     for v, irm, dgd in (
         ("base", "-", "-"),
-        ("irm", "yes", "-"),
+        ("irm", "per head", "-"),
         ("dgd", "-", "sum"),
-        ("qvit", "yes", "sum"),
-        ("qvit_mean", "yes", "mean"),
+        ("qvit", "per head", "sum"),
+        ("qvit_mean", "per head", "mean"),
+        ("qvit_token", "per token", "mean"),
     ):
         lines.append(f"| {VARIANTS[v][0]} | {irm} | {dgd} | {_fmt(table.get((2, v), []))} |")
+    recipe = collect([r for s in seeds for r in plan([s], epochs, 1, [f"w{b}a{b}_{v}" for b, v in RECIPE])])
+    if recipe:
+        lines += [
+            "",
+            "The training recipe at W2A2 (Q-ViT, DGD averaged; `--only "
+            + ",".join(f"w{b}a{b}_{v}" for b, v in RECIPE) + "`):",
+            "",
+            "| recipe | top-1 |",
+            "|---|---|",
+            f"| ours: AdamW, lr 2e-4 at batch 128, weight decay 0.05, per-sample LSQ gradient scale | "
+            f"{_fmt(table.get((2, 'qvit_mean'), []))} |",
+        ]
+        for b, v in RECIPE:
+            lines.append(f"| {VARIANTS[v][0]} | {_fmt(recipe.get((b, v), []))} |")
     if plots:
         lines += [""] + [f"![{p}](img/{p})" for p in plots]
     if qk_rows:
@@ -437,6 +472,24 @@ def report(runs: list[Run]) -> str:
                 )
                 for lab in labels
             ]
+            lines.append(f"| {layer + 1} | " + " | ".join(cells) + " |")
+    if form_rows:
+        labels = list(dict.fromkeys(r["label"] for r in form_rows))
+        lines += [
+            "",
+            "The three IRM forms at W2A2 (seed "
+            f"{runs[1].seed}; 256 validation images; `qvit/qk_stats.py`): per layer, the attention-logit "
+            "spread (std over the keys of q k^T / sqrt(d), q and k after Q_a) and the q / k code entropy:",
+            "",
+            "| layer | " + " | ".join(labels) + " |",
+            "|---|" + "---|" * len(labels),
+        ]
+        for layer in sorted({r["layer"] for r in form_rows}):
+            cells = []
+            for lab in labels:
+                r = next(r for r in form_rows if r["label"] == lab and r["layer"] == layer)
+                ent = "" if r["q"] is None else f"; H {r['q']:.2f} / {r['k']:.2f}"
+                cells.append(f"spread {r['spread']:.2f}{ent}")
             lines.append(f"| {layer + 1} | " + " | ".join(cells) + " |")
     for longer in LONGER:
         long_table = collect(plan(seeds, longer, 1))
@@ -462,13 +515,15 @@ def report(runs: list[Run]) -> str:
         lines += [
             "",
             "Before QAT (the teacher's weights, quantizers initialised from one batch, as `qvit train` "
-            "starts; 10k test images; `init_accuracy` in `qvit/experiments.py`):",
+            "starts; 5000 validation images; `init_accuracy` in `qvit/experiments.py`):",
             "",
-            "| bits (W/A) | no IRM | IRM (LayerNorm on q, k; identity affine) |",
-            "|---|---|---|",
+            "| bits (W/A) | no IRM | per-token IRM (identity affine, the official code) "
+            "| per-head IRM (least-squares affine, 256 images) |",
+            "|---|---|---|---|",
         ]
         for bits in sorted({b for b, _ in init}, reverse=True):
-            lines.append(f"| W{bits}A{bits} | {init[(bits, False)]:.2f} % | {init[(bits, True)]:.2f} % |")
+            lines.append(f"| W{bits}A{bits} | {init[(bits, None)]:.2f} % | {init[(bits, 'token')]:.2f} % "
+                         f"| {init[(bits, 'head')]:.2f} % |")
     lines += [
         "",
         "Commands (`python -m qvit.experiments run --dry-run` prints them with their state):",

@@ -108,3 +108,61 @@ def plot_qk_distributions(checkpoints: dict[str, str], path: Path, layer: int = 
     plt.close(fig)
     return rows
 
+
+
+@torch.no_grad()
+def logit_spread(checkpoint: str, images: int = 256) -> list[float]:
+    """Per attention layer, the spread of the attention logits q k^T / sqrt(d): the standard
+    deviation over the keys of each query row, averaged over rows, heads and images. For a
+    quantized model q and k are taken after Q_a (what its softmax sees), else as computed. A
+    normalisation that inflates this sharpens every attention row the teacher had learned."""
+    model, config = load_model(checkpoint)
+    model.eval()
+    quantized = any(isinstance(m, QuantAttentionCore) for m in model.modules())
+    ds = load_dataset(config["train"]["data"], "val")
+    x, _ = next(iterate(ds, config["data"]["img_size"], images, train=False, limit=images))
+    with record_qk(model, "quantized" if quantized else "rectified") as store:
+        model(x)
+    return [float((q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).std(dim=-1, unbiased=False).mean())
+            for q, k in store]
+
+
+def plot_irm_forms(checkpoints: dict[str, str], teacher: str | None, path: Path, images: int = 256) -> list[dict]:
+    """Per layer, for each labelled quantized checkpoint: the attention-logit spread (with the
+    full-precision teacher's for reference) and the entropy of the q and k codes. Returns
+    [{"label", "layer", "spread", "q", "k"}] (the teacher with q = k = None)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = []
+    fig, (ax_s, ax_h) = plt.subplots(1, 2, figsize=(8.5, 3.3), dpi=120)
+    if teacher is not None:
+        spread = logit_spread(teacher, images)
+        rows += [{"label": "FP32 teacher", "layer": i, "spread": s, "q": None, "k": None}
+                 for i, s in enumerate(spread)]
+        ax_s.plot(range(1, len(spread) + 1), spread, "k--", lw=1, label="FP32 teacher")
+    bits = None
+    for (label, ckpt), color in zip(checkpoints.items(), ("C0", "C1", "C2", "C3")):
+        spread = logit_spread(ckpt, images)
+        layers, _ = qk_code_units(ckpt, images)
+        table = entropy_table(layers)
+        bits = layers[0]["bits"]
+        xs = range(1, len(spread) + 1)
+        ax_s.plot(xs, spread, "o-", color=color, label=label)
+        ax_h.plot(xs, [r["q"] for r in table], "o-", color=color, label=f"{label}: q")
+        ax_h.plot(xs, [r["k"] for r in table], "s:", color=color, label=f"{label}: k")
+        rows += [{"label": label, "layer": i, "spread": s, "q": r["q"], "k": r["k"]}
+                 for i, (s, r) in enumerate(zip(spread, table))]
+    ax_s.set_title("attention-logit spread (std over keys of q k^T / sqrt(d))", fontsize=8)
+    ax_h.set_title(f"entropy of the {bits}-bit q / k codes (bits)", fontsize=8)
+    for ax in (ax_s, ax_h):
+        ax.set_xlabel("layer", fontsize=8)
+        ax.legend(fontsize=6)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return rows

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from qvit import cmd_train, experiments
-from qvit.qk_stats import code_entropy, entropy_table, qk_code_units
+from qvit.qk_stats import code_entropy, entropy_table, logit_spread, plot_irm_forms, qk_code_units
 from qvit.quantizers import ActQuant
 
 
@@ -106,8 +106,8 @@ def test_report_block_replaces_only_its_own_section(tmp_path, monkeypatch):
 
 def test_report_tables_runs_and_names_the_teacher_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(experiments, "RUNS", tmp_path)
-    monkeypatch.setattr(experiments, "write_plots", lambda runs, table, t: ([], []))
-    init = [{"bits": b, "irm": i, "top1": 50.0} for b, i in experiments.INIT_POINTS]
+    monkeypatch.setattr(experiments, "write_plots", lambda runs, table, t: ([], [], []))
+    init = [{"bits": b, "irm": i, "irm_calib": c, "top1": 50.0} for b, i, c in experiments.INIT_POINTS]
     monkeypatch.setattr(experiments, "init_accuracy", lambda: init)
 
     def log(name, tops, test):
@@ -123,12 +123,17 @@ def test_report_tables_runs_and_names_the_teacher_checkpoint(tmp_path, monkeypat
     log("w2a2_base_s1", [70.0], 82.0)
     log("w2a2_qvit_s0", [70.0], 79.5)
     log("w2a2_qvit_s1", [70.0], None)  # no test.json: not reported
+    log("w2a2_qvit_mean_s0", [70.0], 82.5)
+    log("w2a2_qvit_paper_s0", [70.0], 80.0)  # a recipe row: its own table
     block = experiments.report(experiments.plan([0, 1], 1, 2))
     assert (f"**88.75 %** top-1 on the test images, epoch {n - 1} of {n}, selected on validation "
             "(89.50 %; the last epoch: 89.10 %)") in block
-    assert "| W2A2 | **81.50** (81.00, 82.00) | 79.50 (1 seed) | - | -2.00 |" in block
+    # baseline | Q-ViT (averaged DGD, the default) | Q-ViT (sum) | default - baseline
+    assert "| W2A2 | **81.50** (81.00, 82.00) | 82.50 (1 seed) | 79.50 (1 seed) | +1.00 |" in block
     assert "| W4A4 | - | - | - | - |" in block
-    assert "| + IRM | yes | - | - |" in block
+    assert "| + IRM | per head | - | - |" in block
+    assert "the paper's recipe (LAMB" in block and "| 80.00 (1 seed) |" in block
+    assert "| W8A8 | 50.00 % | 50.00 % | 50.00 % |" in block
 
 
 def test_code_entropy():
@@ -182,3 +187,15 @@ def test_an_interrupted_run_is_relaunched_with_resume(tmp_path, monkeypatch):
     experiments._launch(run)
     assert "--resume" not in launched[0] and launched[1][-1] == "--resume"
     assert launched[0][1:] == run.command()[1:]
+
+
+def test_logit_spread_uses_the_quantized_q_k_and_the_irm_plot_has_every_layer(tmp_path):
+    fp = logit_spread("models/fmnist_deit_tiny_teacher", images=16)
+    q = logit_spread("models/fmnist_deit_tiny_w2a2", images=16)
+    assert len(fp) == len(q) == 4 and all(0 < v < 10 for v in fp + q)
+    assert fp != q  # 2-bit q, k after Q_a, not the teacher's
+    rows = plot_irm_forms({"a": "models/fmnist_deit_tiny_w2a2"}, "models/fmnist_deit_tiny_teacher",
+                          tmp_path / "forms.png", images=16)
+    assert (tmp_path / "forms.png").stat().st_size > 1000
+    assert [r["layer"] for r in rows if r["label"] == "a"] == [0, 1, 2, 3]
+    assert all(r["q"] is None for r in rows if r["label"] == "FP32 teacher")
