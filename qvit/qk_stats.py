@@ -127,7 +127,8 @@ def logit_spread(checkpoint: str, images: int = 256) -> list[float]:
             for q, k in store]
 
 
-def plot_irm_forms(checkpoints: dict[str, str], teacher: str | None, path: Path, images: int = 256) -> list[dict]:
+def plot_irm_forms(checkpoints: dict[str, str], teacher: str | None, path: Path,
+                   images: int = 256) -> list[dict]:
     """Per layer, for each labelled quantized checkpoint: the attention-logit spread (with the
     full-precision teacher's for reference) and the entropy of the q and k codes. Returns
     [{"label", "layer", "spread", "q", "k"}] (the teacher with q = k = None)."""
