@@ -79,15 +79,15 @@ def load_csrc(target) -> None:
     ctypes.CDLL(out, mode=ctypes.RTLD_GLOBAL)
 
 
-def medians(fns: dict, repeat: int, inner: int = 3) -> dict:
+def medians(fns: dict, repeat: int, inner: int = 3, clock=time.perf_counter) -> dict:
     times = {k: [] for k in fns}
     for _ in range(repeat):
         for name, fn in fns.items():
             fn()
-            t0 = time.perf_counter()
+            t0 = clock()
             for _ in range(inner):
                 fn()
-            times[name].append((time.perf_counter() - t0) / inner * 1e3)
+            times[name].append((clock() - t0) / inner * 1e3)
     return {k: float(np.median(v)) for k, v in times.items()}
 
 
@@ -100,13 +100,17 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=15)
     ap.add_argument("--mcpu", help="LLVM CPU to build for (default: this machine's)")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="time the calling thread's CPU time, not wall time (a loaded machine; 1 thread "
+                         "only: TVM runs a one-thread parallel loop in the calling thread)")
     args = ap.parse_args(argv)
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
     from . import targets
     target = targets.get("x86_64" if os.uname().machine == "x86_64" else "aarch64", args.mcpu)
     load_csrc(target)
     print(f"# GEMM engines, {target.arch} mcpu {target.mcpu}, {args.threads} thread(s), medians of "
-          f"{args.repeat} interleaved rounds, ms per layer call (quantize + GEMM + epilogue)")
+          f"{args.repeat} interleaved rounds, ms per layer call (quantize + GEMM + epilogue), "
+          f"{'thread CPU time' if args.cpu_time else 'wall time'}")
     print("| model | bits | layer | M x N x K | epilogue | " + " | ".join(args.engines) + " | speed-up |")
     print("|---|---|---|---|---|" + "---|" * len(args.engines) + "---|")
     totals = {}
@@ -114,7 +118,8 @@ def main(argv=None) -> int:
         for bits in args.bits:
             for name, n, k, epi in layers(MODELS[model]):
                 fns = {e: build(target, TOKENS, n, k, bits, epi, e) for e in args.engines}
-                med = medians(fns, args.repeat)
+                clock = time.thread_time if args.cpu_time else time.perf_counter
+                med = medians(fns, args.repeat, clock=clock)
                 for e in args.engines:
                     totals[(model, bits, e)] = totals.get((model, bits, e), 0.0) + med[e]
                 sp = med[args.engines[0]] / med[args.engines[-1]]
