@@ -156,7 +156,17 @@ static void softmax_row(const int32_t *acc, int T, int32_t rc, int32_t qz, const
       mx = v > mx ? v : mx;
     }
     const float32x4_t vmx = vdupq_n_f32(mx);
-    for (c = 0; c + 4 <= T; c += 4) vst1q_f32(e + c, nq_exp(vsubq_f32(vld1q_f32(s + c), vmx)));
+    for (c = 0; c + 16 <= T; c += 16) { /* four independent chains: exp is latency-bound */
+      const float32x4_t e0 = nq_exp(vsubq_f32(vld1q_f32(s + c), vmx));
+      const float32x4_t e1 = nq_exp(vsubq_f32(vld1q_f32(s + c + 4), vmx));
+      const float32x4_t e2 = nq_exp(vsubq_f32(vld1q_f32(s + c + 8), vmx));
+      const float32x4_t e3 = nq_exp(vsubq_f32(vld1q_f32(s + c + 12), vmx));
+      vst1q_f32(e + c, e0);
+      vst1q_f32(e + c + 4, e1);
+      vst1q_f32(e + c + 8, e2);
+      vst1q_f32(e + c + 12, e3);
+    }
+    for (; c + 4 <= T; c += 4) vst1q_f32(e + c, nq_exp(vsubq_f32(vld1q_f32(s + c), vmx)));
     for (; c < T; c++) e[c] = exp_f(s[c] - mx);
     const float den = pairwise_sum(e, T);
     const float hi = (float)((1 << bits) - 1), fz = (float)p_zp;
