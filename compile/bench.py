@@ -198,8 +198,9 @@ def per_layer(so_path: str, imodel, threads: list[int], rounds: int) -> dict:
         lib.qv_pool_set_threads(t)
         for st in steps:
             op = graph.get(st["op"])
+            gemm = so._plan["kernels"][st["kernel"]]  # any GEMM engine's (compile/engines.py)
             if op is None or op["op"] != "qlinear" or not st["op"].startswith("blocks.0.") or \
-                    "bitserial" not in so._plan["kernels"][st["kernel"]]:
+                    not any(e in gemm for e in ("bitserial_gemm", "int8dot_gemm", "bsneon_gemm")):
                 continue
             idx = [j for j, s2 in enumerate(steps) if s2["op"] == st["op"]]  # pack + gemm
             arr = ffi.new("qvit_tvm_step[]", len(idx))
