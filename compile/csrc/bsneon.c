@@ -42,6 +42,35 @@ static inline void tile2x8(const uint64_t *a0, int64_t aplane, const uint64_t *w
     const uint64_t *pa0 = a0 + i * aplane, *pa1 = pa0 + KW;
     for (int j = 0; j < wb; j++) {
       const uint64_t *pw = w + (int64_t)j * KW * NB;
+      const int32x4_t sh = vdupq_n_s32(wb == 1 ? i + 1 : i + j);
+      const int neg = wb > 1 && j == wb - 1;
+      if (KW <= FLUSH) { /* every DeiT layer (K <= 1984): one pass of byte counters, no uint16 stage */
+        uint8x16_t c[2][4];
+        for (int r = 0; r < 2; r++)
+          for (int t = 0; t < 4; t++) c[r][t] = vdupq_n_u8(0);
+        for (int k = 0; k < KW; k++) {
+          const uint8x16_t b0 = vreinterpretq_u8_u64(vld1q_u64(pw + k * NB)),
+                           b1 = vreinterpretq_u8_u64(vld1q_u64(pw + k * NB + 2)),
+                           b2 = vreinterpretq_u8_u64(vld1q_u64(pw + k * NB + 4)),
+                           b3 = vreinterpretq_u8_u64(vld1q_u64(pw + k * NB + 6));
+          const uint8x16_t x0 = vreinterpretq_u8_u64(vld1q_dup_u64(pa0 + k));
+          const uint8x16_t x1 = vreinterpretq_u8_u64(vld1q_dup_u64(pa1 + k));
+          c[0][0] = vaddq_u8(c[0][0], vcntq_u8(vandq_u8(x0, b0)));
+          c[0][1] = vaddq_u8(c[0][1], vcntq_u8(vandq_u8(x0, b1)));
+          c[0][2] = vaddq_u8(c[0][2], vcntq_u8(vandq_u8(x0, b2)));
+          c[0][3] = vaddq_u8(c[0][3], vcntq_u8(vandq_u8(x0, b3)));
+          c[1][0] = vaddq_u8(c[1][0], vcntq_u8(vandq_u8(x1, b0)));
+          c[1][1] = vaddq_u8(c[1][1], vcntq_u8(vandq_u8(x1, b1)));
+          c[1][2] = vaddq_u8(c[1][2], vcntq_u8(vandq_u8(x1, b2)));
+          c[1][3] = vaddq_u8(c[1][3], vcntq_u8(vandq_u8(x1, b3)));
+        }
+        for (int r = 0; r < 2; r++)
+          for (int t = 0; t < 4; t++) {
+            const int32x4_t x = vshlq_s32(vreinterpretq_s32_u32(vpaddlq_u16(vpaddlq_u8(c[r][t]))), sh);
+            tot[r][t] = neg ? vsubq_s32(tot[r][t], x) : vaddq_s32(tot[r][t], x);
+          }
+        continue;
+      }
       uint16x8_t wide[2][4];
       for (int r = 0; r < 2; r++)
         for (int t = 0; t < 4; t++) wide[r][t] = vdupq_n_u16(0);
@@ -70,8 +99,6 @@ static inline void tile2x8(const uint64_t *a0, int64_t aplane, const uint64_t *w
         wide[1][0] = vpadalq_u8(wide[1][0], c10), wide[1][1] = vpadalq_u8(wide[1][1], c11);
         wide[1][2] = vpadalq_u8(wide[1][2], c12), wide[1][3] = vpadalq_u8(wide[1][3], c13);
       }
-      const int32x4_t sh = vdupq_n_s32(wb == 1 ? i + 1 : i + j);
-      const int neg = wb > 1 && j == wb - 1;
       for (int r = 0; r < 2; r++)
         for (int t = 0; t < 4; t++) {
           /* lanes 0, 1: channel 2t; 2, 3: channel 2t + 1 */
