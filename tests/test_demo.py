@@ -43,3 +43,14 @@ def test_demo_runs_the_pipeline_and_classifies_the_shipped_images():
     results = doc["results"]
     right = sum(res["top"][0]["class"] == _label(Path(res["image"])) for res in results)
     assert right >= 6, f"only {right}/10 shipped images classified right"
+
+
+@pytest.mark.parametrize("name,floor", [("fmnist_deit_tiny_w2a2", 82.0), ("fmnist_deit_tiny_w4a4", 88.0)])
+def test_shipped_quantized_models_reach_their_stated_test_accuracy(name, floor):
+    """docs/results.md states these top-1 figures on the 10k test images (`qvit eval`)."""
+    r = subprocess.run([sys.executable, "-m", "qvit", "eval", str(ROOT / "models" / name), "--json"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["split"] == "test" and res["images"] == 10000 and res["irm"] is True
+    assert res["top1"] >= floor, res
