@@ -77,18 +77,16 @@ PACK_ROWS = "qvit_pack_rows"  # compile/csrc/pack.c
 PACK_BLOCK = 8  # rows per parallel iteration of the pack kernel
 
 
-def pack_act(m: int, k: int, bits: int, ln_eps: float | None = None):
-    """x [M, K] float -> activation planes [bits, Mpad, KW] (rows >= M are 0). With ln_eps, a LayerNorm
-    (weight, bias) runs first and its float output never hits memory (LayerNorm -> quantize -> pack).
-    A parallel loop over blocks of PACK_BLOCK rows calling the C micro-kernel qvit_pack_rows
-    (compile/csrc/pack.c). The TE form it replaced (a 64-step bit reduction per word, LayerNorm as
-    separate reductions) took, on DeiT-S (Zen 4), 115 vs 84 us per call at K = 1536 (1 thread) and
-    0.73-2.5 vs 0.52 ms per run for the LayerNorm-fused packs at 2 threads."""
+def _quantize_rows(fname: str, m: int, k: int, kout: int, bits: int, ln_eps: float | None, shape, dtype: str,
+                   name: str):
+    """x [M, K] float (LayerNorm first with ln_eps: weight and bias inputs) -> one quantized output
+    of `shape`, by a parallel loop over blocks of PACK_BLOCK rows calling the C micro-kernel `fname`
+    (rows r0..r0+PACK_BLOCK; K of the input, kout words or codes per output row)."""
     ins, _, step, zp = _act_input(m, k, None)
     if ln_eps is not None:
         ins += [te.placeholder((k,), "float32", name="ln_w"), te.placeholder((k,), "float32", name="ln_b")]
     ins += [step, zp]
-    mp, kw = rows_padded(m), linear_words(k)
+    mp = rows_padded(m)
 
     def body(bufs, outs):
         blk = tirx.Var("block", "int32")
@@ -96,14 +94,25 @@ def pack_act(m: int, k: int, bits: int, ln_eps: float | None = None):
         g, b = (bufs[1], bufs[2]) if ln_eps is not None else (x, x)  # unused when no LayerNorm
         i32 = lambda v: tirx.const(int(v), "int32")  # noqa: E731
         r0 = blk * PACK_BLOCK
-        call = tirx.call_extern("int32", PACK_ROWS, r0, r0 + PACK_BLOCK, i32(m), i32(mp), i32(k), i32(kw),
+        call = tirx.call_extern("int32", fname, r0, r0 + PACK_BLOCK, i32(m), i32(mp), i32(k), i32(kout),
                                 i32(bits), i32(ln_eps is not None),
                                 tirx.const(float(ln_eps or 0.0), "float32"), x.data, g.data, b.data,
                                 bufs[-2].data, bufs[-1].data, outs[0].data)
         return tirx.For(blk, 0, -(-mp // PACK_BLOCK), tirx.ForKind.PARALLEL, tirx.Evaluate(call))
 
-    planes = te.extern([(bits, mp, kw)], ins, body, name="planes", dtype=[U64])
-    return ins, [planes]
+    out = te.extern([shape], ins, body, name=name, dtype=[dtype])
+    return ins, [out]
+
+
+def pack_act(m: int, k: int, bits: int, ln_eps: float | None = None):
+    """x [M, K] float -> activation planes [bits, Mpad, KW] (rows >= M are 0). With ln_eps, a LayerNorm
+    (weight, bias) runs first and its float output never hits memory (LayerNorm -> quantize -> pack).
+    A parallel loop over blocks of PACK_BLOCK rows calling the C micro-kernel qvit_pack_rows
+    (compile/csrc/pack.c). The TE form it replaced (a 64-step bit reduction per word, LayerNorm as
+    separate reductions) took, on DeiT-S (Zen 4), 115 vs 84 us per call at K = 1536 (1 thread) and
+    0.73-2.5 vs 0.52 ms per run for the LayerNorm-fused packs at 2 threads."""
+    kw = linear_words(k)
+    return _quantize_rows(PACK_ROWS, m, k, kw, bits, ln_eps, (bits, rows_padded(m), kw), U64, "planes")
 
 
 def bitserial_linear(m: int, n: int, k: int, a_bits: int, w_bits: int, epilogue: str = "none",
@@ -173,26 +182,8 @@ def int8dot_quant(m: int, k: int, bits: int, ln_eps: float | None = None):
     values 0..2^b-1, zero past K and for rows >= M), row-major for the int8dot GEMM: a parallel loop
     over blocks of PACK_BLOCK rows calling qvit_int8dot_quant (compile/csrc/int8dot.c), whose codes
     are common.h's quantize_row, as the bit-serial pack kernel's."""
-    ins, _, step, zp = _act_input(m, k, None)
-    if ln_eps is not None:
-        ins += [te.placeholder((k,), "float32", name="ln_w"), te.placeholder((k,), "float32", name="ln_b")]
-    ins += [step, zp]
-    mp, kp = rows_padded(m), int8dot_k(k)
-
-    def body(bufs, outs):
-        blk = tirx.Var("block", "int32")
-        x = bufs[0]
-        g, b = (bufs[1], bufs[2]) if ln_eps is not None else (x, x)  # unused when no LayerNorm
-        i32 = lambda v: tirx.const(int(v), "int32")  # noqa: E731
-        r0 = blk * PACK_BLOCK
-        call = tirx.call_extern("int32", INT8DOT_QUANT, r0, r0 + PACK_BLOCK, i32(m), i32(mp), i32(k), i32(kp),
-                                i32(bits), i32(ln_eps is not None),
-                                tirx.const(float(ln_eps or 0.0), "float32"), x.data, g.data, b.data,
-                                bufs[-2].data, bufs[-1].data, outs[0].data)
-        return tirx.For(blk, 0, -(-mp // PACK_BLOCK), tirx.ForKind.PARALLEL, tirx.Evaluate(call))
-
-    codes = te.extern([(mp, kp)], ins, body, name="acodes", dtype=["int8"])
-    return ins, [codes]
+    kp = int8dot_k(k)
+    return _quantize_rows(INT8DOT_QUANT, m, k, kp, bits, ln_eps, (rows_padded(m), kp), "int8", "acodes")
 
 
 def int8dot_linear(m: int, n: int, k: int, epilogue: str = "none", gelu_clip: float | None = None):
