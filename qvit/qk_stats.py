@@ -67,6 +67,15 @@ def entropy_table(layers: list[dict]) -> list[dict]:
     ]
 
 
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def plot_qk_distributions(checkpoints: dict[str, str], path: Path, layer: int = -1) -> list[dict]:
     """Histograms of q and k (code units) of one layer for each labelled checkpoint; returns the
     per-layer code entropies of each: [{"label", "layer", "q", "k"}]."""
@@ -102,10 +111,7 @@ def plot_qk_distributions(checkpoints: dict[str, str], path: Path, layer: int = 
         ax.set_title(f"{name} of layer {layer % n_layers + 1} before {chosen['bits']}-bit Q_a", fontsize=9)
         ax.set_xlabel("x / step + zero point (code units; dotted: code boundaries)", fontsize=8)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    _save(fig, path)
     return rows
 
 
@@ -162,8 +168,5 @@ def plot_irm_forms(checkpoints: dict[str, str], teacher: str | None, path: Path,
         ax.set_xlabel("layer", fontsize=8)
         ax.legend(fontsize=6)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    _save(fig, path)
     return rows
