@@ -266,7 +266,8 @@ def _check_tensor(t, blob_size: int) -> None:
     for s in shape:
         if type(s) is not int or not 1 <= s <= MAX_DIM:
             _int(s, "shape", 1, MAX_DIM)
-    if _need(t, "dtype", "") not in DTYPES:
+    dtype = _need(t, "dtype", "")
+    if not isinstance(dtype, str) or dtype not in DTYPES:  # a list or object is unhashable: no `in`
         raise SchemaError(f"dtype {_show(t['dtype'])} (known: {', '.join(DTYPES)})")
     placed = [k for k in ("offset", "view", "arena") if k in t]
     if len(placed) > 1:

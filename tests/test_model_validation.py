@@ -184,9 +184,11 @@ def _rename_offset(doc):
 
 
 def _flip_meta_bit(src, dst):
+    """One bit of a letter in the metadata's arch name: still valid JSON, so only the checksum can tell."""
     off, n = _sym(src, "qvit_model_meta")
-    b = open(src, "rb").read()[off + n // 2]
-    return variant(src, dst, at={off + n // 2: bytes([b ^ 0x08])}, fix=False)
+    meta = open(src, "rb").read()[off:off + n]
+    at = meta.index(b'"arch":"') + len(b'"arch":"') + 1  # a lowercase letter: ^ 0x08 stays printable
+    return variant(src, dst, at={off + at: bytes([meta[at] ^ 0x08])}, fix=False)
 
 
 def _flip_in(symbol_or_offset):
@@ -253,6 +255,7 @@ CASES = {  # name: (make(src, dst) -> path, needles of the one error line)
     "step_kernel_-1000000": (_edit(lambda d: d["plan"]["steps"][3].update(kernel=-1000000)),
                              ["plan step 3: kernel -1000000 out of range"]),
     "metadata_bit_flip": (_flip_meta_bit, ["checksum mismatch"]),
+    "dtype_list": (_edit(lambda d: d["plan"]["tensors"]["image"].update(dtype=[1, 28])), ["dtype [1, 28]"]),
     # hang before
     "fifo": (_fifo, ["FIFO"]),
     "directory": (lambda s, d: (os.mkdir(d), str(d))[1], ["is a directory"]),
