@@ -186,6 +186,29 @@ def int8dot_quant(m: int, k: int, bits: int, ln_eps: float | None = None):
     return _quantize_rows(INT8DOT_QUANT, m, k, kp, bits, ln_eps, (rows_padded(m), kp), "int8", "acodes")
 
 
+def _c_gemm(fname: str, loop: str, extent: int, sizes: list, operands: list, m: int, n: int, epilogue: str,
+            gelu_clip: float | None):
+    """A C GEMM engine's TVM kernel: a parallel loop of `extent` over output-channel panels calling
+    fname(i, *sizes, epilogue, has_clip, clip, *operands, scale, corr, bias, residual, y), with
+    bitserial_linear's epilogue inputs (scale, corr, bias [N]; residual [M, N] for "add")."""
+    ins = [*operands, te.placeholder((n,), "float32", name="scale"),
+           te.placeholder((n,), "int32", name="corr"), te.placeholder((n,), "float32", name="bias")]
+    if epilogue == "add":
+        ins.append(te.placeholder((m, n), "float32", name="residual"))
+    fixed = len(operands) + 3
+
+    def body(bufs, outs):
+        i = tirx.Var(loop, "int32")
+        res = bufs[fixed] if epilogue == "add" else bufs[0]  # unused pointer without the residual
+        i32 = [tirx.const(int(v), "int32") for v in (*sizes, EPILOGUES[epilogue], gelu_clip is not None)]
+        call = tirx.call_extern("int32", fname, i, *i32, tirx.const(float(gelu_clip or 0.0), "float32"),
+                                *[b.data for b in bufs[:fixed]], res.data, outs[0].data)
+        return tirx.For(i, 0, extent, tirx.ForKind.PARALLEL, tirx.Evaluate(call))
+
+    y = te.extern([(m, n)], ins, body, name="y", dtype=["float32"])
+    return ins, [y]
+
+
 def int8dot_linear(m: int, n: int, k: int, epilogue: str = "none", gelu_clip: float | None = None):
     """codes [Mpad, Kp] int8 x weight panels [ceil(N/16), Kp/4, 16, 4] int8 (packing.int8_panel) ->
     y [M, N] float32, with bitserial_linear's epilogue (y = scale[n] * (acc - corr[n]) + bias[n], then
@@ -193,25 +216,7 @@ def int8dot_linear(m: int, n: int, k: int, epilogue: str = "none", gelu_clip: fl
     mp, kp, npan = rows_padded(m), int8dot_k(k), -(-n // 16)
     a = te.placeholder((mp, kp), "int8", name="acodes")
     wp = te.placeholder((npan, kp // 4, 16, 4), "int8", name="wpanel8")
-    scale = te.placeholder((n,), "float32", name="scale")
-    corr = te.placeholder((n,), "int32", name="corr")
-    bias = te.placeholder((n,), "float32", name="bias")
-    ins = [a, wp, scale, corr, bias]
-    if epilogue == "add":
-        ins.append(te.placeholder((m, n), "float32", name="residual"))
-
-    def body(bufs, outs):
-        pn = tirx.Var("panel", "int32")
-        i32 = lambda v: tirx.const(int(v), "int32")  # noqa: E731
-        res = bufs[5] if epilogue == "add" else bufs[0]  # unused pointer without the residual
-        call = tirx.call_extern("int32", INT8DOT_PANEL, pn, i32(m), i32(mp), i32(n), i32(kp),
-                                i32(EPILOGUES[epilogue]), i32(gelu_clip is not None),
-                                tirx.const(float(gelu_clip or 0.0), "float32"),
-                                *[b.data for b in bufs[:5]], res.data, outs[0].data)
-        return tirx.For(pn, 0, npan, tirx.ForKind.PARALLEL, tirx.Evaluate(call))
-
-    y = te.extern([(m, n)], ins, body, name="y", dtype=["float32"])
-    return ins, [y]
+    return _c_gemm(INT8DOT_PANEL, "panel", npan, [m, mp, n, kp], [a, wp], m, n, epilogue, gelu_clip)
 
 
 BSNEON_GROUP = "qvit_bsneon_group"  # compile/csrc/bsneon.c
@@ -227,25 +232,8 @@ def bsneon_linear(m: int, n: int, k: int, a_bits: int, w_bits: int, epilogue: st
     kw, mp, groups = linear_words(k), rows_padded(m), -(-n // 16)
     ap = te.placeholder((a_bits, mp, kw), U64, name="planes")
     wp = te.placeholder((2 * groups, w_bits, kw, BSNEON_NV), U64, name="wpanel")
-    scale = te.placeholder((n,), "float32", name="scale")
-    corr = te.placeholder((n,), "int32", name="corr")
-    bias = te.placeholder((n,), "float32", name="bias")
-    ins = [ap, wp, scale, corr, bias]
-    if epilogue == "add":
-        ins.append(te.placeholder((m, n), "float32", name="residual"))
-
-    def body(bufs, outs):
-        g = tirx.Var("group", "int32")
-        i32 = lambda v: tirx.const(int(v), "int32")  # noqa: E731
-        res = bufs[5] if epilogue == "add" else bufs[2]  # unused pointer without the residual
-        call = tirx.call_extern("int32", BSNEON_GROUP, g, i32(m), i32(mp), i32(n), i32(kw), i32(a_bits),
-                                i32(w_bits), i32(EPILOGUES[epilogue]), i32(gelu_clip is not None),
-                                tirx.const(float(gelu_clip or 0.0), "float32"),
-                                *[b.data for b in bufs[:5]], res.data, outs[0].data)
-        return tirx.For(g, 0, groups, tirx.ForKind.PARALLEL, tirx.Evaluate(call))
-
-    y = te.extern([(m, n)], ins, body, name="y", dtype=["float32"])
-    return ins, [y]
+    return _c_gemm(BSNEON_GROUP, "group", groups, [m, mp, n, kw, a_bits, w_bits], [ap, wp], m, n, epilogue,
+                   gelu_clip)
 
 
 def quant_codes(m: int, k: int, bits: int, ln_eps: float | None = None):
