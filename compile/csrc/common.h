@@ -293,6 +293,17 @@ static inline void layernorm_row(const float *x, int n, const float *w, const fl
   for (; i < n; i++) out[i] = (x[i] - mu) / den * w[i] + b[i];
 }
 
+/* one row of a quantized layer's input -> codes: LayerNorm first when ln (into tmp[n]), then
+ * quantize_row; what every activation quantize kernel (bit planes, int8 codes) computes per row */
+static inline void ln_quantize_row(const float *x, int n, int ln, const float *w, const float *b, float eps, float *tmp,
+                                   float step, int32_t zp, int bits, uint8_t *codes) {
+  if (ln) {
+    layernorm_row(x, n, w, b, eps, tmp);
+    x = tmp;
+  }
+  quantize_row(x, n, step, zp, bits, codes);
+}
+
 /* reference.head_norm's statistics of one (item, head) block of T rows of n at x + r * stride:
  * each row's numpy-order sum over n into rows[r], then the pairwise sum of the T row sums (numpy's
  * order for the contiguous vector of row sums); mean = sum / (T n), then the same two-level sum of

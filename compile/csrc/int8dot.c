@@ -56,12 +56,7 @@ int32_t qvit_int8dot_quant(int32_t r0, int32_t r1, int32_t M, int32_t Mpad, int3
       memset(dst, 0, (size_t)Kp);
       continue;
     }
-    const float *src = x + (int64_t)r * K;
-    if (ln) {
-      layernorm_row(src, K, ln_w, ln_b, eps, row);
-      src = row;
-    }
-    quantize_row(src, K, step[0], zp[0], bits, dst);
+    ln_quantize_row(x + (int64_t)r * K, K, ln, ln_w, ln_b, eps, row, step[0], zp[0], bits, dst);
     memset(dst + K, 0, (size_t)(Kp - K));
   }
   free(row);

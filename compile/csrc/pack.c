@@ -27,12 +27,7 @@ int32_t qvit_pack_rows(int32_t r0, int32_t r1, int32_t M, int32_t Mpad, int32_t 
       for (int i = 0; i < bits; i++) memset(dst + i * plane, 0, sizeof(uint64_t) * (size_t)KW);
       continue;
     }
-    const float *src = x + (int64_t)r * K;
-    if (ln) {
-      layernorm_row(src, K, ln_w, ln_b, eps, row);
-      src = row;
-    }
-    quantize_row(src, K, step[0], zp[0], bits, codes);
+    ln_quantize_row(x + (int64_t)r * K, K, ln, ln_w, ln_b, eps, row, step[0], zp[0], bits, codes);
     pack_row(codes, KW, bits, dst, plane);
   }
   free(row);
