@@ -6,7 +6,7 @@ per engine (compile/engines.py), timed interleaved.
                                          [--threads 1] [--repeat 15] [--mcpu CPU]
 
 The kernels are built by TVM for this machine's CPU (or --mcpu) exactly as the compiler builds them,
-the C micro-kernels (compile/csrc) compiled for it and loaded beside them. Per round every engine of a
+the C micro-kernels (native/model) compiled for it and loaded beside them. Per round every engine of a
 layer runs one untimed call and three timed ones, round-robin, so load from other processes hits all
 alike; the table gives medians of `repeat` rounds (ms per layer call, quantize included). Threads:
 TVM's own thread pool (TVM_NUM_THREADS), set before TVM starts.
@@ -69,12 +69,12 @@ def build(target, m, n, k, bits, epi, engine):
     return lambda: (mod["q"](*qa), mod["g"](*ga))
 
 
-def load_csrc(target) -> None:
+def load_model_kernels(target) -> None:
     """The C micro-kernels for the target, loaded RTLD_GLOBAL so TVM's JIT code resolves them."""
     from . import package
     d = tempfile.mkdtemp(prefix="qvit_bench_engines_")
-    objs = [package.compile_csrc(target.cc, target, src, d) for src in package.CSRC]
-    out = os.path.join(d, "csrc.so")
+    objs = [package.compile_model_kernel(target.cc, target, src, d) for src in package.MODEL_KERNELS]
+    out = os.path.join(d, "model_kernels.so")
     subprocess.run([target.cc, "-shared", "-o", out, *objs, "-lm"], check=True)
     ctypes.CDLL(out, mode=ctypes.RTLD_GLOBAL)
 
@@ -107,7 +107,7 @@ def main(argv=None) -> int:
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
     from . import targets
     target = targets.get("x86_64" if os.uname().machine == "x86_64" else "aarch64", args.mcpu)
-    load_csrc(target)
+    load_model_kernels(target)
     print(f"# GEMM engines, {target.arch} mcpu {target.mcpu}, {args.threads} thread(s), medians of "
           f"{args.repeat} interleaved rounds, ms per layer call (quantize + GEMM + epilogue), "
           f"{'thread CPU time' if args.cpu_time else 'wall time'}")

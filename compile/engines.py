@@ -4,11 +4,11 @@ All engines compute the same integers (sum_k (a - z_a) w exactly) and the same f
 differ only in speed, which depends on the CPU:
 
   bitserial  bit planes + AND/popcount (TVM-generated, kernels.bitserial_linear): every CPU;
-  int8dot    int8 codes x int8 weights, 4-byte dot products (csrc/int8dot.c): Arm SDOT
+  int8dot    int8 codes x int8 weights, 4-byte dot products (native/model/int8dot.c): Arm SDOT
              (vdotq_laneq_s32), x86 AVX-512 VNNI / AVX-VNNI (vpdpbusd), portable C elsewhere.
              1-4-bit codes are exact in int8, and one SDOT does 32 MACs/cycle on a Cortex-A76
              where the bit-serial kernel needs a_bits * w_bits binary products per MAC;
-  bitserial-neon  the bit-serial GEMM as a C micro-kernel (csrc/bsneon.c) with byte counters
+  bitserial-neon  the bit-serial GEMM as a C micro-kernel (native/model/bsneon.c) with byte counters
              (CNT + UADALP, widened every 31 words) on the same planes: Arm cores without the dot
              product; portable C elsewhere (tests).
 

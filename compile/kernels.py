@@ -1,7 +1,7 @@
 """TE definitions of every kernel a compiled Q-ViT runs (batch-1 static shapes).
 
 Each builder returns (inputs, outputs) TE tensors; `schedules.py` turns them into scheduled
-PrimFuncs. Two are te.extern loops whose body calls a C micro-kernel (compile/csrc, compiled for the
+PrimFuncs. Two are te.extern loops whose body calls a C micro-kernel (native/model, compiled for the
 target and linked into model.so by package.py): `pack_act` (quantize + pack, with the LayerNorm) and
 `attention` (the whole attention op per head); TVM still checks their arguments and runs the loop
 parallel. Quantization follows qvit_edge.quant exactly: codes = clip(rint(x / step) + zp, 0, 2^b-1)
@@ -73,7 +73,7 @@ def _act_input(m: int, k: int, ln_eps: float | None):
     return ins, src, step, zp
 
 
-PACK_ROWS = "qvit_pack_rows"  # compile/csrc/pack.c
+PACK_ROWS = "qvit_pack_rows"  # native/model/pack.c
 PACK_BLOCK = 8  # rows per parallel iteration of the pack kernel
 
 
@@ -108,7 +108,7 @@ def pack_act(m: int, k: int, bits: int, ln_eps: float | None = None):
     """x [M, K] float -> activation planes [bits, Mpad, KW] (rows >= M are 0). With ln_eps, a LayerNorm
     (weight, bias) runs first and its float output never hits memory (LayerNorm -> quantize -> pack).
     A parallel loop over blocks of PACK_BLOCK rows calling the C micro-kernel qvit_pack_rows
-    (compile/csrc/pack.c). The TE form it replaced (a 64-step bit reduction per word, LayerNorm as
+    (native/model/pack.c). The TE form it replaced (a 64-step bit reduction per word, LayerNorm as
     separate reductions) took, on DeiT-S (Zen 4), 115 vs 84 us per call at K = 1536 (1 thread) and
     0.73-2.5 vs 0.52 ms per run for the LayerNorm-fused packs at 2 threads."""
     kw = linear_words(k)
@@ -167,10 +167,10 @@ def bitserial_linear(m: int, n: int, k: int, a_bits: int, w_bits: int, epilogue:
     return ins, [y]
 
 
-INT8DOT_QUANT = "qvit_int8dot_quant"  # compile/csrc/int8dot.c
+INT8DOT_QUANT = "qvit_int8dot_quant"  # native/model/int8dot.c
 INT8DOT_PANEL = "qvit_int8dot_panel"
 INT8DOT_KBLOCK = 16  # codes and weight panels are zero padded along K to a multiple of this
-EPILOGUES = {"none": 0, "gelu": 1, "add": 2}  # csrc/epilogue.h
+EPILOGUES = {"none": 0, "gelu": 1, "add": 2}  # native/model/epilogue.h
 
 
 def int8dot_k(k: int) -> int:
@@ -180,7 +180,7 @@ def int8dot_k(k: int) -> int:
 def int8dot_quant(m: int, k: int, bits: int, ln_eps: float | None = None):
     """x [M, K] float (LayerNorm first with ln_eps) -> activation codes [Mpad, Kp] int8 (unsigned
     values 0..2^b-1, zero past K and for rows >= M), row-major for the int8dot GEMM: a parallel loop
-    over blocks of PACK_BLOCK rows calling qvit_int8dot_quant (compile/csrc/int8dot.c), whose codes
+    over blocks of PACK_BLOCK rows calling qvit_int8dot_quant (native/model/int8dot.c), whose codes
     are common.h's quantize_row, as the bit-serial pack kernel's."""
     kp = int8dot_k(k)
     return _quantize_rows(INT8DOT_QUANT, m, k, kp, bits, ln_eps, (rows_padded(m), kp), "int8", "acodes")
@@ -219,13 +219,13 @@ def int8dot_linear(m: int, n: int, k: int, epilogue: str = "none", gelu_clip: fl
     return _c_gemm(INT8DOT_PANEL, "panel", npan, [m, mp, n, kp], [a, wp], m, n, epilogue, gelu_clip)
 
 
-BSNEON_GROUP = "qvit_bsneon_group"  # compile/csrc/bsneon.c
+BSNEON_GROUP = "qvit_bsneon_group"  # native/model/bsneon.c
 BSNEON_NV = 8  # channels per weight panel of the bitserial-neon engine (two panels per call)
 
 
 def bsneon_linear(m: int, n: int, k: int, a_bits: int, w_bits: int, epilogue: str = "none",
                   gelu_clip: float | None = None):
-    """bitserial_linear as the C micro-kernel qvit_bsneon_group (compile/csrc/bsneon.c): the same
+    """bitserial_linear as the C micro-kernel qvit_bsneon_group (native/model/bsneon.c): the same
     planes [ab, Mpad, KW] and weight panels [ceil(N/16) * 2, wb, KW, 8] (packing.weight_panel of the
     weights padded to 16 channels), the same integers and epilogue; a parallel loop over groups of 16
     channels."""
@@ -269,12 +269,12 @@ def int_linear(m: int, n: int, k: int, epilogue: str = "none", gelu_clip: float 
     return ins, [y]
 
 
-INT_GEMM_PANEL = "qvit_int_gemm_panel"  # compile/csrc/igemm.c
+INT_GEMM_PANEL = "qvit_int_gemm_panel"  # native/model/igemm.c
 
 
 def int_linear_c(m: int, n: int, k: int):
     """int_linear without an epilogue (patch embedding) as a parallel loop over 16-channel panels
-    calling the C micro-kernel qvit_int_gemm_panel (compile/csrc/igemm.c): weights as int16 pairs
+    calling the C micro-kernel qvit_int_gemm_panel (native/model/igemm.c): weights as int16 pairs
     [N/16, K/2, 16, 2] (packing.int16_panel), N % 16 == 0 and K even. The TE kernel ran one scalar
     multiply-add at a time (DeiT-S patch embedding: 1.4 ms of a 30 ms run)."""
     a = te.placeholder((m, k), "int16", name="codes")
@@ -308,7 +308,7 @@ def im2col(c: int, h: int, w: int, patch: int):
 # Attention: IRM + quantize + pack, bit-serial Q K^T + softmax + quantize, bit-serial P V
 # ---------------------------------------------------------------------------------------------- #
 
-ATTENTION_ITEM = "qvit_attention_item"  # compile/csrc/attention.c, linked into model.so
+ATTENTION_ITEM = "qvit_attention_item"  # native/model/attention.c, linked into model.so
 
 
 IRM_MODES = {None: 0, "token": 1, "head": 2}  # qvit_attention_item's irm argument
@@ -317,7 +317,7 @@ IRM_MODES = {None: 0, "token": 1, "head": 2}  # qvit_attention_item's irm argume
 def attention(bp: int, t: int, heads: int, d: int, bits: int, irm: int, eps: float, scale: float,
               n_bias: bool, n_mask: int):
     """The whole attention op as one kernel: a parallel loop over the B' * H (batch, head) items, each
-    calling the C micro-kernel qvit_attention_item (compile/csrc/attention.c) that runs the IRM (`irm`,
+    calling the C micro-kernel qvit_attention_item (native/model/attention.c) that runs the IRM (`irm`,
     IRM_MODES: 0 none, 1 per-token LayerNorm with weight, bias [d], 2 per-head with gamma, beta [H, d]),
     quantize + pack of q, k, v, bit-serial Q K^T, softmax, quantize + pack of P and bit-serial P V for
     one head while it is in cache (the three TE kernels this replaced spent 0.93 ms per DeiT-S block,

@@ -231,7 +231,7 @@ class Lowering:
             codes = p.act(f"{op['out']}.codes", (m, k), "int16")
             kid = self._generic(("quant", m, k, ab, eps), "quantize", K.quant_codes, m, k, ab, eps)
             p.step(kid, kind, [x2, *ln_args, a_step, a_zp, codes], op["out"])
-            if epi == "none" and n % 16 == 0 and k % 2 == 0:  # the C micro-kernel (csrc/igemm.c)
+            if epi == "none" and n % 16 == 0 and k % 2 == 0:  # the C micro-kernel (native/model/igemm.c)
                 w16 = p.const(f"{name}.weight16", packing.int16_panel(wt))
                 kid = p.kernel(("igemm_c", m, n, k), "int_gemm",
                                lambda fname: schedules.prim_func(fname, *K.int_linear_c(m, n, k)))

@@ -159,7 +159,7 @@ def build(plan: Plan, meta: dict, target: Target, out_path: str, progress=print)
             f.write(glue)
         with open(os.path.join(tmp, "blob.S"), "w") as f:
             f.write(_ASM)
-        objs += [compile_csrc(cc, target, src, tmp) for src in CSRC]
+        objs += [compile_model_kernel(cc, target, src, tmp) for src in MODEL_KERNELS]
         progress(f"  linking {os.path.basename(out_path)} with {os.path.basename(cc)}")
         tmp_out = os.path.join(tmp, "model.so")
         cmd = [cc, "-shared", "-fPIC", "-O2", *extra_cflags(), "-o", tmp_out, *objs, "glue.c", "blob.S",
@@ -173,18 +173,31 @@ def build(plan: Plan, meta: dict, target: Target, out_path: str, progress=print)
     return meta
 
 
-# C micro-kernels the TVM kernels call (call_extern), compiled for the target and linked in.
-CSRC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
-CSRC = [os.path.join(CSRC_DIR, f) for f in ("attention.c", "pack.c", "igemm.c", "int8dot.c", "bsneon.c")]
+
+def _native_dir() -> str:
+    """The C library (native/): the checkout's folder, or the copy a wheel carries as
+    qvit_compile/native (pyproject's package-data)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for d in (os.path.join(here, "native"), os.path.join(os.path.dirname(here), "native")):
+        if os.path.isfile(os.path.join(d, "qv_arith.h")):
+            return d
+    raise UserError(f"the C micro-kernels (native/model/) are missing next to {here}; reinstall qvit")
+
+
+# C micro-kernels the TVM kernels call (call_extern), compiled for the target and linked in: the
+# library's model/ room, all of them including the one arithmetic header native/qv_arith.h.
+NATIVE_DIR = _native_dir()
+MODEL_KERNELS_DIR = os.path.join(NATIVE_DIR, "model")
+MODEL_KERNELS = [os.path.join(MODEL_KERNELS_DIR, f) for f in ("attention.c", "pack.c", "igemm.c", "int8dot.c", "bsneon.c")]
 # Exact float32 as the reference computes it: no FMA contraction, no fast-math reassociation.
 # (-fno-trapping-math only lets gcc if-convert float selects so those loops vectorize.)
 CFLAGS = ["-O3", "-fPIC", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math"]
 
 
 def extra_cflags() -> list:
-    """QVIT_CSRC_CFLAGS: flags added to the micro-kernels, the glue and the link, e.g. the
+    """QVIT_MODEL_CFLAGS: flags added to the micro-kernels, the glue and the link, e.g. the
     sanitizers (native/tests/sanitize_models.py). Empty for a normal build."""
-    return shlex.split(os.environ.get("QVIT_CSRC_CFLAGS", ""))
+    return shlex.split(os.environ.get("QVIT_MODEL_CFLAGS", ""))
 
 
 def cpu_flags(cc: str, target: Target) -> list:
@@ -207,7 +220,7 @@ def cpu_flags(cc: str, target: Target) -> list:
     return []
 
 
-def compile_csrc(cc: str, target: Target, src: str, folder: str) -> str:
+def compile_model_kernel(cc: str, target: Target, src: str, folder: str) -> str:
     obj = os.path.join(folder, os.path.basename(src)[:-2] + ".o")
     r = subprocess.run([cc, *CFLAGS, *cpu_flags(cc, target), *extra_cflags(), "-c", src, "-o", obj],
                        capture_output=True, text=True)

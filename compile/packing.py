@@ -51,13 +51,13 @@ def zero_point_correction(w: np.ndarray, a_zp: int) -> np.ndarray:
 
 def int16_panel(w: np.ndarray) -> np.ndarray:
     """int8 weights [N, K] (N % 16 == 0, K even) -> int16 pairs [N/16, K/2, 16, 2] for
-    csrc/igemm.c: element [p, k2, l, t] = w[16 p + l, 2 k2 + t]."""
+    native/model/igemm.c: element [p, k2, l, t] = w[16 p + l, 2 k2 + t]."""
     n, k = w.shape
     return np.ascontiguousarray(np.asarray(w, np.int16).reshape(n // 16, 16, k // 2, 2).transpose(0, 2, 1, 3))
 
 
 def int8_panel(w: np.ndarray, kp: int) -> np.ndarray:
-    """Signed codes [N, K] -> int8 panels [ceil(N / 16), kp / 4, 16, 4] for csrc/int8dot.c (zero past N
+    """Signed codes [N, K] -> int8 panels [ceil(N / 16), kp / 4, 16, 4] for native/model/int8dot.c (zero past N
     and K): element [p, g, l, j] = w[16 p + l, 4 g + j], one 64-byte group = 16 channels x 4 k."""
     n, k = w.shape
     npad = -(-n // 16) * 16
@@ -68,7 +68,7 @@ def int8_panel(w: np.ndarray, kp: int) -> np.ndarray:
 
 def bsneon_panel(w: np.ndarray, bits: int) -> np.ndarray:
     """weight_panel with 8 channels per panel and N padded to 16 (zero rows: never stored), for
-    csrc/bsneon.c, which takes two panels per call."""
+    native/model/bsneon.c, which takes two panels per call."""
     n = w.shape[0]
     w16 = np.zeros((-(-n // 16) * 16, w.shape[1]), np.int64)
     w16[:n] = w

@@ -91,7 +91,7 @@ def vector_partials(sch, func_name: str) -> None:
 
 def generic(func: tvm.tirx.PrimFunc, name: str, keep: tuple = ()) -> tvm.tirx.PrimFunc:
     if func.body.block.name_hint != "root":
-        return func  # a te.extern kernel (a loop calling C, compile/csrc): nothing to schedule
+        return func  # a te.extern kernel (a loop calling C, native/model): nothing to schedule
     sch = s_tir.Schedule(tvm.IRModule({name: func}))
     auto_inline(sch, name, keep)
     vector_partials(sch, name)

@@ -5,9 +5,10 @@ backend (tvm_backend.c) that runs a model.so's kernels on that thread pool.
 Used by the runtime's setup.py (`cffi_modules`) at install time. Other builds reuse the same lists
 `SOURCES`, `INCLUDE_DIRS`, `CFLAGS` and `CDEF`: the aarch64 cross build under qemu
 (scripts/aarch64-python.sh), the build on the board (scripts/pi-bench.sh) and the C tests and
-sanitizer runs (native/tests/). A model.so links none of these kernels: it carries its TVM kernels
-and its own micro-kernels (compile/csrc/), and reaches this library only through the backend
-table the runtime hands it when it loads (native/tvm_backend.h). The compiler and extra flags
+sanitizer runs (native/tests/). A model.so links none of these sources: it carries its TVM kernels
+and the library's model/ room (native/model/, compiled for its target by the compile stage; the
+same arithmetic header qv_arith.h), and reaches this module only through the backend table the
+runtime hands it when it loads (native/tvm_backend.h). The compiler and extra flags
 come from the usual CC / CFLAGS environment variables (distutils honours them); every source
 builds unchanged for x86_64 and aarch64 because SIMD code is selected per function with target
 attributes and #ifdefs, never with global -m flags.

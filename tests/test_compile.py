@@ -21,12 +21,12 @@ DEV = tvm.cpu()
 
 
 @pytest.fixture(scope="module", autouse=True)
-def csrc_loaded(tmp_path_factory):
-    """The C micro-kernels (compile/csrc) as a shared library loaded RTLD_GLOBAL, so the kernels TVM
+def model_kernels_loaded(tmp_path_factory):
+    """The C micro-kernels (native/model) as a shared library loaded RTLD_GLOBAL, so the kernels TVM
     JIT-compiles here resolve their call_extern symbols (in a model.so they are linked in)."""
     import ctypes
-    out = str(tmp_path_factory.mktemp("csrc") / "csrc.so")
-    objs = [package.compile_csrc("gcc", HOST, src, os.path.dirname(out)) for src in package.CSRC]
+    out = str(tmp_path_factory.mktemp("model_kernels") / "model_kernels.so")
+    objs = [package.compile_model_kernel("gcc", HOST, src, os.path.dirname(out)) for src in package.MODEL_KERNELS]
     subprocess.run(["gcc", "-shared", "-o", out, *objs, "-lm"], check=True)
     return ctypes.CDLL(out, mode=ctypes.RTLD_GLOBAL)
 
@@ -36,7 +36,7 @@ def _t(a):
 
 
 @pytest.fixture(scope="module", params=[(7, 21, 77), (5, 16, 40)], ids=["k77", "k40"])
-def linear_kernels(request, csrc_loaded):
+def linear_kernels(request, model_kernels_loaded):
     """One build with pack + bit-serial GEMM for every (a_bits, w_bits) in 1..4 (ragged M, N and K so
     the padding paths run; K <= 64 is the single-word case)."""
     m, n, k = request.param
@@ -76,8 +76,8 @@ def test_bitserial_linear_is_exact(linear_kernels, ab, wb):
 
 
 @pytest.fixture(scope="module", params=[(7, 21, 77), (13, 48, 40)], ids=["k77", "k40"])
-def int8dot_kernels(request, csrc_loaded):
-    """The int8dot engine (csrc/int8dot.c, here its portable C path: x86-64-v3 has no VNNI) beside
+def int8dot_kernels(request, model_kernels_loaded):
+    """The int8dot engine (native/model/int8dot.c, here its portable C path: x86-64-v3 has no VNNI) beside
     the bit-serial GEMM, for every epilogue, with LayerNorm fused and not."""
     m, n, k = request.param
     funcs = {}
@@ -122,8 +122,8 @@ def test_int8dot_linear_is_exact(int8dot_kernels, ab, wb):
 
 
 @pytest.fixture(scope="module")
-def bsneon_kernels(csrc_loaded):
-    """bitserial-neon (csrc/bsneon.c, its portable C path on x86) for every (a_bits, w_bits), and its
+def bsneon_kernels(model_kernels_loaded):
+    """bitserial-neon (native/model/bsneon.c, its portable C path on x86) for every (a_bits, w_bits), and its
     epilogues, on ragged M, N and K."""
     m, n, k = 7, 21, 77
     funcs = {}

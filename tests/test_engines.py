@@ -1,6 +1,6 @@
 """GEMM engines (compile/engines.py): the table picks per target CPU, the override, the choice
 recorded in model.so and shown by `qvit-edge info` (old files without it still load), and every
-vector path of the int8dot micro-kernel (csrc/int8dot.c) equal to its portable C path, bit for bit.
+vector path of the int8dot micro-kernel (native/model/int8dot.c) equal to its portable C path, bit for bit.
 (Exactness against the reference: tests/test_compile.py kernel by kernel, tests/test_model_so.py
 whole models with each engine.)"""
 from __future__ import annotations
@@ -17,7 +17,7 @@ from qvit_compile import engines
 from qvit_edge.clikit import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CSRC = os.path.join(ROOT, "compile", "csrc")
+MODEL_KERNELS = os.path.join(ROOT, "native", "model")
 
 
 @pytest.mark.parametrize("arch,features,ab,wb,want", [
@@ -218,7 +218,7 @@ def test_int8dot_paths_equal_portable(tmp_path, cc, flags, runner, path, need):
     src.write_text(_DRIVER)
     exe = tmp_path / "driver"
     r = subprocess.run([cc, "-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", *flags,
-                        "-I", CSRC, str(src), "-o", str(exe), "-lm"], capture_output=True, text=True)
+                        "-I", MODEL_KERNELS, str(src), "-o", str(exe), "-lm"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     r = subprocess.run([*runner, str(exe)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip() == f"path {path} mismatches 0", r.stdout + r.stderr
@@ -286,7 +286,7 @@ def test_bsneon_paths_exact(tmp_path, cc, flags, runner, path):
     src.write_text(_BS_DRIVER)
     exe = tmp_path / "driver"
     r = subprocess.run([cc, "-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", *flags,
-                        "-I", CSRC, str(src), "-o", str(exe), "-lm"], capture_output=True, text=True)
+                        "-I", MODEL_KERNELS, str(src), "-o", str(exe), "-lm"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     r = subprocess.run([*runner, str(exe)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip() == f"path {path} mismatches 0", r.stdout + r.stderr

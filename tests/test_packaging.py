@@ -16,8 +16,13 @@ SETUPTOOLS = QVIT["tool"]["setuptools"]
 
 
 def _folder(package: str) -> Path:
-    top, *rest = package.split(".")
-    return ROOT / SETUPTOOLS["package-dir"][top] / Path(*rest)
+    """The folder of a package: its longest mapped prefix in package-dir, then the rest."""
+    parts = package.split(".")
+    for n in range(len(parts), 0, -1):
+        mapped = SETUPTOOLS["package-dir"].get(".".join(parts[:n]))
+        if mapped is not None:
+            return ROOT / mapped / Path(*parts[n:])
+    raise AssertionError(f"{package} has no package-dir mapping")
 
 
 def test_every_python_package_folder_is_listed():

@@ -101,7 +101,7 @@ def test_missing_package_without_root_says_how_to_install(tmp_path):
 
 
 def test_compile_stage_reports_the_first_compiler_error(tmp_path):
-    from qvit_compile.package import CSRC, compile_csrc
+    from qvit_compile.package import MODEL_KERNELS, compile_model_kernel
     from qvit_compile.targets import get as get_target
     from qvit_edge.clikit import UserError
 
@@ -109,9 +109,9 @@ def test_compile_stage_reports_the_first_compiler_error(tmp_path):
     cc.write_text(f"#!/bin/sh\ncat >&2 <<'EOF'\n{NO_LIBC_HEADERS}EOF\nexit 1\n")
     cc.chmod(0o755)
     with pytest.raises(UserError) as e:
-        compile_csrc(str(cc), get_target("aarch64"), CSRC[0], str(tmp_path))
+        compile_model_kernel(str(cc), get_target("aarch64"), MODEL_KERNELS[0], str(tmp_path))
     msg = str(e.value)
-    assert os.path.basename(CSRC[0]) in msg and "fatal error: bits/libc-header-start.h" in msg
+    assert os.path.basename(MODEL_KERNELS[0]) in msg and "fatal error: bits/libc-header-start.h" in msg
     assert "libc6-dev-arm64-cross" in msg and "compilation terminated" not in msg
 
 

@@ -1,5 +1,5 @@
 """Every C path a model.so runs, under ASan + UBSan: the C micro-kernels linked into model.so
-(compile/csrc) and their glue, and the runtime's backend (native/tvm_backend.c: step loop, thread
+(native/model) and their glue, and the runtime's backend (native/tvm_backend.c: step loop, thread
 pool, workspace) with the rest of the native library.
 
     python native/tests/sanitize_models.py [--threads 1,2]     # (make sanitize runs it)
@@ -7,7 +7,7 @@ pool, workspace) with the rest of the native library.
 1. builds qvit_edge._native with -fsanitize=address,undefined into build/sanitize/pkg/ (beside
    links to edge_runtime/*.py, so that package is the runtime the check imports);
 2. exports DeiT-T (W2A2) and Swin-T (W3A3) with random weights and compiles them for this machine
-   with the same flags on the micro-kernels (QVIT_CSRC_CFLAGS; TVM's own generated code is LLVM
+   with the same flags on the micro-kernels (QVIT_MODEL_CFLAGS; TVM's own generated code is LLVM
    output and is not instrumented);
 3. runs each model.so in a child Python with the sanitizer runtimes preloaded, at each thread
    count, on random images: its logits must equal, bit for bit, those of the same model compiled
@@ -119,9 +119,9 @@ def build_models() -> dict[str, tuple[str, str, str]]:
         im, _ = export_random(arch, bits)
         im.save(int_path)
         for path, flags in zip(paths, (" ".join(SAN + ["-O1"]), "")):
-            os.environ["QVIT_CSRC_CFLAGS"] = flags
+            os.environ["QVIT_MODEL_CFLAGS"] = flags
             compile_model(im, arch_here, path, progress=lambda *a: None)
-        os.environ.pop("QVIT_CSRC_CFLAGS")
+        os.environ.pop("QVIT_MODEL_CFLAGS")
         out[name] = (*paths, int_path)
     return out
 

@@ -1,24 +1,29 @@
-/* qvit_compile: vector helpers shared by the C micro-kernels linked into model.so (compile/csrc).
+/* qvit-edge: the quantization arithmetic of every C path, defined once. Included by the model.so
+ * micro-kernels (native/model/) and the runtime's kernels (native/*.c, native/ref, native/x86,
+ * native/arm): round half to even, activation quantize (codes), exp, erf / GELU, LayerNorm and the
+ * IRM head statistics, numpy's pairwise sums, bit-plane packing and plane sums.
  *
- * Arithmetic is edge_runtime/reference.py's, float32 without contraction (built with
- * -ffp-contract=off): sums are numpy's pairwise summation (same order, so LayerNorm means and the
- * softmax denominator are numpy's bit for bit), quantization is rint(x / step) + zp clipped
- * (round half to even), exp is Cephes' expf (within 1 ulp of numpy's).
+ * Arithmetic is edge_runtime/quant.py's and the integer reference's (compile/intmodel), float32
+ * without contraction (built with -ffp-contract=off): sums are numpy's pairwise summation (same
+ * order, so LayerNorm means and the softmax denominator are numpy's bit for bit), quantization is
+ * rint(x / step) + zp clipped (round half to even), exp is Cephes' expf (within 1 ulp of numpy's).
  *
  * Portable C on gcc vector extensions (16 float lanes: AVX-512 / 2x AVX2 / 4x NEON registers),
  * with intrinsics where the target has them: AVX-512 / AVX2 for max, min, floor and the bit
  * packing; on aarch64 NEON versions of the row functions (gcc lowers the 16-lane selects, the
  * 8-lane sums and the float -> byte conversions of the portable code to scalar code there). Every
  * vector loop has a scalar tail doing the same operations in the same order, and every SIMD path
- * computes the portable path's values. QVIT_CSRC_PORTABLE compiles the intrinsic paths out (the
- * tests build both and compare).
+ * computes the portable path's values. QV_PORTABLE compiles the intrinsic paths out (the
+ * tests build both and compare). Intrinsics are chosen by the compile flags (__AVX512F__, ...):
+ * a function built with a target attribute instead gets the portable vector code, compiled for
+ * its target.
  */
-#ifndef QVIT_CSRC_COMMON_H
-#define QVIT_CSRC_COMMON_H
+#ifndef QV_ARITH_H
+#define QV_ARITH_H
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#if !defined(QVIT_CSRC_PORTABLE)
+#if !defined(QV_PORTABLE)
 #if defined(__AVX512F__)
 #define QV_AVX512F 1
 #endif
@@ -412,6 +417,78 @@ static inline float32x4_t nq_exp(float32x4_t x) {
   return vmulq_f32(p, vreinterpretq_f32_s32(two_n));
 }
 #endif
+
+/* erf and GELU: compile/kernels.py's _erf / _gelu (a rational approximation, float32), in the
+ * same order, so every engine writes the same floats for the same integers. gelu_v (16 lanes) and
+ * gelu_f (one value) do identical operations. */
+/* kernels._erf's constants, float32 as TVM makes them (the Python double rounded once to float) */
+#define ERF_P0 ((float)-2.72614225801306e-10)
+#define ERF_P1 ((float)2.77068142495902e-08)
+#define ERF_P2 ((float)-2.10102402082508e-06)
+#define ERF_P3 ((float)-5.69250639462346e-05)
+#define ERF_P4 ((float)-7.34990630326855e-04)
+#define ERF_P5 ((float)-2.95459980854025e-03)
+#define ERF_P6 ((float)-1.60960333262415e-02)
+#define ERF_Q0 ((float)-1.45660718464996e-05)
+#define ERF_Q1 ((float)-2.13374055278905e-04)
+#define ERF_Q2 ((float)-1.68282697438203e-03)
+#define ERF_Q3 ((float)-7.37332916720468e-03)
+#define ERF_Q4 ((float)-1.42647390514189e-02)
+#define GELU_RSQRT2 ((float)0.7071067811865476)
+
+static inline float erf_f(float x) {
+  x = x < 4.0f ? x : 4.0f;
+  x = x > -4.0f ? x : -4.0f;
+  const float x2 = x * x;
+  float p = x2 * ERF_P0 + ERF_P1;
+  p = x2 * p + ERF_P2;
+  p = x2 * p + ERF_P3;
+  p = x2 * p + ERF_P4;
+  p = x2 * p + ERF_P5;
+  p = x2 * p + ERF_P6;
+  p = x * p;
+  float q = x2 * ERF_Q0 + ERF_Q1;
+  q = x2 * q + ERF_Q2;
+  q = x2 * q + ERF_Q3;
+  q = x2 * q + ERF_Q4;
+  return p / q;
+}
+
+static inline float gelu_f(float v, int has_clip, float clip) {
+  float g = v * 0.5f * (1.0f + erf_f(v * GELU_RSQRT2));
+  if (has_clip) {
+    g = g < clip ? g : clip;
+    g = g > -clip ? g : -clip;
+  }
+  return g;
+}
+
+static inline vf erf_v(vf x) {
+  x = vmin(x, splat(4.0f));
+  x = vmax(x, splat(-4.0f));
+  const vf x2 = x * x;
+  vf p = x2 * ERF_P0 + ERF_P1;
+  p = x2 * p + ERF_P2;
+  p = x2 * p + ERF_P3;
+  p = x2 * p + ERF_P4;
+  p = x2 * p + ERF_P5;
+  p = x2 * p + ERF_P6;
+  p = x * p;
+  vf q = x2 * ERF_Q0 + ERF_Q1;
+  q = x2 * q + ERF_Q2;
+  q = x2 * q + ERF_Q3;
+  q = x2 * q + ERF_Q4;
+  return p / q;
+}
+
+static inline vf gelu_v(vf v, int has_clip, float clip) {
+  vf g = v * 0.5f * (1.0f + erf_v(v * GELU_RSQRT2));
+  if (has_clip) {
+    g = vmin(g, splat(clip));
+    g = vmax(g, splat(-clip));
+  }
+  return g;
+}
 
 /* ------------------------------------------------------------------------------- bit planes */
 

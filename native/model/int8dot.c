@@ -1,4 +1,4 @@
-/* qvit_compile: the `int8dot` GEMM engine of the quantized linear layers (compile/engines.py), the C
+/* model.so micro-kernel: the `int8dot` GEMM engine of the quantized linear layers (compile/engines.py), the C
  * micro-kernels behind the TVM kernels `int8dot_quant` and `int8dot_gemm` (compile/kernels.py).
  *
  * 1-4-bit activation codes (unsigned, 0..2^b-1) and weight codes (signed) are exact in int8, so a

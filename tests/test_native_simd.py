@@ -1,5 +1,5 @@
-"""The C micro-kernels' SIMD paths (compile/csrc: AVX-512, AVX2, NEON) compute exactly what their
-portable path computes: tests/csrc_simd_equal.c, built with the flags model.so's micro-kernels get,
+"""The C micro-kernels' SIMD paths (native/model: AVX-512, AVX2, NEON) compute exactly what their
+portable path computes: tests/native_simd_equal.c, built with the flags model.so's micro-kernels get,
 once per path, prints every result on edge values (ties at .5, values past 2^22, signed zeros,
 infinities, NaN, clip bounds, large negative exp inputs) and random data; the outputs must be the
 same text. The portable path itself is checked against the numpy reference by test_compile.py and
@@ -16,7 +16,7 @@ import pytest
 from qvit_compile import package
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SRC = os.path.join(ROOT, "tests", "csrc_simd_equal.c")
+SRC = os.path.join(ROOT, "tests", "native_simd_equal.c")
 
 
 def build(cc: str, flags: list, out: str) -> str:
@@ -50,8 +50,8 @@ def x86_builds(tmp_path_factory):
     """The x86_64 portable, x86-64-v3 (AVX2) and this machine's (AVX-512 where it has it) outputs."""
     if shutil.which("gcc") is None:
         pytest.skip("no gcc")
-    d = tmp_path_factory.mktemp("csrc_simd")
-    flags = {"portable": ["-march=x86-64", "-DQVIT_CSRC_PORTABLE"], "x86-64-v3": ["-march=x86-64-v3"],
+    d = tmp_path_factory.mktemp("native_simd")
+    flags = {"portable": ["-march=x86-64", "-DQV_PORTABLE"], "x86-64-v3": ["-march=x86-64-v3"],
              "native": ["-march=native"]}
     exes = build_all([("gcc", f, str(d / name)) for name, f in flags.items()])
     return {name: run([exe]) for name, exe in zip(flags, exes)}
@@ -72,7 +72,7 @@ def test_neon_paths_equal_portable_under_qemu(tmp_path, x86_builds):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} not installed (make system-deps installs it)")
     cc, qemu = "aarch64-linux-gnu-gcc", ["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"]
-    flags = {"portable": ["-mcpu=cortex-a72", "-DQVIT_CSRC_PORTABLE"], "cortex-a72": ["-mcpu=cortex-a72"],
+    flags = {"portable": ["-mcpu=cortex-a72", "-DQV_PORTABLE"], "cortex-a72": ["-mcpu=cortex-a72"],
              "cortex-a76": ["-mcpu=cortex-a76"]}
     exes = build_all([(cc, f, str(tmp_path / name)) for name, f in flags.items()])
     out = {name: run(qemu + [exe]) for name, exe in zip(flags, exes)}

@@ -1,4 +1,4 @@
-/* qvit_compile: quantize + pack of a quantized linear layer's input (optionally LayerNorm first),
+/* model.so micro-kernel: quantize + pack of a quantized linear layer's input (optionally LayerNorm first),
  * the C micro-kernel behind the TVM kernel `pack` (compile/kernels.py: pack_act).
  *
  * x [M, K] float32 -> planes [bits, Mpad, KW] uint64 (bit t of word w = bit of the code of
@@ -7,7 +7,7 @@
  * row is first normalised as reference.layernorm (numpy-order sums) and never stored.
  * Arithmetic: common.h.
  */
-#include "common.h"
+#include "../qv_arith.h"
 
 int32_t qvit_pack_rows(int32_t r0, int32_t r1, int32_t M, int32_t Mpad, int32_t K, int32_t KW, int32_t bits,
                        int32_t ln, float eps, const float *x, const float *ln_w, const float *ln_b,

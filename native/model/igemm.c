@@ -1,4 +1,4 @@
-/* qvit_compile: the 8-bit integer GEMM (patch embedding) as a C micro-kernel behind the TVM kernel
+/* model.so micro-kernel: the 8-bit integer GEMM (patch embedding) as a C micro-kernel behind the TVM kernel
  * `int_gemm` (compile/kernels.py: int_linear_c), for layers without a fused epilogue.
  *
  * y[m, n] = scale[n] * float(sum_k a[m, k] w[n, k]) + bias[n], a the int16 codes minus zero point,
@@ -7,7 +7,7 @@
  * (AVX-512 VNNI vpdpwssd / AVX-512BW vpmaddwd; plain C elsewhere). The integer sums are exact; the
  * epilogue is the reference's float32 order. One call computes one 16-channel panel for all rows.
  */
-#include "common.h"
+#include "../qv_arith.h"
 
 int32_t qvit_int_gemm_panel(int32_t panel, int32_t M, int32_t N, int32_t K, const int16_t *a, const int16_t *wp,
                             const float *scale, const float *bias, float *y) {

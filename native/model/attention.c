@@ -1,4 +1,4 @@
-/* qvit_compile: the attention micro-kernel linked into every model.so that has attention.
+/* model.so micro-kernel: the attention micro-kernel linked into every model.so that has attention.
  *
  * The TVM kernel `attention` (compile/kernels.py: attention) checks its tensor arguments and runs
  * a parallel loop over the (window-batch b, head h) items; each iteration calls qvit_attention_item
@@ -15,7 +15,7 @@
  * intrinsics where the target has them, NEON byte counts on aarch64. The planes and sums are written to the tensors the plan
  * declares (tests read them).
  */
-#include "common.h"
+#include "../qv_arith.h"
 
 /* planes [bits][rows][nw] -> [bits][nw][rpad] (rows padded with zero words) */
 static void transpose_planes(const uint64_t *src, int bits, int rows, int nw, int rpad, uint64_t *dst) {

@@ -1,4 +1,4 @@
-/* qvit_compile: the `bitserial-neon` GEMM engine (compile/engines.py), the C micro-kernel behind the
+/* model.so micro-kernel: the `bitserial-neon` GEMM engine (compile/engines.py), the C micro-kernel behind the
  * TVM kernel `bsneon_gemm` (compile/kernels.py: bsneon_linear), for Arm cores without the dot
  * product (Cortex-A72 / Pi 4, A53), where AND/popcount over bit planes beats int8 multiplies.
  *
