@@ -21,8 +21,8 @@ static const qv_kernels table[QV_PATH_COUNT] = {
     [QV_PATH_AVX512] = {qv_bs_block_avx512, qv_i8_block_avx512, qv_packrow_avx512, 0},
 #endif
 #ifdef QV_HAVE_NEON
-    [QV_PATH_NEON] = {qv_bs_block_neon, qv_i8_block_neon, qv_packrow_scalar, 1},
-    [QV_PATH_NEON_DOT] = {qv_bs_block_neon, qv_i8_block_neon_dot, qv_packrow_scalar, 1},
+    [QV_PATH_NEON] = {qv_bs_block_neon, qv_i8_block_neon, qv_packrow_neon, 1},
+    [QV_PATH_NEON_DOT] = {qv_bs_block_neon, qv_i8_block_neon_dot, qv_packrow_neon, 1},
 #endif
 };
 

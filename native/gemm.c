@@ -26,26 +26,16 @@ static int32_t row_sum(const uint8_t *codes, int64_t k, int is_signed) {
   return s;
 }
 
-/* Sum of the unsigned codes of one packed row, from its planes: sum_j 2^j popcount(plane j).
- * Cheaper than a second pass over the bytes. */
-#define PLANE_SUM_BODY                                                            \
-  int64_t s = 0;                                                                  \
-  for (int j = 0; j < bits; j++) {                                                \
-    int64_t c = 0;                                                                \
-    for (int64_t w = 0; w < kw; w++) c += __builtin_popcountll(planes[j * kw + w]); \
-    s += c << j;                                                                  \
-  }                                                                               \
-  return (int32_t)s;
-
-static int32_t plane_sum_generic(const uint64_t *planes, int64_t kw, int bits) { PLANE_SUM_BODY }
+/* Sum of the unsigned codes of one packed row, from its planes (qv_arith.h's plane_sum): cheaper
+ * than a second pass over the bytes. */
 #if defined(__x86_64__)
 /* the POPCNT instruction instead of libgcc's bit tricks (baseline x86-64 has no POPCNT) */
 __attribute__((target("popcnt"))) static int32_t plane_sum_popcnt(const uint64_t *planes, int64_t kw, int bits) {
-  PLANE_SUM_BODY
+  return plane_sum(planes, kw, kw, bits);
 }
 #endif
 
-static int32_t plane_sum(const uint64_t *planes, int64_t kw, int bits) {
+static int32_t packed_row_sum(const uint64_t *planes, int64_t kw, int bits) {
 #if defined(__x86_64__)
   static int has_popcnt = -1;
   if (has_popcnt < 0) {
@@ -54,7 +44,7 @@ static int32_t plane_sum(const uint64_t *planes, int64_t kw, int bits) {
   }
   if (has_popcnt) return plane_sum_popcnt(planes, kw, bits);
 #endif
-  return plane_sum_generic(planes, kw, bits);
+  return plane_sum(planes, kw, kw, bits);
 }
 
 int qv_bs_pack_a(const uint8_t *codes, int64_t m, int64_t k, int64_t lda, int bits, uint64_t *planes,
@@ -64,7 +54,7 @@ int qv_bs_pack_a(const uint8_t *codes, int64_t m, int64_t k, int64_t lda, int bi
   int64_t kw = ceil_div(k, 64);
   for (int64_t r = 0; r < m; r++) {
     kn->packrow(codes + r * lda, k, bits, planes + r * bits * kw, kw);
-    if (rowsum) rowsum[r] = plane_sum(planes + r * bits * kw, kw, bits);
+    if (rowsum) rowsum[r] = packed_row_sum(planes + r * bits * kw, kw, bits);
   }
   return QV_OK;
 }
@@ -88,7 +78,7 @@ int qv_bs_pack_b(const uint8_t *codes, int64_t n, int64_t k, int64_t ldb, int bi
     uint64_t *dst = planes + (r / QV_BS_NB) * bits * kw * QV_BS_NB + (r % QV_BS_NB);
     for (int j = 0; j < bits; j++)
       for (int64_t w = 0; w < kw; w++) dst[(j * kw + w) * QV_BS_NB] = row[j * kw + w];
-    if (colsum) colsum[r] = is_signed ? row_sum(codes + r * ldb, k, 1) : plane_sum(row, kw, bits);
+    if (colsum) colsum[r] = is_signed ? row_sum(codes + r * ldb, k, 1) : packed_row_sum(row, kw, bits);
   }
   free(row);
   free(bin);

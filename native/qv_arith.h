@@ -37,12 +37,17 @@
 #define QV_NEON 1
 #endif
 #endif
-#if defined(QV_AVX2) || defined(QV_AVX512F)
-#include <immintrin.h>
+#if defined(__x86_64__) && !defined(QV_PORTABLE)
+#include <immintrin.h> /* also for the target-attribute functions below (plane_word_avx2 / _avx512) */
 #endif
 #if defined(QV_NEON)
 #include <arm_neon.h>
 #endif
+
+/* Every helper is always inlined: the runtime library calls them from functions built for another
+ * ISA (target_clones / target attributes), where an out-of-line call passing 64-byte vectors would
+ * not agree on the calling convention. pairwise_sum (recursive, scalar arguments) is the exception. */
+#define QV_AI static inline __attribute__((always_inline))
 
 #define WORD 64
 #define VL 16
@@ -52,21 +57,21 @@ typedef int32_t vi __attribute__((vector_size(VL * 4)));
 typedef uint8_t vb __attribute__((vector_size(VL)));
 typedef float vf8 __attribute__((vector_size(32)));
 
-static inline int words(int n) { return (n + WORD - 1) / WORD; }
+QV_AI int words(int n) { return (n + WORD - 1) / WORD; }
 
-static inline vf loadf(const float *p) {
+QV_AI vf loadf(const float *p) {
   vf v;
   memcpy(&v, p, sizeof v);
   return v;
 }
-static inline vi loadi(const int32_t *p) {
+QV_AI vi loadi(const int32_t *p) {
   vi v;
   memcpy(&v, p, sizeof v);
   return v;
 }
-static inline void storef(float *p, vf v) { memcpy(p, &v, sizeof v); }
-static inline vf splat(float x) { return (vf){0} + x; }
-static inline vf sel(vi m, vf a, vf b) { return (vf)(((vi)a & m) | ((vi)b & ~m)); }
+QV_AI void storef(float *p, vf v) { memcpy(p, &v, sizeof v); }
+QV_AI vf splat(float x) { return (vf){0} + x; }
+QV_AI vf sel(vi m, vf a, vf b) { return (vf)(((vi)a & m) | ((vi)b & ~m)); }
 #if defined(QV_NEON)
 /* a vf as its four NEON registers */
 typedef union { vf v; float32x4_t q[4]; } vf_q;
@@ -74,7 +79,7 @@ typedef union { vf v; float32x4_t q[4]; } vf_q;
 /* a > b ? a : b and a < b ? a : b (one instruction on AVX-512: maxps / minps are defined so).
  * NEON's fmax / fmin differ for NaNs and a pair of zeros, so this is a compare and a bit select
  * (the row functions below use fmaxnm / fminnm where those cases cannot change a value). */
-static inline vf vmax(vf a, vf b) {
+QV_AI vf vmax(vf a, vf b) {
 #if defined(QV_AVX512F)
   return (vf)_mm512_max_ps((__m512)a, (__m512)b);
 #elif defined(QV_NEON)
@@ -85,7 +90,7 @@ static inline vf vmax(vf a, vf b) {
   return sel(a > b, a, b);
 #endif
 }
-static inline vf vmin(vf a, vf b) {
+QV_AI vf vmin(vf a, vf b) {
 #if defined(QV_AVX512F)
   return (vf)_mm512_min_ps((__m512)a, (__m512)b);
 #elif defined(QV_NEON)
@@ -102,7 +107,7 @@ static inline vf vmin(vf a, vf b) {
 #if defined(QV_NEON)
 /* numpy's reduction of its 8 accumulators, lo = r0..r3, hi = r4..r7:
  * ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7)), by pairwise adds */
-static inline float nq_hsum8(float32x4_t lo, float32x4_t hi) {
+QV_AI float nq_hsum8(float32x4_t lo, float32x4_t hi) {
   const float32x4_t p = vpaddq_f32(lo, hi); /* r0+r1, r2+r3, r4+r5, r6+r7 */
   return vpadds_f32(vget_low_f32(vpaddq_f32(p, p)));
 }
@@ -149,13 +154,13 @@ static inline float pairwise_sum(const float *a, int n) {
  * Larger values are clamped first: they clip to the same code either way. The scalar functions'
  * clamps are the vector ones' selects (vmin (vmax (x, lo), hi)), so a NaN goes where it goes in a
  * vector lane and a row's tail gives what its vector part would. */
-static inline float round_even(float x) {
+QV_AI float round_even(float x) {
   const float big = 4194304.0f, magic = 12582912.0f;
   x = x > -big ? x : -big;
   x = x < big ? x : big;
   return (x + magic) - magic;
 }
-static inline vf round_even_v(vf x) {
+QV_AI vf round_even_v(vf x) {
   const vf big = splat(4194304.0f), nbig = splat(-4194304.0f);
   x = vmin(vmax(x, nbig), big);
 #if defined(QV_NEON)
@@ -171,13 +176,13 @@ static inline vf round_even_v(vf x) {
 }
 
 /* quant.quantize_act of one value: clip(rint(x / step) + zp, 0, hi) */
-static inline int32_t code_of(float x, float step, float fz, float hi) {
+QV_AI int32_t code_of(float x, float step, float fz, float hi) {
   float q = round_even(x / step) + fz;
   q = q > 0.0f ? q : 0.0f;
   q = q < hi ? q : hi;
   return (int32_t)q;
 }
-static inline vi code_of_v(vf x, float step, float fz, float hi) {
+QV_AI vi code_of_v(vf x, float step, float fz, float hi) {
   vf q = round_even_v(x / step) + fz;
   q = vmin(vmax(q, splat(0.0f)), splat(hi));
   return __builtin_convertvector(q, vi);
@@ -188,17 +193,17 @@ static inline vi code_of_v(vf x, float step, float fz, float hi) {
  * value beyond it is beyond the clip bounds either way (|zp| < 2^22); fcvtzu saturates, sending
  * negatives and NaN to 0 as the clip does, and nq_codes16's narrowing saturates, so
  * nq_codes16 = min(sat_u8(q), hi) = code_of for every input, infinities and NaN included. */
-static inline uint32x4_t nq_code4(float32x4_t x, float32x4_t step, float32x4_t fz) {
+QV_AI uint32x4_t nq_code4(float32x4_t x, float32x4_t step, float32x4_t fz) {
   return vcvtq_u32_f32(vaddq_f32(vrndnq_f32(vdivq_f32(x, step)), fz));
 }
-static inline uint8x16_t nq_codes16(uint32x4_t u0, uint32x4_t u1, uint32x4_t u2, uint32x4_t u3, uint8x16_t hi) {
+QV_AI uint8x16_t nq_codes16(uint32x4_t u0, uint32x4_t u1, uint32x4_t u2, uint32x4_t u3, uint8x16_t hi) {
   const uint16x8_t h0 = vqmovn_high_u32(vqmovn_u32(u0), u1), h1 = vqmovn_high_u32(vqmovn_u32(u2), u3);
   return vminq_u8(vqmovn_high_u16(vqmovn_u16(h0), h1), hi);
 }
 #endif
 
 /* codes of n values into uint8 (zero padding after n is the caller's) */
-static inline void quantize_row(const float *x, int n, float step, int32_t zp, int bits, uint8_t *codes) {
+QV_AI void quantize_row(const float *x, int n, float step, int32_t zp, int bits, uint8_t *codes) {
   const float hi = (float)((1 << bits) - 1), fz = (float)zp;
   int i = 0;
 #if defined(QV_NEON)
@@ -217,8 +222,8 @@ static inline void quantize_row(const float *x, int n, float step, int32_t zp, i
 }
 
 /* reference.layernorm over one row of n (mean, variance: numpy's float32 mean), into out */
-static inline float hsum8(vf8 r) { return ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7])); }
-static inline vf8 load8(const float *p) {
+QV_AI float hsum8(vf8 r) { return ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7])); }
+QV_AI vf8 load8(const float *p) {
   vf8 v;
   memcpy(&v, p, sizeof v);
   return v;
@@ -227,7 +232,7 @@ static inline vf8 load8(const float *p) {
 #if defined(QV_NEON)
 /* the pairwise sum of (x[i] - m)^2 over one row of n; tmp[n] holds the squares when n is longer than
  * one pairwise block (otherwise they stay in registers) */
-static inline float nq_sum_sqdev(const float *x, int n, float m, float *tmp) {
+QV_AI float nq_sum_sqdev(const float *x, int n, float m, float *tmp) {
   const float32x4_t vm = vdupq_n_f32(m);
   int i = 0;
   if (n >= 8 && n <= 128) { /* pairwise_sum's one block, over the squares as they are made */
@@ -253,7 +258,7 @@ static inline float nq_sum_sqdev(const float *x, int n, float m, float *tmp) {
 }
 #endif
 
-static inline void layernorm_row(const float *x, int n, const float *w, const float *b, float eps, float *out) {
+QV_AI void layernorm_row(const float *x, int n, const float *w, const float *b, float eps, float *out) {
 #if defined(QV_NEON)
   {
     const float mu = pairwise_sum(x, n) / (float)n;
@@ -300,7 +305,7 @@ static inline void layernorm_row(const float *x, int n, const float *w, const fl
 
 /* one row of a quantized layer's input -> codes: LayerNorm first when ln (into tmp[n]), then
  * quantize_row; what every activation quantize kernel (bit planes, int8 codes) computes per row */
-static inline void ln_quantize_row(const float *x, int n, int ln, const float *w, const float *b, float eps, float *tmp,
+QV_AI void ln_quantize_row(const float *x, int n, int ln, const float *w, const float *b, float eps, float *tmp,
                                    float step, int32_t zp, int bits, uint8_t *codes) {
   if (ln) {
     layernorm_row(x, n, w, b, eps, tmp);
@@ -313,7 +318,7 @@ static inline void ln_quantize_row(const float *x, int n, int ln, const float *w
  * each row's numpy-order sum over n into rows[r], then the pairwise sum of the T row sums (numpy's
  * order for the contiguous vector of row sums); mean = sum / (T n), then the same two-level sum of
  * the squared deviations (one row of them in tmp[n]) for the variance. -> *mu, *sd = sqrt(var + eps) */
-static inline void head_stats(const float *x, int64_t stride, int T, int n, float eps, float *rows, float *tmp,
+QV_AI void head_stats(const float *x, int64_t stride, int T, int n, float eps, float *rows, float *tmp,
                               float *mu, float *sd) {
   const float count = (float)(T * n);
   for (int r = 0; r < T; r++) rows[r] = pairwise_sum(x + r * stride, n);
@@ -339,7 +344,7 @@ static inline void head_stats(const float *x, int64_t stride, int T, int n, floa
 }
 
 /* one row of reference.head_norm: ((x - mu) + beta) / (gamma * sd), gamma, beta the head's [n] */
-static inline void headnorm_row(const float *x, int n, float mu, float sd, const float *gamma, const float *beta,
+QV_AI void headnorm_row(const float *x, int n, float mu, float sd, const float *gamma, const float *beta,
                                 float *out) {
   int i = 0;
 #if defined(QV_NEON)
@@ -354,7 +359,7 @@ static inline void headnorm_row(const float *x, int n, float mu, float sd, const
 
 /* Cephes expf: Cody-Waite reduction + degree-7 polynomial, within 1 ulp of libm's
  * for softmax inputs (<= 0). exp_f and exp_v do the same operations in the same order. */
-static inline float exp_f(float x) {
+QV_AI float exp_f(float x) {
   x = x < 88.3762626647949f ? x : 88.3762626647949f;
   x = x > -87.3365478515625f ? x : -87.3365478515625f;
   float t = x * 1.44269504088896341f + 0.5f;
@@ -372,7 +377,7 @@ static inline float exp_f(float x) {
   two_n.i = ((int32_t)n + 127) << 23;
   return p * two_n.f;
 }
-static inline vf exp_v(vf x) {
+QV_AI vf exp_v(vf x) {
   const vf hi = splat(88.3762626647949f), lo = splat(-87.3365478515625f);
   x = vmax(vmin(x, hi), lo);
   vf t = x * 1.44269504088896341f + 0.5f;
@@ -400,7 +405,7 @@ static inline vf exp_v(vf x) {
 #if defined(QV_NEON)
 /* exp_v on one NEON register: the same operations in the same order. fminnm / fmaxnm clamp as
  * vmin / vmax do here: a NaN x goes to the upper bound, and the bounds are not zero. */
-static inline float32x4_t nq_exp(float32x4_t x) {
+QV_AI float32x4_t nq_exp(float32x4_t x) {
   x = vmaxnmq_f32(vminnmq_f32(x, vdupq_n_f32(88.3762626647949f)), vdupq_n_f32(-87.3365478515625f));
   const float32x4_t t = vaddq_f32(vmulq_f32(x, vdupq_n_f32(1.44269504088896341f)), vdupq_n_f32(0.5f));
   const float32x4_t n = vrndmq_f32(t);
@@ -436,7 +441,7 @@ static inline float32x4_t nq_exp(float32x4_t x) {
 #define ERF_Q4 ((float)-1.42647390514189e-02)
 #define GELU_RSQRT2 ((float)0.7071067811865476)
 
-static inline float erf_f(float x) {
+QV_AI float erf_f(float x) {
   x = x < 4.0f ? x : 4.0f;
   x = x > -4.0f ? x : -4.0f;
   const float x2 = x * x;
@@ -454,7 +459,7 @@ static inline float erf_f(float x) {
   return p / q;
 }
 
-static inline float gelu_f(float v, int has_clip, float clip) {
+QV_AI float gelu_f(float v, int has_clip, float clip) {
   float g = v * 0.5f * (1.0f + erf_f(v * GELU_RSQRT2));
   if (has_clip) {
     g = g < clip ? g : clip;
@@ -463,7 +468,7 @@ static inline float gelu_f(float v, int has_clip, float clip) {
   return g;
 }
 
-static inline vf erf_v(vf x) {
+QV_AI vf erf_v(vf x) {
   x = vmin(x, splat(4.0f));
   x = vmax(x, splat(-4.0f));
   const vf x2 = x * x;
@@ -481,7 +486,7 @@ static inline vf erf_v(vf x) {
   return p / q;
 }
 
-static inline vf gelu_v(vf v, int has_clip, float clip) {
+QV_AI vf gelu_v(vf v, int has_clip, float clip) {
   vf g = v * 0.5f * (1.0f + erf_v(v * GELU_RSQRT2));
   if (has_clip) {
     g = vmin(g, splat(clip));
@@ -495,7 +500,7 @@ static inline vf gelu_v(vf v, int has_clip, float clip) {
 #if defined(QV_NEON)
 /* bit i of the 64 codes in c0..c3 -> one word: a byte test, each byte's bit weighted by its place
  * in its group of 8, and pairwise adds down to the 8 bytes of the word */
-static inline uint64_t nq_plane_word(uint8x16_t c0, uint8x16_t c1, uint8x16_t c2, uint8x16_t c3, int i) {
+QV_AI uint64_t nq_plane_word(uint8x16_t c0, uint8x16_t c1, uint8x16_t c2, uint8x16_t c3, int i) {
   static const uint8_t place[16] = {1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128};
   const uint8x16_t wv = vld1q_u8(place), bit = vdupq_n_u8((uint8_t)(1 << i));
   const uint8x16_t m0 = vandq_u8(vtstq_u8(c0, bit), wv), m1 = vandq_u8(vtstq_u8(c1, bit), wv);
@@ -506,33 +511,48 @@ static inline uint64_t nq_plane_word(uint8x16_t c0, uint8x16_t c1, uint8x16_t c2
 }
 #endif
 
-/* Bit i of 64 codes -> one word (bit t = code t). AVX-512BW: one byte-test mask; AVX2: two
- * movemasks; NEON: nq_plane_word; otherwise 8 codes at a time by a multiply that gathers one bit
- * per byte. */
-static inline uint64_t plane_word(const uint8_t *c, int i) {
-#if defined(QV_AVX512BW)
-  return (uint64_t)_mm512_test_epi8_mask(_mm512_loadu_si512((const void *)c), _mm512_set1_epi8((char)(1 << i)));
-#elif defined(QV_AVX2)
-  __m256i lo = _mm256_slli_epi16(_mm256_loadu_si256((const __m256i *)c), 7 - i);
-  __m256i hi = _mm256_slli_epi16(_mm256_loadu_si256((const __m256i *)(c + 32)), 7 - i);
-  return (uint64_t)(uint32_t)_mm256_movemask_epi8(lo) | (uint64_t)(uint32_t)_mm256_movemask_epi8(hi) << 32;
-#elif defined(QV_NEON)
-  return nq_plane_word(vld1q_u8(c), vld1q_u8(c + 16), vld1q_u8(c + 32), vld1q_u8(c + 48), i);
-#else
+/* Bit i of 64 codes -> one word (bit t = code t), by 8 codes at a time: a multiply gathers one bit
+ * per byte. The portable definition; the SIMD versions below compute the same word. */
+QV_AI uint64_t plane_word_portable(const uint8_t *c, int i) {
   uint64_t word = 0;
   for (int g = 0; g < 8; g++) {
     uint64_t v;
     memcpy(&v, c + 8 * g, 8);
-    v = (v >> i) & 0x0101010101010101ULL; /* codes < 16: one bit per byte */
+    v = (v >> i) & 0x0101010101010101ULL; /* bit i of each byte, one bit per byte */
     word |= ((v * 0x0102040810204080ULL) >> 56) << (8 * g);
   }
   return word;
+}
+#if defined(__x86_64__) && !defined(QV_PORTABLE)
+/* AVX2: shifting 16-bit lanes left by 7 - i puts bit i of each byte into its top bit; two movemasks.
+ * AVX-512BW: one byte-test mask. Target attributes, so the runtime library (built for baseline
+ * x86-64, dispatching at run time) uses them too. */
+QV_AI __attribute__((target("avx2"))) uint64_t plane_word_avx2(const uint8_t *c, int i) {
+  __m256i lo = _mm256_slli_epi16(_mm256_loadu_si256((const __m256i *)c), 7 - i);
+  __m256i hi = _mm256_slli_epi16(_mm256_loadu_si256((const __m256i *)(c + 32)), 7 - i);
+  return (uint64_t)(uint32_t)_mm256_movemask_epi8(lo) | (uint64_t)(uint32_t)_mm256_movemask_epi8(hi) << 32;
+}
+QV_AI __attribute__((target("avx512f,avx512bw"))) uint64_t plane_word_avx512(const uint8_t *c, int i) {
+  return (uint64_t)_mm512_test_epi8_mask(_mm512_loadu_si512((const void *)c), _mm512_set1_epi8((char)(1 << i)));
+}
+#endif
+
+/* plane_word for the compile flags' ISA */
+QV_AI uint64_t plane_word(const uint8_t *c, int i) {
+#if defined(QV_AVX512BW)
+  return plane_word_avx512(c, i);
+#elif defined(QV_AVX2)
+  return plane_word_avx2(c, i);
+#elif defined(QV_NEON)
+  return nq_plane_word(vld1q_u8(c), vld1q_u8(c + 16), vld1q_u8(c + 32), vld1q_u8(c + 48), i);
+#else
+  return plane_word_portable(c, i);
 #endif
 }
 
 /* codes (zero padded to a whole number of words) -> bits planes of nw words, plane i at
  * dst + i * plane_stride. */
-static inline void pack_row(const uint8_t *codes, int nw, int bits, uint64_t *dst, int64_t plane_stride) {
+QV_AI void pack_row(const uint8_t *codes, int nw, int bits, uint64_t *dst, int64_t plane_stride) {
 #if defined(QV_NEON) /* each word's codes loaded once for all its planes */
   for (int w = 0; w < nw; w++) {
     const uint8_t *c = codes + w * WORD;
@@ -545,12 +565,28 @@ static inline void pack_row(const uint8_t *codes, int nw, int bits, uint64_t *ds
     for (int w = 0; w < nw; w++) dst[i * plane_stride + w] = plane_word(codes + w * WORD, i);
 }
 
+/* K codes (no padding needed) -> bits planes of ceil(K / 64) words, plane i at out + i * stride,
+ * with the given plane-word function (one of the above: the caller's ISA); the last word's codes
+ * past K are zeros. */
+QV_AI void pack_row_k(const uint8_t *codes, int64_t k, int bits,
+                                                               uint64_t *out, int64_t stride,
+                                                               uint64_t (*word_fn)(const uint8_t *, int)) {
+  const int64_t full = k / WORD;
+  for (int64_t w = 0; w < full; w++)
+    for (int i = 0; i < bits; i++) out[i * stride + w] = word_fn(codes + w * WORD, i);
+  if (full * WORD < k) {
+    uint8_t buf[WORD] = {0};
+    memcpy(buf, codes + full * WORD, (size_t)(k - full * WORD));
+    for (int i = 0; i < bits; i++) out[i * stride + full] = word_fn(buf, i);
+  }
+}
+
 /* sum of the codes packed in one row of planes (plane i at planes + i * plane_stride) */
-static inline int32_t plane_sum(const uint64_t *planes, int64_t plane_stride, int nw, int bits) {
-  int32_t s = 0;
+QV_AI int32_t plane_sum(const uint64_t *planes, int64_t plane_stride, int64_t nw, int bits) {
+  int64_t s = 0;
   for (int i = 0; i < bits; i++)
-    for (int w = 0; w < nw; w++) s += __builtin_popcountll(planes[i * plane_stride + w]) << i;
-  return s;
+    for (int64_t w = 0; w < nw; w++) s += (int64_t)__builtin_popcountll(planes[i * plane_stride + w]) << i;
+  return (int32_t)s;
 }
 
 #endif

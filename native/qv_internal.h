@@ -2,6 +2,7 @@
 #ifndef QV_INTERNAL_H
 #define QV_INTERNAL_H
 
+#include "qv_arith.h"
 #include "qv_kernels.h"
 
 #define QV_INLINE static inline __attribute__((always_inline))
@@ -41,11 +42,6 @@ typedef void (*qv_packrow_fn)(const uint8_t *codes, int64_t k, int bits, uint64_
 void qv_epilogue_scalar(const qv_gemm_ctx *g, const int32_t *tile, int ldt, int64_t m0, int rows, int64_t n0,
                         int cols);
 
-/* Gathers bit j of 8 bytes (each 0..255) into one byte, byte t -> bit t (portable SWAR). */
-QV_INLINE uint8_t qv_gather8(uint64_t x, int j) {
-  return (uint8_t)((((x >> j) & 0x0101010101010101ull) * 0x0102040810204080ull) >> 56);
-}
-
 void qv_bs_block_scalar(const qv_gemm_ctx *g, int64_t m0, int64_t m1, int64_t nb0, int64_t nb1);
 void qv_i8_block_scalar(const qv_gemm_ctx *g, int64_t m0, int64_t m1, int64_t nb0, int64_t nb1);
 void qv_packrow_scalar(const uint8_t *codes, int64_t k, int bits, uint64_t *out, int64_t stride);
@@ -63,6 +59,7 @@ void qv_epilogue_avx2(const qv_gemm_ctx *g, const int32_t *tile, int ldt, int64_
 void qv_bs_block_neon(const qv_gemm_ctx *g, int64_t m0, int64_t m1, int64_t nb0, int64_t nb1);
 void qv_i8_block_neon(const qv_gemm_ctx *g, int64_t m0, int64_t m1, int64_t nb0, int64_t nb1);
 void qv_i8_block_neon_dot(const qv_gemm_ctx *g, int64_t m0, int64_t m1, int64_t nb0, int64_t nb1);
+void qv_packrow_neon(const uint8_t *codes, int64_t k, int bits, uint64_t *out, int64_t stride);
 void qv_epilogue_neon(const qv_gemm_ctx *g, const int32_t *tile, int ldt, int64_t m0, int rows, int64_t n0,
                       int cols);
 #endif

@@ -151,12 +151,15 @@ void qv_i8_block_neon(const qv_gemm_ctx *g, int64_t m0, int64_t m1, int64_t nb0,
   }
 }
 
+void qv_packrow_neon(const uint8_t *codes, int64_t k, int bits, uint64_t *out, int64_t stride) {
+  pack_row_k(codes, k, bits, out, stride, plane_word);
+}
+
 void qv_epilogue_neon(const qv_gemm_ctx *g, const int32_t *tile, int ldt, int64_t m0, int rows, int64_t n0,
                       int cols) {
   const qv_epilogue *ep = g->ep;
   const int full = cols & ~3;
-  const float32x4_t step = vdupq_n_f32(ep->q_step), zp = vdupq_n_f32((float)ep->q_zp);
-  const float32x4_t qmax = vdupq_n_f32((float)((1 << ep->q_bits) - 1)), zero = vdupq_n_f32(0.0f);
+  float yrow[16]; /* one tile row's floats: the quantizer runs on the whole row at once */
   for (int r = 0; r < rows; r++) {
     const int64_t m = m0 + r, o = m * ep->ldo + n0;
     const int32x4_t rc = vdupq_n_s32(g->rc[m]);
@@ -168,14 +171,9 @@ void qv_epilogue_neon(const qv_gemm_ctx *g, const int32_t *tile, int ldt, int64_
       float32x4_t y = vmulq_f32(vcvtq_f32_s32(acc), s);
       if (ep->bias) y = vaddq_f32(y, vld1q_f32(ep->bias + n0 + c));
       if (ep->out_f) vst1q_f32(ep->out_f + o + c, y);
-      if (ep->out_q) {
-        float32x4_t q = vaddq_f32(vrndnq_f32(vdivq_f32(y, step)), zp);  /* FRINTN: ties to even */
-        q = vminq_f32(vmaxnmq_f32(q, zero), qmax);                        /* maxNum(NaN, 0) = 0 */
-        int32_t qi[4];
-        vst1q_s32(qi, vcvtq_s32_f32(q));
-        for (int t = 0; t < 4; t++) ep->out_q[o + c + t] = (uint8_t)qi[t];
-      }
+      vst1q_f32(yrow + c, y);
     }
+    if (ep->out_q) quantize_row(yrow, full, ep->q_step, ep->q_zp, ep->q_bits, ep->out_q + o);
   }
   if (full < cols) qv_epilogue_scalar(g, tile + full, ldt, m0, rows, n0 + full, cols - full);
 }

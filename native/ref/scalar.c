@@ -1,6 +1,5 @@
 /* Portable scalar reference: the meaning of every kernel, checked against numpy in the tests
  * and used as the oracle for the SIMD paths (also in the aarch64 qemu test). */
-#include <math.h>
 #include <string.h>
 
 #include "../qv_internal.h"
@@ -56,31 +55,13 @@ void qv_i8_block_scalar(const qv_gemm_ctx *g, int64_t m0, int64_t m1, int64_t nb
 }
 
 void qv_packrow_scalar(const uint8_t *codes, int64_t k, int bits, uint64_t *out, int64_t stride) {
-  int64_t kw = (k + 63) / 64;
-  for (int64_t w = 0; w < kw; w++) {
-    uint8_t buf[64];
-    const uint8_t *src = codes + w * 64;
-    if (k - w * 64 < 64) {  /* tail: zero codes past K */
-      memset(buf, 0, sizeof buf);
-      memcpy(buf, src, (size_t)(k - w * 64));
-      src = buf;
-    }
-    for (int j = 0; j < bits; j++) {
-      uint64_t word = 0;
-      for (int t = 0; t < 8; t++) {
-        uint64_t x;
-        memcpy(&x, src + 8 * t, 8);
-        word |= (uint64_t)qv_gather8(x, j) << (8 * t);
-      }
-      out[j * stride + w] = word;
-    }
-  }
+  pack_row_k(codes, k, bits, out, stride, plane_word_portable);
 }
 
 void qv_epilogue_scalar(const qv_gemm_ctx *g, const int32_t *tile, int ldt, int64_t m0, int rows, int64_t n0,
                         int cols) {
   const qv_epilogue *ep = g->ep;
-  const float qmax = (float)((1 << ep->q_bits) - 1);
+  const float qmax = (float)((1 << ep->q_bits) - 1), fz = (float)ep->q_zp;
   for (int r = 0; r < rows; r++) {
     int64_t m = m0 + r;
     int64_t o = m * ep->ldo + n0;
@@ -92,12 +73,7 @@ void qv_epilogue_scalar(const qv_gemm_ctx *g, const int32_t *tile, int ldt, int6
       float y = (float)acc * (ep->scale ? ep->scale[n] : ep->scale0);
       if (ep->bias) y = y + ep->bias[n];
       if (ep->out_f) ep->out_f[o + c] = y;
-      if (ep->out_q) {
-        float q = nearbyintf(y / ep->q_step) + (float)ep->q_zp;
-        q = q > 0.0f ? q : 0.0f;           /* NaN -> 0 */
-        q = q < qmax ? q : qmax;
-        ep->out_q[o + c] = (uint8_t)q;
-      }
+      if (ep->out_q) ep->out_q[o + c] = (uint8_t)code_of(y, ep->q_step, fz, qmax);
     }
   }
 }

@@ -131,32 +131,13 @@ QV_TARGET_AVX2 void qv_i8_block_avx2(const qv_gemm_ctx *g, int64_t m0, int64_t m
 }
 
 QV_TARGET_AVX2 void qv_packrow_avx2(const uint8_t *codes, int64_t k, int bits, uint64_t *out, int64_t stride) {
-  const int64_t kw = (k + 63) / 64;
-  for (int64_t w = 0; w < kw; w++) {
-    uint8_t buf[64];
-    const uint8_t *src = codes + w * 64;
-    if (k - w * 64 < 64) {
-      memset(buf, 0, sizeof buf);
-      memcpy(buf, src, (size_t)(k - w * 64));
-      src = buf;
-    }
-    __m256i v0 = _mm256_loadu_si256((const __m256i *)src), v1 = _mm256_loadu_si256((const __m256i *)(src + 32));
-    for (int j = 0; j < bits; j++) {
-      /* shifting 16-bit lanes left by 7 - j puts bit j of each byte into that byte's top bit */
-      __m128i sh = _mm_cvtsi32_si128(7 - j);
-      uint32_t lo = (uint32_t)_mm256_movemask_epi8(_mm256_sll_epi16(v0, sh));
-      uint32_t hi = (uint32_t)_mm256_movemask_epi8(_mm256_sll_epi16(v1, sh));
-      out[j * stride + w] = (uint64_t)lo | ((uint64_t)hi << 32);
-    }
-  }
+  pack_row_k(codes, k, bits, out, stride, plane_word_avx2);
 }
 
 QV_TARGET_AVX2 void qv_epilogue_avx2(const qv_gemm_ctx *g, const int32_t *tile, int ldt, int64_t m0, int rows,
                                      int64_t n0, int cols) {
   const qv_epilogue *ep = g->ep;
   const int full = cols & ~7;
-  const __m256 step = _mm256_set1_ps(ep->q_step), zp = _mm256_set1_ps((float)ep->q_zp);
-  const __m256 qmax = _mm256_set1_ps((float)((1 << ep->q_bits) - 1)), zero = _mm256_setzero_ps();
   for (int r = 0; r < rows; r++) {
     const int64_t m = m0 + r, o = m * ep->ldo + n0;
     const __m256i rc = _mm256_set1_epi32(g->rc[m]);
@@ -170,11 +151,9 @@ QV_TARGET_AVX2 void qv_epilogue_avx2(const qv_gemm_ctx *g, const int32_t *tile, 
       if (ep->bias) y = _mm256_add_ps(y, _mm256_loadu_ps(ep->bias + n0 + c));
       if (ep->out_f) _mm256_storeu_ps(ep->out_f + o + c, y);
       if (ep->out_q) {
-        __m256 q = _mm256_round_ps(_mm256_div_ps(y, step), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        q = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(q, zp), zero), qmax);
-        int32_t qi[8];
-        _mm256_storeu_si256((__m256i *)qi, _mm256_cvtps_epi32(q));
-        for (int t = 0; t < 8; t++) ep->out_q[o + c + t] = (uint8_t)qi[t];
+        float yf[8];
+        _mm256_storeu_ps(yf, y);
+        quantize_row(yf, 8, ep->q_step, ep->q_zp, ep->q_bits, ep->out_q + o + c);
       }
     }
   }

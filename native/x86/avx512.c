@@ -24,11 +24,9 @@ QV_INLINE QV_TARGET_AVX512 void epi_row16(const qv_gemm_ctx *g, int64_t m, int64
     if (ep->bias) y = _mm512_add_ps(y, _mm512_loadu_ps(ep->bias + n0));
     if (ep->out_f) _mm512_storeu_ps(ep->out_f + o, y);
     if (ep->out_q) {
-      __m512 q = _mm512_roundscale_ps(_mm512_div_ps(y, _mm512_set1_ps(ep->q_step)),
-                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-      q = _mm512_add_ps(q, _mm512_set1_ps((float)ep->q_zp));
-      q = _mm512_min_ps(_mm512_max_ps(q, _mm512_setzero_ps()), _mm512_set1_ps((float)((1 << ep->q_bits) - 1)));
-      _mm_storeu_si128((__m128i *)(ep->out_q + o), _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(q)));  /* max(NaN, 0) = 0 */
+      float yf[16];
+      _mm512_storeu_ps(yf, y);
+      quantize_row(yf, 16, ep->q_step, ep->q_zp, ep->q_bits, ep->out_q + o);
     }
     return;
   }
@@ -41,11 +39,9 @@ QV_INLINE QV_TARGET_AVX512 void epi_row16(const qv_gemm_ctx *g, int64_t m, int64
   if (ep->bias) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(k, ep->bias + n0));
   if (ep->out_f) _mm512_mask_storeu_ps(ep->out_f + o, k, y);
   if (ep->out_q) {
-    __m512 q = _mm512_roundscale_ps(_mm512_div_ps(y, _mm512_set1_ps(ep->q_step)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    q = _mm512_add_ps(q, _mm512_set1_ps((float)ep->q_zp));
-    q = _mm512_min_ps(_mm512_max_ps(q, _mm512_setzero_ps()), _mm512_set1_ps((float)((1 << ep->q_bits) - 1)));
-    _mm_mask_storeu_epi8(ep->out_q + o, k, _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(q)));
+    float yf[16];
+    _mm512_storeu_ps(yf, y);
+    quantize_row(yf, cols, ep->q_step, ep->q_zp, ep->q_bits, ep->out_q + o);
   }
 }
 
@@ -229,13 +225,7 @@ QV_TARGET_AVX512 void qv_i8_block_avx512(const qv_gemm_ctx *g, int64_t m0, int64
 }
 
 QV_TARGET_AVX512 void qv_packrow_avx512(const uint8_t *codes, int64_t k, int bits, uint64_t *out, int64_t stride) {
-  const int64_t kw = (k + 63) / 64;
-  for (int64_t w = 0; w < kw; w++) {
-    int64_t left = k - w * 64;
-    __mmask64 valid = left >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << left) - 1);
-    __m512i v = _mm512_maskz_loadu_epi8(valid, codes + w * 64);  /* masked-out bytes never fault */
-    for (int j = 0; j < bits; j++) out[j * stride + w] = _mm512_test_epi8_mask(v, _mm512_set1_epi8((char)(1 << j)));
-  }
+  pack_row_k(codes, k, bits, out, stride, plane_word_avx512);
 }
 
 #endif
