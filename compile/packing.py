@@ -57,8 +57,8 @@ def int16_panel(w: np.ndarray) -> np.ndarray:
 
 
 def int8_panel(w: np.ndarray, kp: int) -> np.ndarray:
-    """Signed codes [N, K] -> int8 panels [ceil(N / 16), kp / 4, 16, 4] for native/model/int8dot.c (zero past N
-    and K): element [p, g, l, j] = w[16 p + l, 4 g + j], one 64-byte group = 16 channels x 4 k."""
+    """Signed codes [N, K] -> int8 panels [ceil(N / 16), kp / 4, 16, 4] for native/model/int8dot.c (zero
+    past N and K): element [p, g, l, j] = w[16 p + l, 4 g + j], one 64-byte group = 16 channels x 4 k."""
     n, k = w.shape
     npad = -(-n // 16) * 16
     full = np.zeros((npad, kp), np.int8)

@@ -3,10 +3,11 @@
 compiled for the board's core (default GEMM engine of that core) and priced by
 `python -m qvit_compile.pi_estimate` for 1 and 4 threads.
 
-    python scripts/pi_estimate_table.py [--out build/pi-estimate/table] [--reuse]
+    python scripts/pi_estimate_table.py [--out build/pi-estimate/table] [--reuse] [--budget]
 
 Prints a markdown table (estimated ms, and the GEMM engine of the low-bit layers) and writes every
-estimate's JSON beside its model.so. Everything is an estimate (docs/pi-estimate.md), not a
+estimate's JSON beside its model.so; --budget also writes them into the device tests' budgets
+(tests/device/budget.json, "estimate_ms"). Everything is an estimate (docs/pi-estimate.md), not a
 measurement.
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MODELS = [("DeiT-T", "deit_tiny_patch16_224"), ("DeiT-S", "deit_small_patch16_224")]
 BITS = (2, 4)
 CORES = [("Pi 4", "cortex-a72"), ("Pi 5", "cortex-a76")]
+BUDGET = ROOT / "tests" / "device" / "budget.json"
 THREADS = "1,4"
 
 
@@ -59,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=ROOT / "build" / "pi-estimate" / "table")
     p.add_argument("--reuse", action="store_true", help="keep model.so files and estimates already built")
+    p.add_argument("--budget", action="store_true",
+                   help=f"write the estimates into {BUDGET.relative_to(ROOT)}")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     head = "| ESTIMATE, ms (224 px, batch 1) | bits |"
@@ -67,16 +71,23 @@ def main(argv: list[str] | None = None) -> int:
         head += f" {board} ({cpu}), 1 thread | {board}, 4 threads | {board} GEMM engine |"
         rule += "---|---|---|"
     lines = [head, rule]
+    budget = json.loads(BUDGET.read_text())
     for label, arch in MODELS:
         for bits in BITS:
             row = f"| {label} | W{bits}A{bits} |"
             for _, cpu in CORES:
                 d = estimate(arch, bits, cpu, args.out, args.reuse)
+                key = f"{arch} W{d['bits'].get('weight')}A{d['bits'].get('act')}"
+                per_threads = {t: round(v, 1) for t, v in d["total_ms"].items()}
+                budget["estimate_ms"].setdefault(d["core"], {})[key] = per_threads
                 so = args.out / f"{arch}.w{bits}a{bits}.{cpu}.so"
                 row += f" {d['total_ms']['1']:.0f} | {d['total_ms']['4']:.0f} | {engine_of(so, bits)} |"
             lines.append(row)
             print(row, file=sys.stderr, flush=True)
     print("\n".join(lines))
+    if args.budget:
+        BUDGET.write_text(json.dumps(budget, indent=2) + "\n")
+        print(f"pi_estimate_table: wrote the estimates into {BUDGET.relative_to(ROOT)}", file=sys.stderr)
     return 0
 
 

@@ -26,7 +26,8 @@ def model_kernels_loaded(tmp_path_factory):
     JIT-compiles here resolve their call_extern symbols (in a model.so they are linked in)."""
     import ctypes
     out = str(tmp_path_factory.mktemp("model_kernels") / "model_kernels.so")
-    objs = [package.compile_model_kernel("gcc", HOST, src, os.path.dirname(out)) for src in package.MODEL_KERNELS]
+    objs = [package.compile_model_kernel("gcc", HOST, src, os.path.dirname(out))
+            for src in package.MODEL_KERNELS]
     subprocess.run(["gcc", "-shared", "-o", out, *objs, "-lm"], check=True)
     return ctypes.CDLL(out, mode=ctypes.RTLD_GLOBAL)
 

@@ -193,7 +193,6 @@ def test_bad_arguments_raise_value_error():
 def test_float_ops_match_reference():
     rng = np.random.default_rng(11)
     x = rng.normal(0, 3, (5, 197, 64)).astype(np.float32)
-    w, b = rng.normal(1, 0.1, 64).astype(np.float32), rng.normal(0, 0.1, 64).astype(np.float32)
     # LayerNorm and quantize share model.so's arithmetic (native/qv_arith.h: numpy's pairwise sums,
     # no contraction), so they are numpy's bit for bit; softmax's exp is Cephes' (1 ulp), GELU's erf
     # the compile stage's rational one

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -139,3 +141,16 @@ def test_user_errors_are_one_line(models, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(pi_mca, "LLVM_MCA", "llvm-mca-does-not-exist")
     rc, err = _main([models["a64"], "--threads", "1", "--json"] + work, capsys)
     assert rc == 2 and len(err) == 1 and "llvm-19" in err[0]
+
+
+def test_device_budgets_come_from_the_estimates():
+    """tests/device/budget.json holds the estimates (`scripts/pi_estimate_table.py --budget`) that
+    the board tests turn into latency budgets, for boards those tests know, at 1 and 4 threads."""
+    b = json.loads((Path(__file__).parent / "device" / "budget.json").read_text())
+    assert b["estimate_margin"] > 1.0
+    for core, models in b["estimate_ms"].items():
+        assert core in b["gmac_per_s"], core
+        for key, ms in models.items():
+            arch, bits = key.split(" ")
+            assert arch in b["gmac"] and re.fullmatch(r"W\d+A\d+", bits), key
+            assert set(ms) == {"1", "4"} and 0 < ms["4"] <= ms["1"], (core, key, ms)
