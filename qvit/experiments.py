@@ -8,7 +8,9 @@ at W4A4 / W3A3 / W2A2 for the fully quantized LSQ baseline (logit distillation o
 (IRM + DGD), and at W2A2 also +IRM only and +DGD only; plus Q-ViT with the size-independent DGD
 reduction (`--dgd-reduce mean`). Every run is one `qvit train` command (printed, and logged under
 runs/exp/); a run that is complete is skipped, an interrupted one resumes from its last checkpoint,
-so the command can be stopped and started again across sessions.
+so the command can be stopped and started again across sessions. A finished run's record (log and
+test result) is also written to docs/results/records/ (commit it): the report is rebuilt from the
+records when runs/ is gone.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = Path("runs/exp")
+# Every finished run's record (its log.json and test.json, a few KB) is kept in git: runs/ is not,
+# and a machine does not outlive a session. The report falls back to the records where a run's
+# folder is gone; the plots that need checkpoints use only runs whose checkpoints are here.
+RECORDS = Path("docs/results/records")
 RESULTS_MD = Path("docs/results.md")
 IMG = Path("docs/img")
 BEGIN, END = "<!-- experiments:begin -->", "<!-- experiments:end -->"
@@ -122,9 +128,19 @@ class Run:
 
         return has_run(self.out)
 
+    def record(self) -> dict | None:
+        f = RECORDS / f"{self.name}.json"
+        return json.loads(f.read_text()) if f.exists() else None
+
     def history(self) -> list[dict]:
         log = self.out / "log.json"
-        return json.loads(log.read_text()) if log.exists() else []
+        if log.exists():
+            return json.loads(log.read_text())
+        rec = self.record()
+        return rec["log"] if rec else []
+
+    def has_checkpoint(self) -> bool:
+        return (self.out / "best").is_dir()
 
     def done(self) -> bool:
         h = self.history()
@@ -134,7 +150,24 @@ class Run:
         """Top-1 of the run's best-validation checkpoint on the test split (test.json, written once
         when the run completes)."""
         f = self.out / "test.json"
-        return json.loads(f.read_text())["test_top1"] if self.done() and f.exists() else None
+        if not self.done():
+            return None
+        if f.exists():
+            return json.loads(f.read_text())["test_top1"]
+        rec = self.record()
+        return rec["test"]["test_top1"] if rec else None
+
+
+def save_record(run: Run) -> bool:
+    """Copies a finished run's log and test result into RECORDS (for git). Returns whether it did."""
+    log, test = run.out / "log.json", run.out / "test.json"
+    if not (log.exists() and test.exists() and run.done()):
+        return False
+    RECORDS.mkdir(parents=True, exist_ok=True)
+    rec = {"command": shlex.join(run.command()), "log": json.loads(log.read_text()),
+           "test": json.loads(test.read_text())}
+    (RECORDS / f"{run.name}.json").write_text(json.dumps(rec, indent=1) + "\n")
+    return True
 
 
 def plan(seeds: list[int], epochs: int, jobs: int, only: list[str] | None = None) -> list[Run]:
@@ -224,7 +257,10 @@ def run_all(runs: list[Run], jobs: int, dry_run: bool) -> int:
         for name, p in list(running.items()):
             if p.poll() is not None:
                 del running[name]
-                ok = p.returncode == 0 and next(r for r in runs if r.name == name).done()
+                run = next(r for r in runs if r.name == name)
+                ok = p.returncode == 0 and run.done()
+                if ok:
+                    save_record(run)
                 state = "finished" if ok else "stopped" if stop else "FAILED"
                 print(f"[{(time.time() - t0) / 60:6.1f} min] {name}: {state}")
                 if not ok and not stop:
@@ -279,14 +315,16 @@ INIT_POINTS = [(b, stat, calib) for b in (8, 4, 2)
                for stat, calib in ((None, 0), ("token", 0), ("head", 256))]
 
 
-def init_accuracy(cache: Path = RUNS / "init_accuracy.json") -> list[dict]:
+def init_accuracy(cache: Path | None = None) -> list[dict]:
     """Top-1 (validation images) of the W{b}A{b} students before QAT: the teacher's weights with
     the quantizers initialised from the first training batch, exactly as `qvit train` starts
     (seed 0), for each IRM form. It shows what an IRM costs at the start."""
+    cache = cache or RECORDS / "init_accuracy.json"
     rows = json.loads(cache.read_text()) if cache.exists() else []
     if [(r["bits"], r["irm"], r["irm_calib"]) for r in rows] == INIT_POINTS:
         return rows
     rows = before_qat(str(RUNS / "teacher" / "best"), INIT_POINTS)
+    cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps(rows, indent=1))
     return rows
 
@@ -354,7 +392,7 @@ def write_plots(runs: list[Run], table: dict,
     pair = {
         VARIANTS[r.variant][0]: str(r.out / "best")
         for r in runs
-        if r.bits == 2 and r.seed == runs[1].seed and r.variant in ("base", "irm") and r.done()
+        if r.bits == 2 and r.seed == runs[1].seed and r.variant in ("base", "irm") and r.has_checkpoint()
     }
     qk_rows: list[dict] = []
     if len(pair) == 2:
@@ -365,14 +403,14 @@ def write_plots(runs: list[Run], table: dict,
     forms = {
         IRM_FORMS[r.variant]: str(r.out / "best")
         for r in runs
-        if r.bits == 2 and r.seed == runs[1].seed and r.variant in IRM_FORMS and r.done()
+        if r.bits == 2 and r.seed == runs[1].seed and r.variant in IRM_FORMS and r.has_checkpoint()
     }
     form_rows: list[dict] = []
     if len(forms) == len(IRM_FORMS):
         from qvit.qk_stats import plot_irm_forms
 
-        teacher = runs[0].out / "best"
-        form_rows = plot_irm_forms(forms, str(teacher) if runs[0].done() else None, IMG / "irm_forms.png")
+        teacher = str(runs[0].out / "best") if runs[0].has_checkpoint() else None
+        form_rows = plot_irm_forms(forms, teacher, IMG / "irm_forms.png")
         made.append("irm_forms.png")
     return made, qk_rows, form_rows
 
@@ -385,6 +423,8 @@ LONGER = (3,)  # QAT schedules reported besides the 1-epoch grid when their runs
 
 
 def report(runs: list[Run]) -> str:
+    for r in runs:
+        save_record(r)
     epochs = runs[1].epochs
     teacher = runs[0]
     t_hist = teacher.history()
@@ -492,7 +532,10 @@ def report(runs: list[Run]) -> str:
                 cells.append(f"spread {r['spread']:.2f}{ent}")
             lines.append(f"| {layer + 1} | " + " | ".join(cells) + " |")
     for longer in LONGER:
-        long_table = collect(plan(seeds, longer, 1))
+        long_runs = plan(seeds, longer, 1)
+        for r in long_runs:
+            save_record(r)
+        long_table = collect(long_runs)
         if not long_table:
             continue
         lines += [

@@ -13,6 +13,30 @@ from qvit.qk_stats import code_entropy, entropy_table, logit_spread, plot_irm_fo
 from qvit.quantizers import ActQuant
 
 
+@pytest.fixture(autouse=True)
+def records(tmp_path, monkeypatch):
+    """The run records (kept in git beside docs/results.md) go to a temporary folder here."""
+    d = tmp_path / "records"
+    monkeypatch.setattr(experiments, "RECORDS", d)
+    return d
+
+
+def test_a_finished_run_is_reported_from_its_record_once_its_folder_is_gone(tmp_path, monkeypatch, records):
+    monkeypatch.setattr(experiments, "RUNS", tmp_path / "runs")
+    run = experiments.plan([0], epochs=1, jobs=1)[1]
+    assert not experiments.save_record(run)  # nothing to record yet
+    run.out.mkdir(parents=True)
+    (run.out / "log.json").write_text(json.dumps([{"epoch": 1, "val_top1": 61.0}]))
+    assert not experiments.save_record(run)  # no test result: not finished
+    (run.out / "test.json").write_text(json.dumps({"test_top1": 60.25}))
+    assert experiments.save_record(run)
+    rec = json.loads((records / f"{run.name}.json").read_text())
+    assert rec["test"]["test_top1"] == 60.25 and rec["command"].startswith("qvit train")
+    shutil.rmtree(run.out)
+    assert run.done() and run.test_top1() == 60.25 and not run.has_checkpoint()
+    assert experiments.collect([run]) == {(run.bits, run.variant): [60.25]}
+
+
 def test_every_planned_run_is_a_valid_qvit_train_command():
     runs = experiments.plan([0, 1], epochs=1, jobs=2)
     parser = argparse.ArgumentParser()
