@@ -1,6 +1,7 @@
 """`make bench` / `python -m qvit_compile.bench`: end-to-end latency of the compiled model.so against
-PyTorch FP32 eager and ONNX Runtime int8 (dynamic quantization) on the same architecture, batch 1,
-at each thread count, all in one run (docs/bench.md has the results and how to read them).
+PyTorch FP32 eager, ONNX Runtime FP32 and ONNX Runtime int8 (dynamic quantization) on the same
+architecture, batch 1, at each thread count, all in one run, with the CPU and the instruction sets
+found, and model.so's time per op kind (docs/bench.md has the results and how to read them).
 
 Every contender runs the same random-weight architecture (no pretrained weights can be downloaded
 here); latency does not depend on the weight values. Runs are interleaved (one run of each contender
@@ -55,10 +56,13 @@ class Contender:
     def run(self, x: np.ndarray) -> None: ...
 
 
+OURS = "model.so"
+
+
 class ModelSo(Contender):
     def __init__(self, path: str):
         from qvit_edge import model
-        self.name = "model.so (TVM, bit-serial)"
+        self.name = OURS
         self.m = model.load(path)
 
     def set_threads(self, n):
@@ -84,26 +88,31 @@ class TorchFP32(Contender):
             self.model(self.torch.from_numpy(x))
 
 
-class OrtInt8(Contender):
-    """timm model -> ONNX (FP32) -> onnxruntime.quantization.quantize_dynamic (int8 weights, int8
-    activations quantized on the fly: MatMulInteger / DynamicQuantizeLinear)."""
+def export_onnx(arch: str, folder: str, x: np.ndarray) -> tuple[str, str]:
+    """timm model -> ONNX FP32 and its onnxruntime.quantization.quantize_dynamic int8 version (int8
+    weights, int8 activations quantized on the fly: MatMulInteger / DynamicQuantizeLinear), once."""
+    import timm
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    fp32 = os.path.join(folder, f"{arch}.fp32.onnx")
+    int8 = os.path.join(folder, f"{arch}.int8.onnx")
+    if not (os.path.exists(fp32) and os.path.exists(int8)):
+        model = timm.create_model(arch, pretrained=False).eval()
+        with quiet(os.path.join(folder, "onnx-export.log")), torch.no_grad():
+            torch.onnx.export(model, torch.from_numpy(x), fp32, input_names=["x"], output_names=["y"],
+                              opset_version=17, dynamo=False)
+            quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8)
+    return fp32, int8
 
-    def __init__(self, arch: str, folder: str, x: np.ndarray):
+
+class Ort(Contender):
+    """An ONNX file in ONNX Runtime's CPU provider, all graph optimizations, sequential execution."""
+
+    def __init__(self, name: str, path: str):
         import onnxruntime as ort
-        import timm
-        import torch
-        from onnxruntime.quantization import QuantType, quantize_dynamic
         self.ort = ort
-        self.name = "ONNX Runtime int8 (dynamic)"
-        fp32 = os.path.join(folder, f"{arch}.fp32.onnx")
-        int8 = os.path.join(folder, f"{arch}.int8.onnx")
-        if not os.path.exists(int8):
-            model = timm.create_model(arch, pretrained=False).eval()
-            with quiet(os.path.join(folder, "onnx-export.log")), torch.no_grad():
-                torch.onnx.export(model, torch.from_numpy(x), fp32, input_names=["x"], output_names=["y"],
-                                  opset_version=17, dynamo=False)
-                quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8)
-        self.path = int8
+        self.name = name
+        self.path = path
         self.sessions = {}
 
     def set_threads(self, n):
@@ -211,7 +220,7 @@ def per_layer(so_path: str, imodel, threads: list[int], rounds: int) -> dict:
             n_idx = len(idx)
 
             def ours(pa=pa, n=n_idx):
-                lib.qvit_tvm_run(so._kernels, pa, n, nat.ffi.NULL, so._failed)
+                lib.qvit_tvm_run(so._kernels, so._num_kernels, pa, n, nat.ffi.NULL, so._failed)
 
             prm = imodel.params(op)
             w = prm["weight"]
@@ -276,7 +285,8 @@ def main(argv=None) -> int:
     from .compiler import compile_model
 
     so_path = os.path.join(args.out, f"{args.arch}_w{args.bits}a{args.bits}.x86_64.so")
-    print(f"bench: on {_cpu_name()}, {os.cpu_count()} logical CPUs", flush=True)
+    print(f"bench: on {_cpu_name()}, {os.cpu_count()} logical CPUs; instruction sets: "
+          f"{', '.join(_isa()) or 'none of note'}", flush=True)
     print(f"bench: compiling {args.arch} W{args.bits}A{args.bits} (random weights) -> {so_path}", flush=True)
     model, _ = export_random(args.arch, args.bits)
     compile_model(model, "x86_64", so_path, progress=lambda s: print(s, flush=True))
@@ -287,35 +297,73 @@ def main(argv=None) -> int:
         contenders.append(TorchFP32(args.arch))
         with tempfile.TemporaryDirectory() as tmp:
             folder = args.out if os.access(args.out, os.W_OK) else tmp
-            print("bench: PyTorch FP32 and ONNX Runtime int8 baselines (exporting ONNX once; its log: "
+            print("bench: PyTorch FP32, ONNX Runtime FP32 and int8 baselines (exporting ONNX once; its log: "
                   f"{os.path.join(folder, 'onnx-export.log')})", flush=True)
-            contenders.append(OrtInt8(args.arch, folder, x))
+            fp32, int8 = export_onnx(args.arch, folder, x)
+            contenders += [Ort("ONNX Runtime FP32", fp32), Ort("ONNX Runtime int8 (dynamic)", int8)]
             res = measure(contenders, args.threads, x, args.rounds, args.warmup)
     else:
         res = measure(contenders, args.threads, x, args.rounds, args.warmup)
+    print("bench: model.so per op kind", flush=True)
+    ops = per_op(so_path, args.threads, x, args.rounds)
     print("bench: per layer, model.so kernels vs the native kernels", flush=True)
     layers = per_layer(so_path, model, args.threads, max(5, args.rounds // 2))
     import onnxruntime
     import torch
+
+    from qvit_edge.preflight import read_model_doc
+    gemm = read_model_doc(so_path).get("gemm") or {}
+    engines = sorted({row["engine"] for row in gemm.get("layers", [])})
     info = {"arch": args.arch, "bits": args.bits, "batch": 1, "rounds": args.rounds, "cpu": _cpu_name(),
-            "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+            "isa": _isa(), "cores": os.cpu_count(), "gemm_engines": engines,
+            "python": platform.python_version(), "torch": torch.__version__,
             "onnxruntime": onnxruntime.__version__, "command": "python -m qvit_compile.bench " +
-            " ".join(sys.argv[1:] if argv is None else argv), "results": res, "per_layer": layers}
+            " ".join(sys.argv[1:] if argv is None else argv), "results": res, "per_op_ms": ops,
+            "per_layer": layers}
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(info, f, indent=1)
     print(report(info))
     return 0
 
 
+def per_op(so_path: str, threads: list[int], x: np.ndarray, rounds: int) -> dict:
+    """model.so's time per op kind (the runtime's per-step timers), medians over `rounds` runs, ms."""
+    from qvit_edge import model as runtime
+
+    out: dict = {}
+    with runtime.load(so_path, profile=True) as m:
+        for t in threads:
+            m.threads = t
+            m.run(x)
+            per_run: dict[str, list[float]] = {}
+            for _ in range(rounds):
+                m.reset_profile()
+                m.run(x)
+                for kind, s in m.profile().items():
+                    per_run.setdefault(kind, []).append(1e3 * s)
+            med = {k: float(np.median(v)) for k, v in per_run.items()}
+            out[t] = dict(sorted(med.items(), key=lambda kv: -kv[1]))
+    return out
+
+
 def report(info: dict) -> str:
     lines = [f"{info['arch']} W{info['bits']}A{info['bits']}, batch 1, median of {info['rounds']} "
-             f"interleaved runs ({info['cpu']}, {info['cores']} cores)", "",
+             f"interleaved runs ({info['cpu']}, {info['cores']} cores; "
+             f"{', '.join(info.get('isa', [])) or 'no SIMD extensions of note'}; model.so GEMM engines: "
+             f"{', '.join(info.get('gemm_engines', [])) or '?'})", "",
              "| threads | contender | median ms | min ms | model.so speed-up |", "|---|---|---|---|---|"]
     for t, r in info["results"].items():
-        ours = r["model.so (TVM, bit-serial)"]["median_ms"]
+        ours = r[OURS]["median_ms"]
         for name, v in r.items():
             lines.append(f"| {t} | {name} | {v['median_ms']:.1f} | {v['min_ms']:.1f} | "
                          f"{v['median_ms'] / ours:.2f}x |")
+    if info.get("per_op_ms"):
+        lines += ["", "model.so per op kind (the runtime's step timers), median ms:", "",
+                  "| threads | " + " | ".join(next(iter(info["per_op_ms"].values()))) + " |",
+                  "|---|" + "---|" * len(next(iter(info["per_op_ms"].values())))]
+        for t, r in info["per_op_ms"].items():
+            kinds = next(iter(info["per_op_ms"].values()))
+            lines.append(f"| {t} | " + " | ".join(f"{r.get(k, 0.0):.2f}" for k in kinds) + " |")
     lines += ["", "Per layer (block 0, float in -> float out), median ms:", "",
               "| threads | layer | model.so | native | native / model.so |", "|---|---|---|---|---|"]
     for t, r in info.get("per_layer", {}).items():
@@ -323,6 +371,26 @@ def report(info: dict) -> str:
             lines.append(f"| {t} | {label} | {v['model.so']:.3f} | {v['native']:.3f} | "
                          f"{v['native'] / v['model.so']:.2f}x |")
     return "\n".join(lines)
+
+
+# (flag in /proc/cpuinfo, name): what decides the engines' speed
+_ISA_FLAGS = (("avx2", "AVX2"), ("avx512f", "AVX-512F"), ("avx512bw", "AVX-512BW"),
+              ("avx512_vpopcntdq", "AVX-512 VPOPCNTDQ"), ("avx512_vnni", "AVX-512 VNNI"),
+              ("avx_vnni", "AVX-VNNI"), ("amx_int8", "AMX-INT8"), ("asimd", "NEON"),
+              ("asimddp", "dot product (SDOT)"), ("i8mm", "I8MM"))
+
+
+def _isa() -> list[str]:
+    """The instruction sets among _ISA_FLAGS this CPU reports (Linux /proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set()
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    flags |= set(line.split(":", 1)[1].split())
+    except OSError:
+        return []
+    return [name for flag, name in _ISA_FLAGS if flag in flags]
 
 
 def _cpu_name() -> str:
