@@ -8,6 +8,11 @@ differ only in speed, which depends on the CPU:
              (vdotq_laneq_s32), x86 AVX-512 VNNI / AVX-VNNI (vpdpbusd), portable C elsewhere.
              1-4-bit codes are exact in int8, and one SDOT does 32 MACs/cycle on a Cortex-A76
              where the bit-serial kernel needs a_bits * w_bits binary products per MAC;
+  int8dot-amx  int8dot's integers on AMX-INT8 tiles (TDPBUSD, 1024 MACs/cycle; int8dot.c): the same
+             weight panels (one 64-k slice of a panel is one B tile) with K padded to 64 and rows to
+             16. Checked at run time (CPUID, the OS's tile state, Linux's arch_prctl permission): where
+             any is missing the same model.so runs int8dot's path of its build, so the file still
+             runs on every CPU of its -march (QVIT_NO_AMX=1 forces that path, for comparisons);
   bitserial-neon  the bit-serial GEMM as a C micro-kernel (native/model/bsneon.c) with byte counters
              (CNT + UADALP, widened every 31 words) on the same planes: Arm cores without the dot
              product; portable C elsewhere (tests).
@@ -23,13 +28,17 @@ import os
 from qvit_edge.clikit import UserError
 
 BITSERIAL, INT8DOT, BITSERIAL_NEON = "bitserial", "int8dot", "bitserial-neon"
-ENGINES = (BITSERIAL, INT8DOT, BITSERIAL_NEON)
+INT8DOT_AMX = "int8dot-amx"
+ENGINES = (BITSERIAL, INT8DOT, BITSERIAL_NEON, INT8DOT_AMX)
 LOWBIT_MAX = 4  # layers with at most this many bits (weights and activations) have a choice
 INT16 = "int16"  # 8-bit layers (patch embedding, head): int16 codes x int8 weights, no choice
 ENV = "QVIT_GEMM_ENGINE"
 
-# CPU features (LLVM names) that make int8dot the faster engine, per arch.
+# CPU features (LLVM names) that make int8dot the faster engine, per arch; AMX_FEATURE: int8dot-amx.
 INT8DOT_FEATURES = {"aarch64": ("dotprod",), "x86_64": ("avx512vnni", "avxvnni")}
+AMX_FEATURE = "amx-int8"
+# /proc/cpuinfo flag -> LLVM feature, for the compiling machine's CPU (see cpu_features)
+_HOST_FLAGS = {"avx512_vnni": "avx512vnni", "avx_vnni": "avxvnni", "amx_int8": AMX_FEATURE}
 
 
 def choose(arch: str, features, a_bits: int, w_bits: int) -> str:
@@ -43,8 +52,12 @@ def choose(arch: str, features, a_bits: int, w_bits: int) -> str:
         # and the C kernel's byte counters beat TVM's 64-bit popcount lanes, which spill
         return INT8DOT if feats & set(INT8DOT_FEATURES["aarch64"]) else BITSERIAL_NEON
     if arch == "x86_64":
-        # VNNI: 64 MACs/cycle per 512-bit vpdpbusd. Without it (AVX2 only) the popcount kernel stays.
-        # A per-CPU measured choice (e.g. VPOPCNTDQ machines at W1A1) would refine this branch.
+        # AMX-INT8 (Sapphire Rapids and later): 1024 MACs/cycle per TDPBUSD; measured 2.2-2.6x the
+        # VNNI path per DeiT-S layer (docs/model-so.md). VNNI: 64 MACs/cycle per 512-bit vpdpbusd.
+        # Without either (AVX2 only) the popcount kernel stays. A per-CPU measured choice (e.g.
+        # VPOPCNTDQ machines at W1A1) would refine this branch.
+        if AMX_FEATURE in feats:
+            return INT8DOT_AMX
         return INT8DOT if feats & set(INT8DOT_FEATURES["x86_64"]) else BITSERIAL
     return BITSERIAL
 
@@ -58,14 +71,32 @@ def override(engine: str | None) -> str | None:
     return forced
 
 
+def host_x86_features() -> set:
+    """The table's features that this machine's CPU has, from /proc/cpuinfo (empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags")), [])
+    except OSError:
+        return set()
+    return {_HOST_FLAGS[f] for f in flags if f in _HOST_FLAGS}
+
+
 def cpu_features(target) -> list:
-    """The LLVM features of the target's CPU that the table reads (empty when LLVM cannot say)."""
-    wanted = INT8DOT_FEATURES.get(target.arch, ())
+    """The LLVM features of the target's CPU that the table reads (empty when LLVM cannot say).
+    When the target is this machine's CPU (the x86_64 default), its own flags count too: LLVM names
+    a CPU by family and model, and a VM may report a model (e.g. a Sapphire Rapids guest as
+    rocketlake) whose LLVM description lacks features the CPU has (AMX). int8dot-amx checks the CPU
+    again at run time, so a wrong guess here costs speed, never correctness."""
+    wanted = INT8DOT_FEATURES.get(target.arch, ()) + ((AMX_FEATURE,) if target.arch == "x86_64" else ())
     try:
         from tvm.target import codegen
-        feats = codegen.llvm_get_cpu_features(target.tvm())
+        feats = set(codegen.llvm_get_cpu_features(target.tvm()))
     except Exception:  # an LLVM without the query: the table's conservative branch
         return []
+    if target.arch == "x86_64" and os.uname().machine == "x86_64":
+        from .targets import host_x86_cpu
+        if target.mcpu == host_x86_cpu():
+            feats |= host_x86_features()
     return sorted(f for f in wanted if f in feats)
 
 

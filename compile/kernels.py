@@ -78,15 +78,16 @@ PACK_BLOCK = 8  # rows per parallel iteration of the pack kernel
 
 
 def _quantize_rows(fname: str, m: int, k: int, kout: int, bits: int, ln_eps: float | None, shape, dtype: str,
-                   name: str):
+                   name: str, mp: int | None = None):
     """x [M, K] float (LayerNorm first with ln_eps: weight and bias inputs) -> one quantized output
     of `shape`, by a parallel loop over blocks of PACK_BLOCK rows calling the C micro-kernel `fname`
-    (rows r0..r0+PACK_BLOCK; K of the input, kout words or codes per output row)."""
+    (rows r0..r0+PACK_BLOCK; K of the input, kout words or codes per output row; mp output rows,
+    rows_padded(m) unless given: a multiple of PACK_BLOCK)."""
     ins, _, step, zp = _act_input(m, k, None)
     if ln_eps is not None:
         ins += [te.placeholder((k,), "float32", name="ln_w"), te.placeholder((k,), "float32", name="ln_b")]
     ins += [step, zp]
-    mp = rows_padded(m)
+    mp = mp or rows_padded(m)
 
     def body(bufs, outs):
         blk = tirx.Var("block", "int32")
@@ -169,21 +170,31 @@ def bitserial_linear(m: int, n: int, k: int, a_bits: int, w_bits: int, epilogue:
 
 INT8DOT_QUANT = "qvit_int8dot_quant"  # native/model/int8dot.c
 INT8DOT_PANEL = "qvit_int8dot_panel"
+INT8DOT_AMX_GROUP = "qvit_int8dot_amx_group"  # the int8dot-amx engine: 2 panels per call
 INT8DOT_KBLOCK = 16  # codes and weight panels are zero padded along K to a multiple of this
+# int8dot-amx: K to whole 64-byte tile rows, rows to whole 16-row A tiles (zeros add nothing)
+INT8DOT_AMX_KBLOCK, INT8DOT_AMX_ROWS = 64, 16
 EPILOGUES = {"none": 0, "gelu": 1, "add": 2}  # native/model/epilogue.h
 
 
-def int8dot_k(k: int) -> int:
-    return -(-k // INT8DOT_KBLOCK) * INT8DOT_KBLOCK
+def int8dot_k(k: int, amx: bool = False) -> int:
+    b = INT8DOT_AMX_KBLOCK if amx else INT8DOT_KBLOCK
+    return -(-k // b) * b
 
 
-def int8dot_quant(m: int, k: int, bits: int, ln_eps: float | None = None):
+def int8dot_rows(m: int, amx: bool = False) -> int:
+    """Rows of the codes buffer: rows_padded, and whole A tiles for int8dot-amx."""
+    r = rows_padded(m)
+    return -(-r // INT8DOT_AMX_ROWS) * INT8DOT_AMX_ROWS if amx else r
+
+
+def int8dot_quant(m: int, k: int, bits: int, ln_eps: float | None = None, amx: bool = False):
     """x [M, K] float (LayerNorm first with ln_eps) -> activation codes [Mpad, Kp] int8 (unsigned
     values 0..2^b-1, zero past K and for rows >= M), row-major for the int8dot GEMM: a parallel loop
     over blocks of PACK_BLOCK rows calling qvit_int8dot_quant (native/model/int8dot.c), whose codes
-    are common.h's quantize_row, as the bit-serial pack kernel's."""
-    kp = int8dot_k(k)
-    return _quantize_rows(INT8DOT_QUANT, m, k, kp, bits, ln_eps, (rows_padded(m), kp), "int8", "acodes")
+    are common.h's quantize_row, as the bit-serial pack kernel's. amx: int8dot-amx's paddings."""
+    kp, mp = int8dot_k(k, amx), int8dot_rows(m, amx)
+    return _quantize_rows(INT8DOT_QUANT, m, k, kp, bits, ln_eps, (mp, kp), "int8", "acodes", mp)
 
 
 def _c_gemm(fname: str, loop: str, extent: int, sizes: list, operands: list, m: int, n: int, epilogue: str,
@@ -209,13 +220,19 @@ def _c_gemm(fname: str, loop: str, extent: int, sizes: list, operands: list, m: 
     return ins, [y]
 
 
-def int8dot_linear(m: int, n: int, k: int, epilogue: str = "none", gelu_clip: float | None = None):
+def int8dot_linear(m: int, n: int, k: int, epilogue: str = "none", gelu_clip: float | None = None,
+                   amx: bool = False):
     """codes [Mpad, Kp] int8 x weight panels [ceil(N/16), Kp/4, 16, 4] int8 (packing.int8_panel) ->
     y [M, N] float32, with bitserial_linear's epilogue (y = scale[n] * (acc - corr[n]) + bias[n], then
-    GELU or + residual): a parallel loop over the 16-channel panels calling qvit_int8dot_panel."""
-    mp, kp, npan = rows_padded(m), int8dot_k(k), -(-n // 16)
+    GELU or + residual): a parallel loop over the 16-channel panels calling qvit_int8dot_panel, or
+    with amx (int8dot-amx: int8dot_k / int8dot_rows paddings) over pairs of panels calling
+    qvit_int8dot_amx_group."""
+    mp, kp, npan = int8dot_rows(m, amx), int8dot_k(k, amx), -(-n // 16)
     a = te.placeholder((mp, kp), "int8", name="acodes")
     wp = te.placeholder((npan, kp // 4, 16, 4), "int8", name="wpanel8")
+    if amx:
+        return _c_gemm(INT8DOT_AMX_GROUP, "group", -(-npan // 2), [m, mp, n, kp], [a, wp], m, n, epilogue,
+                       gelu_clip)
     return _c_gemm(INT8DOT_PANEL, "panel", npan, [m, mp, n, kp], [a, wp], m, n, epilogue, gelu_clip)
 
 

@@ -192,15 +192,18 @@ class Lowering:
         clip_v = None if clip is None else float(clip)
         engine = (self.select.pick(kind, ab, wb) if self.select is not None
                   else engines.choose("", (), ab, wb))
-        if engine == engines.INT8DOT:
-            kp = K.int8dot_k(k)
-            codes = p.act(f"{op['out']}.acodes", (K.rows_padded(m), kp), "int8")
-            kid = self._generic(("quant8", m, k, ab, eps), "int8dot_quant", K.int8dot_quant, m, k, ab, eps)
+        if engine in (engines.INT8DOT, engines.INT8DOT_AMX):
+            amx = engine == engines.INT8DOT_AMX  # the same kernels with AMX tile paddings
+            kp = K.int8dot_k(k, amx)
+            codes = p.act(f"{op['out']}.acodes", (K.int8dot_rows(m, amx), kp), "int8")
+            kid = self._generic(("quant8", m, k, ab, eps, amx), "int8dot_quant", K.int8dot_quant,
+                                m, k, ab, eps, amx)
             p.step(kid, kind, [x2, *ln_args, a_step, a_zp, codes], op["out"])
             panel = p.const(f"{name}.wpanel8", packing.int8_panel(wt, kp))
             corr = p.const(f"{name}.corr", packing.zero_point_correction(wt, int(prm["a_zp"])))
-            kid = p.kernel(("int8dot", m, n, k, epi, clip_v), "int8dot_gemm",
-                           lambda fname: schedules.prim_func(fname, *K.int8dot_linear(m, n, k, epi, clip_v)))
+            ins_outs = K.int8dot_linear(m, n, k, epi, clip_v, amx)
+            kid = p.kernel(("int8dot", m, n, k, epi, clip_v, amx), "int8dot_gemm",
+                           lambda fname: schedules.prim_func(fname, *ins_outs))
             p.step(kid, kind, [codes, panel, scale, corr, bias, *res, y2], op["out"])
         elif engine == engines.BITSERIAL_NEON:
             planes = p.act(f"{op['out']}.planes", (ab, K.rows_padded(m), K.linear_words(k)), "uint64")

@@ -31,6 +31,10 @@ MODEL_KERNELS = os.path.join(ROOT, "native", "model")
     ("x86_64", ["avxvnni"], 3, 3, "int8dot"),
     ("x86_64", [], 2, 2, "bitserial"),
     ("x86_64", ["avx512vnni"], 4, 8, "int16"),
+    ("x86_64", ["amx-int8", "avx512vnni", "avxvnni"], 2, 2, "int8dot-amx"),
+    ("x86_64", ["amx-int8", "avx512vnni"], 4, 4, "int8dot-amx"),
+    ("x86_64", ["amx-int8"], 8, 8, "int16"),
+    ("aarch64", ["amx-int8", "dotprod"], 2, 2, "int8dot"),  # (an x86 feature never picks for Arm)
 ])
 def test_table(arch, features, ab, wb, want):
     assert engines.choose(arch, features, ab, wb) == want
@@ -44,13 +48,16 @@ from qvit_compile import targets  # noqa: E402
     ("aarch64", "cortex-a76", "int8dot"), ("aarch64", "cortex-a55", "int8dot"),
     ("aarch64", "neoverse-n1", "int8dot"), ("aarch64", "cortex-a78", "int8dot"),
     ("aarch64", "cortex-a72", "bitserial-neon"), ("aarch64", "cortex-a53", "bitserial-neon"),
-    ("x86_64", "sapphirerapids", "int8dot"), ("x86_64", "alderlake", "int8dot"),
-    ("x86_64", "znver4", "int8dot"),
+    ("x86_64", "sapphirerapids", "int8dot-amx"), ("x86_64", "graniterapids", "int8dot-amx"),
+    ("x86_64", "alderlake", "int8dot"), ("x86_64", "znver4", "int8dot"),
+    ("x86_64", "icelake-server", "int8dot"),
     ("x86_64", "x86-64-v3", "bitserial"), ("x86_64", "skylake", "bitserial"),
 ])
 def test_table_per_mcpu(arch, mcpu, want, monkeypatch):
-    """The features come from LLVM's description of the CPU named by --mcpu."""
+    """The features come from LLVM's description of the CPU named by --mcpu (not this machine's
+    flags, which count only for its own CPU name)."""
     monkeypatch.delenv(engines.ENV, raising=False)
+    monkeypatch.setattr(engines, "host_x86_features", lambda: {"amx-int8", "avx512vnni"})
     sel = engines.Selection(targets.get(arch, mcpu))
     assert sel.pick("qlinear", 2, 2) == want
     assert sel.pick("patch_embed", 8, 8) == "int16"
@@ -58,6 +65,25 @@ def test_table_per_mcpu(arch, mcpu, want, monkeypatch):
     assert meta["mcpu"] == mcpu and meta["forced"] is False
     assert [(r["kind"], r["engine"], r["layers"]) for r in meta["layers"]] == [
         ("patch_embed", "int16", 1), ("qlinear", want, 1)]
+
+
+def test_host_flags_count_for_the_host_cpu_only(monkeypatch):
+    """A VM may name its CPU by a model whose LLVM description lacks AMX (a Sapphire Rapids guest
+    reported as rocketlake): compiling for this machine's CPU reads its flags too."""
+    monkeypatch.delenv(engines.ENV, raising=False)
+    monkeypatch.setattr(targets, "host_x86_cpu", lambda: "rocketlake")
+    monkeypatch.setattr(engines, "host_x86_features", lambda: {"amx-int8", "avx512vnni"})
+    if os.uname().machine == "x86_64":
+        assert engines.Selection(targets.get("x86_64", "rocketlake")).pick("qlinear", 2, 2) == "int8dot-amx"
+    assert engines.Selection(targets.get("x86_64", "icelake-server")).pick("qlinear", 2, 2) == "int8dot"
+    monkeypatch.setattr(engines, "host_x86_features", lambda: set())
+    assert engines.Selection(targets.get("x86_64", "rocketlake")).pick("qlinear", 2, 2) == "int8dot"
+
+
+def test_host_x86_features_reads_cpuinfo():
+    if not os.path.exists("/proc/cpuinfo") or os.uname().machine != "x86_64":
+        pytest.skip("reads Linux x86_64's /proc/cpuinfo")
+    assert engines.host_x86_features() == {v for f, v in engines._HOST_FLAGS.items() if _host_flags(f)}
 
 
 def test_override(monkeypatch):
@@ -70,6 +96,10 @@ def test_override(monkeypatch):
     assert engines.Selection(targets.get("aarch64", "cortex-a76")).pick("qlinear", 2, 2) == "bitserial"
     a76 = targets.get("aarch64", "cortex-a76")
     assert engines.Selection(a76, "int8dot").pick("qlinear", 2, 2) == "int8dot"
+    x86 = targets.get("x86_64", "x86-64-v3")
+    assert engines.Selection(x86, "int8dot-amx").pick("qlinear", 4, 4) == "int8dot-amx"
+    monkeypatch.setenv(engines.ENV, "int8dot")  # plain VNNI on an AMX CPU, for comparisons
+    assert engines.Selection(targets.get("x86_64", "sapphirerapids")).pick("qlinear", 2, 2) == "int8dot"
     monkeypatch.setenv(engines.ENV, "fast")
     with pytest.raises(UserError, match="QVIT_GEMM_ENGINE: unknown GEMM engine 'fast'"):
         engines.Selection(t)
@@ -82,7 +112,7 @@ def test_cli_unknown_engine(tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
         "qvit_compile: error: --engine: unknown GEMM engine 'magic' "
-        "(known: bitserial, int8dot, bitserial-neon)"]
+        "(known: bitserial, int8dot, bitserial-neon, int8dot-amx)"]
 
 
 # ------------------------------------------------------------------------ metadata and info
@@ -145,15 +175,25 @@ _DRIVER = r"""
 #include "int8dot.c"
 #include <stdio.h>
 /* every epilogue and shape: qvit_int8dot_panel (this build's path) against plain loops with the
- * scalar epilogue (gelu_f), floats compared bit for bit */
+ * scalar epilogue (gelu_f), floats compared bit for bit; with AMX_LAYOUT qvit_int8dot_amx_group on
+ * int8dot-amx's paddings (K to 64, rows to 16) */
+#ifdef AMX_LAYOUT
+#define KB 64
+#define MB 16
+#else
+#define KB 16
+#define MB 8
+#endif
 static uint32_t rng = 12345;
 static int next(int n) { rng = rng * 1103515245u + 12345u; return (int)((rng >> 8) % (uint32_t)n); }
 int main(void) {
-  static const int shapes[][3] = {{13, 37, 77}, {197, 48, 384}, {8, 16, 16}, {5, 50, 1536}};
+  /* (AMX: 2 x 2, 1 x 2, 2 x 1 and 1 x 1 tile blocks, K tails, one row, one channel) */
+  static const int shapes[][3] = {{13, 37, 77}, {197, 48, 384}, {8, 16, 16}, {5, 50, 1536}, {33, 64, 192},
+                                  {1, 1, 64}, {48, 20, 100}};
   int bad = 0;
-  for (int s = 0; s < 4; s++) {
+  for (int s = 0; s < 7; s++) {
     const int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
-    const int Mpad = (M + 7) / 8 * 8, Kp = (K + 15) / 16 * 16, P = (N + 15) / 16;
+    const int Mpad = (M + MB - 1) / MB * MB, Kp = (K + KB - 1) / KB * KB, P = (N + 15) / 16;
     int8_t *a = calloc((size_t)Mpad * Kp, 1), *wp = calloc((size_t)P * 16 * Kp, 1);
     int8_t *w = calloc((size_t)N * K, 1);
     float *sc = malloc(4 * N), *bi = malloc(4 * N), *res = malloc(4 * (size_t)M * N);
@@ -171,8 +211,14 @@ int main(void) {
     for (int i = 0; i < M * N; i++) res[i] = 0.01f * (float)(next(200) - 100);
     for (int epi = 0; epi < 4; epi++) {
       const int e = epi == 3 ? EPI_GELU : epi, clip_on = epi == 3;
+      memset(y, 0xff, 4 * (size_t)M * N); /* NaNs: an output never written fails */
+#ifdef AMX_LAYOUT
+      for (int g = 0; g < (P + 1) / 2; g++)
+        qvit_int8dot_amx_group(g, M, Mpad, N, Kp, e, clip_on, 0.75f, a, wp, sc, corr, bi, res, y);
+#else
       for (int p = 0; p < P; p++)
         qvit_int8dot_panel(p, M, Mpad, N, Kp, e, clip_on, 0.75f, a, wp, sc, corr, bi, res, y);
+#endif
       for (int r = 0; r < M; r++)
         for (int n = 0; n < N; n++) {
           int32_t acc = 0;
@@ -185,7 +231,11 @@ int main(void) {
     }
     free(a), free(wp), free(w), free(sc), free(bi), free(res), free(y), free(corr);
   }
+#ifdef AMX_LAYOUT
+  printf("path %d amx %d mismatches %d\n", qvit_int8dot_path(), qvit_int8dot_amx_state(), bad);
+#else
   printf("path %d mismatches %d\n", qvit_int8dot_path(), bad);
+#endif
   return bad != 0;
 }
 """
@@ -208,20 +258,66 @@ PATHS = [  # id, compiler, flags, runner, path number the object reports, needed
 ]
 
 
-@pytest.mark.parametrize("cc,flags,runner,path,need", [p[1:] for p in PATHS], ids=[p[0] for p in PATHS])
-def test_int8dot_paths_equal_portable(tmp_path, cc, flags, runner, path, need):
-    if not shutil.which(cc) or (runner and not shutil.which(runner[0])):
-        pytest.skip(f"needs {cc} and {runner[0] if runner else ''}")
-    if need and not _host_flags(need):
-        pytest.skip(f"this CPU has no {need}")
+def _build_driver(tmp_path, cc, flags):
     src = tmp_path / "driver.c"
     src.write_text(_DRIVER)
     exe = tmp_path / "driver"
     r = subprocess.run([cc, "-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", *flags,
                         "-I", MODEL_KERNELS, str(src), "-o", str(exe), "-lm"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
+    return exe
+
+
+@pytest.mark.parametrize("cc,flags,runner,path,need", [p[1:] for p in PATHS], ids=[p[0] for p in PATHS])
+def test_int8dot_paths_equal_portable(tmp_path, cc, flags, runner, path, need):
+    if not shutil.which(cc) or (runner and not shutil.which(runner[0])):
+        pytest.skip(f"needs {cc} and {runner[0] if runner else ''}")
+    if need and not _host_flags(need):
+        pytest.skip(f"this CPU has no {need}")
+    exe = _build_driver(tmp_path, cc, flags)
     r = subprocess.run([*runner, str(exe)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip() == f"path {path} mismatches 0", r.stdout + r.stderr
+
+
+# qvit_int8dot_amx_state: 1 AMX runs, 0 not built in, -1 the CPU lacks it, -2 the OS refuses, -3 QVIT_NO_AMX
+AMX_WHY = {-1: "this CPU has no AMX-INT8",
+           -2: "the OS does not enable AMX tiles (XCR0 / arch_prctl, Linux < 5.16)"}
+AMX_PATHS = [  # id, compiler, flags, runner, environment, path number, AMX state (None: any but 1)
+    ("x86-amx", "gcc", ["-march=native", "-DAMX_LAYOUT"], [], {}, 2, 1),
+    # the same build and layout with AMX refused: each group on the VNNI panels (or the portable
+    # ones on a CPU without VNNI), and on an x86-64-v3 build (AVX2: portable panels)
+    ("x86-amx-off-vnni", "gcc", ["-march=native", "-DAMX_LAYOUT"], [], {"QVIT_NO_AMX": "1"}, None, None),
+    ("x86-v3-amx", "gcc", ["-march=x86-64-v3", "-DAMX_LAYOUT"], [], {}, 0, 1),
+    ("x86-v3-amx-off", "gcc", ["-march=x86-64-v3", "-DAMX_LAYOUT"], [], {"QVIT_NO_AMX": "1"}, 0, None),
+    ("arm-sdot-amx-layout", ARM_CC, ["-mcpu=cortex-a76", "-static", "-DAMX_LAYOUT"], QEMU, {}, 1, 0),
+]
+
+
+@pytest.mark.parametrize("cc,flags,runner,env,path,state", [p[1:] for p in AMX_PATHS],
+                         ids=[p[0] for p in AMX_PATHS])
+def test_int8dot_amx_equal_portable(tmp_path, cc, flags, runner, env, path, state):
+    """int8dot-amx's group kernel on its paddings: AMX tiles where the CPU and the OS allow them
+    (skipped, saying which, where not), the int8dot panels of the build otherwise; always the
+    reference's floats bit for bit."""
+    if not shutil.which(cc) or (runner and not shutil.which(runner[0])):
+        pytest.skip(f"needs {cc} and {runner[0] if runner else ''}")
+    exe = _build_driver(tmp_path, cc, flags)
+    r = subprocess.run([*runner, str(exe)], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "QVIT_NO_AMX": "", **env})
+    out = r.stdout.split()
+    assert r.returncode == 0 and len(out) == 6 and out[5] == "0", r.stdout + r.stderr
+    got_path, got_state = int(out[1]), int(out[3])
+    if state == 1 and got_state in AMX_WHY:
+        pytest.skip(AMX_WHY[got_state])
+    if state is None:
+        assert got_state != 1 and got_state in (-1, -2, -3), r.stdout
+    else:
+        assert got_state == state, r.stdout
+    if path is not None:
+        assert got_path == path, r.stdout
+    else:  # -march=native: the host's VNNI path
+        want = 2 if _host_flags("avx512_vnni") else 3 if _host_flags("avx_vnni") else 0
+        assert got_path == want, r.stdout
 
 
 _BS_DRIVER = r"""

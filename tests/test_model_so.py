@@ -72,9 +72,29 @@ ENGINE_VARIANTS = {
     "deit_w1_int8dot": ("deit_w1", "x86-64-v3", "int8dot"),
     "deit_w2_head_host_bitserial": ("deit_w2_head", None, "bitserial"),  # bit-serial with AVX-512
     "swin_w3_head_host_int8dot": ("swin_w3_head", None, "int8dot"),  # VNNI where the CPU has it
+    # AMX tiles where the CPU and the OS allow them (amx_skip), on the AVX-512 build and the AVX2 one;
+    # Swin's K = 48 / 96 / 192 pad to 64 / 128 / 192 and its 49-token windows to 64 rows
+    "deit_w2_host_amx": ("deit_w2", None, "int8dot-amx"),
+    "swin_w3_head_amx": ("swin_w3_head", "x86-64-v3", "int8dot-amx"),
+    "deit_w1_amx": ("deit_w1", "x86-64-v3", "int8dot-amx"),
     "swin_w3_head_bsneon": ("swin_w3_head", "x86-64-v3", "bitserial-neon"),  # its portable C path
     "deit_w1_bsneon": ("deit_w1", "x86-64-v3", "bitserial-neon"),
 }
+
+
+AMX_WHY = {-1: "this CPU has no AMX-INT8",
+           -2: "the OS does not enable AMX tiles (XCR0 / arch_prctl, Linux < 5.16)", -3: "QVIT_NO_AMX is set"}
+
+
+def amx_skip(name: str, path: str) -> None:
+    """int8dot-amx variants run their AMX path or skip, saying why: the same file would silently pass
+    on its VNNI fallback (native/model/int8dot.c qvit_int8dot_amx_state)."""
+    if ENGINE_VARIANTS.get(name, (None, None, None))[2] != "int8dot-amx":
+        return
+    import ctypes
+    state = ctypes.CDLL(path).qvit_int8dot_amx_state()
+    if state != 1:
+        pytest.skip(AMX_WHY.get(state, f"AMX state {state}"))
 
 
 def _images(m, n, seed=0):
@@ -84,6 +104,7 @@ def _images(m, n, seed=0):
 @pytest.mark.parametrize("name", list(MODELS) + list(ENGINE_VARIANTS))
 def test_logits_match_reference(compiled, name):
     m, path = compiled[name]
+    amx_skip(name, path)
     x = _images(m, 6)
     with model_so.load(path) as so:
         y = so.run(x)
@@ -91,6 +112,25 @@ def test_logits_match_reference(compiled, name):
     assert y.shape == ref.shape and y.dtype == np.float32
     np.testing.assert_allclose(y, ref, atol=ATOL, rtol=1e-4)
     assert (y.argmax(1) == ref.argmax(1)).all()
+
+
+@pytest.mark.parametrize("name", ["deit_w2_host_amx", "swin_w3_head_amx"])
+def test_amx_and_its_fallback_write_the_same_bits(compiled, name, tmp_path):
+    """One int8dot-amx model.so, its AMX tiles here and its int8dot path (QVIT_NO_AMX, another
+    process: the check is once per process): the same logits bit for bit."""
+    m, path = compiled[name]
+    amx_skip(name, path)
+    x = _images(m, 3, seed=7)
+    np.save(tmp_path / "x.npy", x)
+    code = ("import sys, numpy as np; from qvit_edge import model as M; "
+            "so = M.load(sys.argv[1]); np.save(sys.argv[3], so.run(np.load(sys.argv[2]))); "
+            "import ctypes; print(ctypes.CDLL(sys.argv[1]).qvit_int8dot_amx_state())")
+    r = subprocess.run([sys.executable, "-c", code, path, str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
+                       capture_output=True, text=True, env={**os.environ, "QVIT_NO_AMX": "1"}, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "-3", r.stdout + r.stderr
+    with model_so.load(path) as so:
+        y = so.run(x)
+    np.testing.assert_array_equal(y, np.load(tmp_path / "y.npy"))
 
 
 def _codes(planes: np.ndarray) -> np.ndarray:
@@ -109,6 +149,7 @@ def test_every_layer_integer_codes_equal_reference(compiled, name):
     """For every quantized op: the activation codes the compiled kernels packed (linear inputs;
     q, k, v and the attention probabilities) equal the reference's, and its float output matches."""
     m, path = compiled[name]
+    amx_skip(name, path + ".keep.so")
     x = _images(m, 1, seed=5)
     _, tr = reference.run(m, x, trace=True)
     so = model_so.load(path + ".keep.so")

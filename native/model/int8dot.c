@@ -190,3 +190,149 @@ int32_t qvit_int8dot_panel(int32_t panel, int32_t M, int32_t Mpad, int32_t N, in
   }
   return 0;
 }
+
+/* ------------------------------------------------------------------ AMX-INT8 (engine int8dot-amx) */
+
+/* TDPBUSD (AMX-INT8) computes vpdpbusd's integers (u8 codes x s8 weights, 4 k per int32) on 16 x 16
+ * tiles: a weight panel's 64 k (16 groups of 16 channels x 4 k, 1 KB) is exactly one B tile (row
+ * stride 64), 16 rows x 64 codes one A tile (row stride Kp). So this engine reads int8dot's layouts
+ * with two paddings (compile/kernels.py): Kp a multiple of 64 and Mpad a multiple of 16 (zero codes
+ * and rows, which add 0). Per call a group of 2 panels (32 channels), all rows, in blocks of 2 x 2
+ * C tiles (32 rows x 32 channels; tmm0-3) with 2 A (tmm4-5) and 2 B (tmm6-7) tiles per 64 k; the C
+ * tiles go to a buffer and through the same epilogue_row16 as the other paths, so the floats are the
+ * same bits.
+ *
+ * Run-time checks, so a model.so with this engine runs on any x86-64 CPU of its ISA level: CPUID
+ * (AMX-TILE, AMX-INT8), the OS's XCR0 tile state, and Linux's per-process permission
+ * (arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA), kernel >= 5.16), once per process; when any
+ * fails (or $QVIT_NO_AMX is set) the group runs on this object's qvit_int8dot_panel (VNNI, or portable
+ * C). The tile configuration is loaded at every call and released at its end: another library in the
+ * process (oneDNN, ONNX Runtime) may configure the tiles differently on the same thread in between.
+ * The instructions are inline asm mnemonics (binutils >= 2.36), so the part builds without an AMX
+ * -march (the compile's -march is the target's, e.g. rocketlake where LLVM names a VM's CPU so). */
+#if defined(__x86_64__) && !defined(QVIT_INT8DOT_PORTABLE) && !defined(QVIT_INT8DOT_NO_AMX)
+#define INT8DOT_AMX 1
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define AMX_KB 64 /* k per tile step: Kp is a multiple of this */
+#define AMX_MB 16 /* rows per A tile: Mpad is a multiple of this */
+#define ARCH_REQ_XCOMP_PERM 0x1023
+#define XFEATURE_XTILEDATA 18
+
+static int amx_state; /* 0 not yet checked, else qvit_int8dot_amx_state's answer */
+
+static int amx_detect(void) {
+  unsigned a, b, c, d;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return -1;
+  if (!((d >> 24) & 1) || !((d >> 25) & 1)) return -1; /* AMX-TILE, AMX-INT8 */
+  if (!__get_cpuid(1, &a, &b, &c, &d) || !((c >> 27) & 1)) return -2; /* OSXSAVE */
+  uint32_t lo, hi;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  if (((lo >> 17) & 3) != 3) return -2; /* XTILECFG, XTILEDATA enabled by the OS */
+  const char *off = getenv("QVIT_NO_AMX"); /* the same model.so on its VNNI path: comparisons, tests */
+  if (off && *off && strcmp(off, "0") != 0) return -3;
+  return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 ? 1 : -2;
+}
+
+/* 1 when the AMX path runs here, else why not (-1 CPU, -2 OS, -3 $QVIT_NO_AMX set and not 0); checked
+ * once per process (concurrent first calls only repeat the check). */
+int32_t qvit_int8dot_amx_state(void) {
+  int s = __atomic_load_n(&amx_state, __ATOMIC_ACQUIRE);
+  if (s == 0) {
+    s = amx_detect();
+    __atomic_store_n(&amx_state, s, __ATOMIC_RELEASE);
+  }
+  return s;
+}
+
+/* palette 1, tmm0-7 all 16 rows x 64 bytes */
+static const struct {
+  uint8_t palette, start_row, reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+} __attribute__((aligned(64))) amx_cfg = {1, 0, {0}, {64, 64, 64, 64, 64, 64, 64, 64}, {16, 16, 16, 16, 16, 16, 16, 16}};
+
+#define TILE_LOAD(t, p, stride) __asm__ volatile("tileloadd (%0,%1,1), %%tmm" #t ::"r"(p), "r"((int64_t)(stride)) : "memory")
+#define TILE_STORE(t, p, stride) __asm__ volatile("tilestored %%tmm" #t ", (%0,%1,1)" ::"r"(p), "r"((int64_t)(stride)) : "memory")
+#define TILE_ZERO(t) __asm__ volatile("tilezero %%tmm" #t ::)
+#define TDPBUSD(c, a, b) __asm__ volatile("tdpbusd %%tmm" #b ", %%tmm" #a ", %%tmm" #c ::)
+
+/* C tiles: acc[(tile row) * 2 + panel][16 rows][16 channels]. nr row tiles (1, 2) x nc panels (1, 2)
+ * from codes a (row stride Kp) and panels w0, w1 (stride 64). */
+static inline __attribute__((always_inline)) void amx_block(const int8_t *a, const int8_t *w0,
+                                                             const int8_t *w1, int Kp, int nr, int nc,
+                                                             int32_t *acc) {
+  TILE_ZERO(0);
+  TILE_ZERO(1);
+  TILE_ZERO(2);
+  TILE_ZERO(3);
+  const int8_t *a1 = a + (int64_t)AMX_MB * Kp;
+  for (int k = 0; k < Kp; k += AMX_KB) {
+    const int64_t wo = (int64_t)k * 16;
+    TILE_LOAD(4, a + k, Kp);
+    TILE_LOAD(6, w0 + wo, 64);
+    TDPBUSD(0, 4, 6);
+    if (nc == 2) {
+      TILE_LOAD(7, w1 + wo, 64);
+      TDPBUSD(1, 4, 7);
+    }
+    if (nr == 2) {
+      TILE_LOAD(5, a1 + k, Kp);
+      TDPBUSD(2, 5, 6);
+      if (nc == 2) TDPBUSD(3, 5, 7);
+    }
+  }
+  TILE_STORE(0, acc, 64);
+  if (nc == 2) TILE_STORE(1, acc + 256, 64);
+  if (nr == 2) TILE_STORE(2, acc + 512, 64);
+  if (nr == 2 && nc == 2) TILE_STORE(3, acc + 768, 64);
+}
+
+/* Panels 2 group, 2 group + 1 (those < ceil(N/16)) for all rows: y[:, 32 group ..]. */
+int32_t qvit_int8dot_amx_group(int32_t group, int32_t M, int32_t Mpad, int32_t N, int32_t Kp, int32_t epi,
+                               int32_t has_clip, float clip, const int8_t *codes, const int8_t *wpanel,
+                               const float *scale, const int32_t *corr, const float *bias, const float *res,
+                               float *y) {
+  const int p0 = 2 * group, nc = 16 * (p0 + 1) < N ? 2 : 1;
+  if (Kp % AMX_KB || Mpad % AMX_MB || qvit_int8dot_amx_state() != 1) {
+    for (int p = p0; p < p0 + nc; p++)
+      qvit_int8dot_panel(p, M, Mpad, N, Kp, epi, has_clip, clip, codes, wpanel, scale, corr, bias, res, y);
+    return 0;
+  }
+  const int8_t *w0 = wpanel + (int64_t)p0 * Kp * NP, *w1 = w0 + (int64_t)Kp * NP;
+  int32_t acc[4 * 256] __attribute__((aligned(64)));
+  __asm__ volatile("ldtilecfg %0" ::"m"(amx_cfg));
+  for (int r = 0; r < M; r += 2 * AMX_MB) {
+    const int nr = r + AMX_MB < M ? 2 : 1;
+    const int8_t *a = codes + (int64_t)r * Kp;
+    if (nr == 2 && nc == 2) amx_block(a, w0, w1, Kp, 2, 2, acc);
+    else if (nr == 2) amx_block(a, w0, w1, Kp, 2, 1, acc);
+    else if (nc == 2) amx_block(a, w0, w1, Kp, 1, 2, acc);
+    else amx_block(a, w0, w1, Kp, 1, 1, acc);
+    for (int t = 0; t < nr; t++)
+      for (int i = 0; i < AMX_MB && r + AMX_MB * t + i < M; i++) {
+        const int64_t row = (int64_t)(r + AMX_MB * t + i) * N;
+        for (int c = 0; c < nc; c++)
+          epilogue_row16(acc + 512 * t + 256 * c + NP * i, NP * (p0 + c), N, epi, has_clip, clip, scale, corr, bias,
+                         epi == EPI_ADD ? res + row : 0, y + row);
+      }
+  }
+  __asm__ volatile("tilerelease" ::: "memory");
+  return 0;
+}
+
+#else
+/* Not x86-64 (or built without the AMX path): the group is its panels on this object's path. */
+int32_t qvit_int8dot_amx_state(void) { return 0; }
+
+int32_t qvit_int8dot_amx_group(int32_t group, int32_t M, int32_t Mpad, int32_t N, int32_t Kp, int32_t epi,
+                               int32_t has_clip, float clip, const int8_t *codes, const int8_t *wpanel,
+                               const float *scale, const int32_t *corr, const float *bias, const float *res,
+                               float *y) {
+  for (int p = 2 * group; p < 2 * group + 2 && 16 * p < N; p++)
+    qvit_int8dot_panel(p, M, Mpad, N, Kp, epi, has_clip, clip, codes, wpanel, scale, corr, bias, res, y);
+  return 0;
+}
+#endif
