@@ -280,15 +280,26 @@ def per_layer(so_path: str, imodel, threads: list[int], rounds: int) -> dict:
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
-    from qvit.export import export_random
+    import timm
+
+    from qvit.export import ExportError, export_random
 
     from .compiler import compile_model
+
+    if not args.no_baselines and args.arch not in timm.list_models():
+        print(f"bench: {args.arch} is not a timm model, which the PyTorch and ONNX Runtime baselines are "
+              "built from; pick one (e.g. deit_small_patch16_224) or pass --no-baselines", file=sys.stderr)
+        return 2
 
     so_path = os.path.join(args.out, f"{args.arch}_w{args.bits}a{args.bits}.x86_64.so")
     print(f"bench: on {_cpu_name()}, {os.cpu_count()} logical CPUs; instruction sets: "
           f"{', '.join(_isa()) or 'none of note'}", flush=True)
     print(f"bench: compiling {args.arch} W{args.bits}A{args.bits} (random weights) -> {so_path}", flush=True)
-    model, _ = export_random(args.arch, args.bits)
+    try:
+        model, _ = export_random(args.arch, args.bits)
+    except ExportError as e:
+        print(f"bench: {e}", file=sys.stderr)
+        return 2
     compile_model(model, "x86_64", so_path, progress=lambda s: print(s, flush=True))
     c, h, w = model.input_shape
     x = np.random.default_rng(0).standard_normal((1, c, h, w)).astype(np.float32)

@@ -229,3 +229,25 @@ def test_engine_choice_tables():
     assert K.engine_for(2, 2, "avx512") == "bitserial"
     assert K.engine_for(2, 2, "avx512", act_act=True) == "int8"  # attention: short K, both operands packed
     assert K.engine_for(2, 2, "neon", act_act=True) == K.engine_for(2, 2, "neon")  # no separate table
+
+
+def test_make_bench_runs_end_to_end_and_reports_ops_and_layers(tmp_path):
+    """`make bench`'s program on the smallest model, without the baselines (their export costs
+    minutes): compile, time, per-op profile, per-layer comparison, report; numbers are not checked."""
+    import json
+    import subprocess
+    import sys
+    pytest.importorskip("tvm")
+    out = tmp_path / "bench"
+    cmd = [sys.executable, "-m", "qvit_compile.bench", "--threads", "1", "--rounds", "2", "--warmup", "0",
+           "--arch", "deit_tiny_patch4_28", "--no-baselines", "--out", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    info = json.loads((out / "results.json").read_text())
+    assert set(info["results"]["1"]) == {"model.so"}
+    assert {"qlinear", "attention"} <= set(info["per_op_ms"]["1"])
+    assert len(info["per_layer"]["1"]) == 4 and info["gemm_engines"] and info["cpu"]
+    assert "model.so per op kind" in r.stdout and "Per layer" in r.stdout
+    # a model timm cannot build has no baselines: one line, exit 2, before anything is compiled
+    r = subprocess.run(cmd[:-3] + ["--out", str(tmp_path / "b2")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "not a timm model" in r.stderr and "Traceback" not in r.stderr
