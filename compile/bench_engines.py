@@ -3,7 +3,10 @@
 per engine (compile/engines.py), timed interleaved.
 
     python -m qvit_compile.bench_engines [--models deit_small] [--bits 2 4] [--engines bitserial int8dot]
-                                         [--threads 1] [--repeat 15] [--mcpu CPU]
+                                         [--threads 1] [--repeat 15] [--mcpu CPU] [--cpu-time]
+
+(int8dot-amx is in the default engines where this machine's CPU has AMX-INT8 and the OS allows it;
+elsewhere it would time its int8dot fallback, so it is not: the header says which ran.)
 
 The kernels are built by TVM for this machine's CPU (or --mcpu) exactly as the compiler builds them,
 the C micro-kernels (native/model) compiled for it and loaded beside them. Per round every engine of a
@@ -46,11 +49,12 @@ def build(target, m, n, k, bits, epi, engine):
     bias = np.zeros(n, np.float32)
     corr = packing.zero_point_correction(w, 1)
     res = [rng.standard_normal((m, n)).astype(np.float32)] if epi == "add" else []
-    if engine == "int8dot":
-        kp = K.int8dot_k(k)
-        q = schedules.prim_func("q", *K.int8dot_quant(m, k, bits))
-        g = schedules.prim_func("g", *K.int8dot_linear(m, n, k, epi, None))
-        act = np.zeros((K.rows_padded(m), kp), np.int8)
+    if engine in ("int8dot", "int8dot-amx"):
+        amx = engine == "int8dot-amx"
+        kp = K.int8dot_k(k, amx)
+        q = schedules.prim_func("q", *K.int8dot_quant(m, k, bits, None, amx))
+        g = schedules.prim_func("g", *K.int8dot_linear(m, n, k, epi, None, amx))
+        act = np.zeros((K.int8dot_rows(m, amx), kp), np.int8)
         wp = packing.int8_panel(w, kp)
     else:
         q = schedules.generic(schedules.prim_func("q", *K.pack_act(m, k, bits)), "q")
@@ -69,14 +73,18 @@ def build(target, m, n, k, bits, epi, engine):
     return lambda: (mod["q"](*qa), mod["g"](*ga))
 
 
-def load_model_kernels(target) -> None:
+def load_model_kernels(target):
     """The C micro-kernels for the target, loaded RTLD_GLOBAL so TVM's JIT code resolves them."""
     from . import package
     d = tempfile.mkdtemp(prefix="qvit_bench_engines_")
     objs = [package.compile_model_kernel(target.cc, target, src, d) for src in package.MODEL_KERNELS]
     out = os.path.join(d, "model_kernels.so")
     subprocess.run([target.cc, "-shared", "-o", out, *objs, "-lm"], check=True)
-    ctypes.CDLL(out, mode=ctypes.RTLD_GLOBAL)
+    return ctypes.CDLL(out, mode=ctypes.RTLD_GLOBAL)
+
+
+AMX_STATES = {1: "AMX tiles", 0: "not built in", -1: "no AMX in this CPU: its int8dot fallback",
+              -2: "AMX refused by the OS: its int8dot fallback", -3: "QVIT_NO_AMX: its int8dot fallback"}
 
 
 def medians(fns: dict, repeat: int, inner: int = 3, clock=time.perf_counter) -> dict:
@@ -96,7 +104,7 @@ def main(argv=None) -> int:
                                  description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["deit_small"], choices=list(MODELS))
     ap.add_argument("--bits", type=int, nargs="+", default=[2, 4])
-    ap.add_argument("--engines", nargs="+", default=["bitserial", "int8dot"])
+    ap.add_argument("--engines", nargs="+", help="default: bitserial int8dot (and int8dot-amx where it runs)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=15)
     ap.add_argument("--mcpu", help="LLVM CPU to build for (default: this machine's)")
@@ -107,11 +115,15 @@ def main(argv=None) -> int:
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
     from . import targets
     target = targets.get("x86_64" if os.uname().machine == "x86_64" else "aarch64", args.mcpu)
-    load_model_kernels(target)
+    lib = load_model_kernels(target)
+    amx = lib.qvit_int8dot_amx_state()
+    if args.engines is None:
+        args.engines = ["bitserial", "int8dot"] + (["int8dot-amx"] if amx == 1 else [])
     print(f"# GEMM engines, {target.arch} mcpu {target.mcpu}, {args.threads} thread(s), medians of "
           f"{args.repeat} interleaved rounds, ms per layer call (quantize + GEMM + epilogue), "
-          f"{'thread CPU time' if args.cpu_time else 'wall time'}")
-    print("| model | bits | layer | M x N x K | epilogue | " + " | ".join(args.engines) + " | speed-up |")
+          f"{'thread CPU time' if args.cpu_time else 'wall time'}"
+          + (f"; int8dot-amx: {AMX_STATES.get(amx, amx)}" if "int8dot-amx" in args.engines else ""))
+    print("| model | bits | layer | M x N x K | epilogue | " + " | ".join(args.engines) + " | speed-up (first / last) |")
     print("|---|---|---|---|---|" + "---|" * len(args.engines) + "---|")
     totals = {}
     for model in args.models:
