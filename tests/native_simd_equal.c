@@ -251,6 +251,67 @@ static void test_softmax_rows(void) {
   }
 }
 
+/* Quotients next to ties, where x * (1 / step) can round to the other code than x / step: the NEON
+ * quantize multiplies by the reciprocal and must fall back to the division there (and at the ends
+ * of its step range). "recip.hard N" counts the values where the plain product rounds otherwise;
+ * the test requires some, so a broken fallback shows. */
+static float nudge(float x, int j) {
+  for (; j > 0; j--) x = nextafterf(x, INFINITY);
+  for (; j < 0; j++) x = nextafterf(x, -INFINITY);
+  return x;
+}
+static void test_recip_codes(void) {
+  char sec[64];
+  static float x[1200];
+  static uint8_t codes[1200];
+  const float steps[] = {0.37f, 1e-3f, 3.0f, 0.1f, 1.0f / 3.0f, 1.0f / 7.0f, 1.0f / 15.0f, 0.0123f,
+                         0x1p-60f, 0x1.8p-61f, 0x1.fffffep59f, 0x1p60f, 0x1.000002p60f, 1e-30f, 1e-40f, 0.0f,
+                         -0.37f, INFINITY, NAN};
+  int hard = 0;
+  for (int si = 0; si < (int)(sizeof steps / sizeof steps[0]); si++) {
+    const float step = steps[si];
+    int n = 0;
+    for (int k = -40; k < 40; k++)
+      for (int j = -7; j <= 7; j++) {
+        const float v = nudge((float)k * step + 0.5f * step, j);
+        volatile float r = 1.0f / step, y = v * r, q = v / step;
+        hard += nearbyintf(y) != nearbyintf(q) && q == q;
+        x[n++] = v;
+      }
+    for (int i = 0; i < 16; i++) x[n++] = edge[20 + i]; /* 2^22, 1e10, 3e38, infinities, NaN, tiny */
+    for (int bits = 4; bits <= 8; bits += 4)
+      for (int zi = 0; zi < 2; zi++) {
+        const int zp = zi ? (1 << bits) / 2 : 0;
+        quantize_row(x, n, step, zp, bits, codes);
+        snprintf(sec, sizeof sec, "recip.quantize.s%d.b%d.z%d", si, bits, zp);
+        pbs(sec, codes, n);
+      }
+  }
+  /* softmax: codes of (e / den) / p_step; scores 0 and b (the others far below), p_step putting
+   * e_b / den next to a tie, where e_b * (1 / (den p_step)) can round otherwise */
+  static int32_t acc[32], ks[32];
+  static float bias[32], s[32], e[32];
+  int rows = 0;
+  for (int it = 0; it < 400; it++) {
+    const int T = it % 2 ? 32 : 16;
+    for (int c = 0; c < T; c++) bias[c] = -200.0f;
+    bias[0] = 0.0f;
+    bias[1 + it % 5] = unif(-3.0f, -0.01f);
+    const float mx = 0.0f;
+    for (int c = 0; c < T; c++) e[c] = exp_f(bias[c] - mx);
+    const float den = pairwise_sum(e, T), p = e[1 + it % 5] / den;
+    const int k = (int)(rnd() % 14);
+    const float p_step = nudge(p / ((float)k + 0.5f), (int)(rnd() % 9) - 4);
+    volatile float r = 1.0f / (den * p_step), y = e[1 + it % 5] * r, q = p / p_step;
+    if (nearbyintf(y) == nearbyintf(q)) continue;
+    hard++;
+    softmax_row(acc, T, 0, 0, ks, 1.0f, bias, 0, p_step, 0, 4, s, e, codes);
+    snprintf(sec, sizeof sec, "recip.softmax.%d", rows++);
+    pbs(sec, codes, T);
+  }
+  printf("recip.hard %d\n", hard);
+}
+
 /* whole attention items and pack kernels on random data */
 static void test_kernels(void) {
   char sec[64];
@@ -332,6 +393,7 @@ int main(void) {
   test_rows();
   test_bs_rows();
   test_softmax_rows();
+  test_recip_codes();
   test_kernels();
   return 0;
 }

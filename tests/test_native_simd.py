@@ -64,6 +64,16 @@ def test_x86_paths_equal_portable(x86_builds):
     assert x86_builds["x86-64-v3"][0] == "# path avx2"
 
 
+def test_edge_values_reach_the_reciprocal_fallback(x86_builds):
+    """The quotients next to ties (native_simd_equal.c: test_recip_codes) include values whose code
+    from x * (1/step) differs from x / step's, in the quantize and the softmax, so the NEON
+    quantize's fallback to the division is exercised (and a wrong one fails the comparison)."""
+    out = x86_builds["portable"]
+    hard = [int(line.split()[1]) for line in out if line.startswith("recip.hard ")]
+    assert hard and hard[0] >= 100, hard
+    assert sum(line.startswith("recip.softmax.") for line in out) >= 16 * 10
+
+
 @pytest.mark.qemu
 def test_neon_paths_equal_portable_under_qemu(tmp_path, x86_builds):
     """aarch64 for the Pi 4 (Cortex-A72) and Pi 5 (A76) against the portable build, under qemu;

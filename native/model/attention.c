@@ -172,11 +172,20 @@ static void softmax_row(const int32_t *acc, int T, int32_t rc, int32_t qz, const
     const float hi = (float)((1 << bits) - 1), fz = (float)p_zp;
     const float32x4_t vden = vdupq_n_f32(den), st = vdupq_n_f32(p_step), z = vdupq_n_f32(fz);
     const uint8x16_t h8 = vdupq_n_u8((uint8_t)((1 << bits) - 1));
-    for (c = 0; c + 16 <= T; c += 16)
+    /* the codes of (e / den) / p_step from e * (1 / (den p_step)) where nq_codes16_y can vouch for
+     * them (both divisors in its range), else by the two divisions */
+    const int recip = nq_recip_ok(den) && nq_recip_ok(p_step);
+    const float32x4_t r = vdupq_n_f32(1.0f / (den * p_step));
+    for (c = 0; c + 16 <= T; c += 16) {
+      if (recip && nq_codes16_y(vmulq_f32(vld1q_f32(e + c), r), vmulq_f32(vld1q_f32(e + c + 4), r),
+                                vmulq_f32(vld1q_f32(e + c + 8), r), vmulq_f32(vld1q_f32(e + c + 12), r), z, h8,
+                                codes + c))
+        continue;
       vst1q_u8(codes + c, nq_codes16(nq_code4(vdivq_f32(vld1q_f32(e + c), vden), st, z),
                                      nq_code4(vdivq_f32(vld1q_f32(e + c + 4), vden), st, z),
                                      nq_code4(vdivq_f32(vld1q_f32(e + c + 8), vden), st, z),
                                      nq_code4(vdivq_f32(vld1q_f32(e + c + 12), vden), st, z), h8));
+    }
     for (; c < T; c++) codes[c] = (uint8_t)code_of(e[c] / den, p_step, fz, hi);
     return;
   }
