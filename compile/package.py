@@ -118,7 +118,8 @@ def build(plan: Plan, meta: dict, target: Target, out_path: str, progress=print)
     cc = check_compiler(target)
     blob = layout_blob(plan)
     meta = dict(meta)
-    meta.update({"format": FORMAT, "format_version": FORMAT_VERSION, "target": target.as_meta(),
+    meta.update({"format": FORMAT, "format_version": FORMAT_VERSION,
+                 "target": {**target.as_meta(), "requires": isa_requirements(cc, target)},
                  "weights_sha256": hashlib.sha256(blob).hexdigest(), "weights_bytes": len(blob)})
     doc = dict(meta)
     doc["plan"] = {"input": "image", "output": "logits", "kernels": plan.kernels,
@@ -219,6 +220,34 @@ def cpu_flags(cc: str, target: Target) -> list:
         if r.returncode == 0:
             return flags
     return []
+
+
+# gcc's predefined macros for the target CPU -> the instruction sets' names as Linux reports them
+# (x86 /proc/cpuinfo flags, aarch64 HWCAPs): what the model's code may execute, so the runtime can
+# refuse a CPU without them (preflight.check_isa) instead of dying of SIGILL. AMX is left out: its
+# kernel checks the CPU and the OS at run time and falls back.
+ISA_MACROS = {
+    "x86_64": {"__SSSE3__": "ssse3", "__SSE4_1__": "sse4_1", "__SSE4_2__": "sse4_2", "__POPCNT__": "popcnt",
+               "__AVX__": "avx", "__AVX2__": "avx2", "__FMA__": "fma", "__F16C__": "f16c", "__BMI__": "bmi1",
+               "__BMI2__": "bmi2", "__AVX512F__": "avx512f", "__AVX512CD__": "avx512cd",
+               "__AVX512BW__": "avx512bw", "__AVX512DQ__": "avx512dq", "__AVX512VL__": "avx512vl",
+               "__AVX512VNNI__": "avx512_vnni", "__AVX512VPOPCNTDQ__": "avx512_vpopcntdq",
+               "__AVX512BITALG__": "avx512_bitalg", "__AVX512VBMI__": "avx512vbmi",
+               "__AVX512VBMI2__": "avx512_vbmi2", "__AVX512IFMA__": "avx512ifma",
+               "__AVX512BF16__": "avx512_bf16", "__AVX512FP16__": "avx512_fp16", "__AVXVNNI__": "avx_vnni"},
+    "aarch64": {"__ARM_NEON": "asimd", "__ARM_FEATURE_DOTPROD": "asimddp",
+                "__ARM_FEATURE_MATMUL_INT8": "i8mm", "__ARM_FEATURE_FP16_VECTOR_ARITHMETIC": "asimdhp",
+                "__ARM_FEATURE_ATOMICS": "atomics", "__ARM_FEATURE_QRDMX": "asimdrdm",
+                "__ARM_FEATURE_SVE": "sve", "__ARM_FEATURE_BF16_VECTOR_ARITHMETIC": "bf16"},
+}
+
+
+def isa_requirements(cc: str, target: Target) -> list:
+    """The instruction sets (Linux names) the target CPU's flags let the compiler use."""
+    r = subprocess.run([cc, *cpu_flags(cc, target), "-dM", "-E", "-x", "c", os.devnull], capture_output=True,
+                       text=True)
+    defined = {line.split()[1] for line in r.stdout.splitlines() if line.startswith("#define ")}
+    return sorted(name for macro, name in ISA_MACROS.get(target.arch, {}).items() if macro in defined)
 
 
 def compile_model_kernel(cc: str, target: Target, src: str, folder: str) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from qvit_edge.preflight import host_machine, verify_model_file
+from qvit_edge.preflight import host_machine, missing_isa, verify_model_file
 
 SCHEMA = "qvit-edge.info/1"
 
@@ -26,8 +26,9 @@ def describe(path: str) -> dict:
     doc = {k: v for k, v in verified.doc.items() if k != "plan"}
     keys = ("format", "format_version", "arch", "family", "bits", "target", "gemm", "input", "num_classes",
             "classes", "weights_sha256")
+    missing = missing_isa(doc) if info.machine == host_machine() else []
     out = {"schema": SCHEMA, "path": path, "size_bytes": info.size, "machine": info.machine,
-           "runs_here": info.machine == host_machine()}
+           "runs_here": info.machine == host_machine() and not missing, "missing_isa": missing}
     out.update({k: doc.get(k) for k in keys})
     out["model_sha256"] = verified.sha256
     out["extra"] = {k: v for k, v in doc.items() if k not in keys}
@@ -58,7 +59,12 @@ def run(args) -> int:
         return 0
     classes = d["classes"] or []
     shown = ", ".join(classes[:10]) + (f", ... ({len(classes)} in all)" if len(classes) > 10 else "")
-    here = "yes" if d["runs_here"] else f"no (this machine is {host_machine()})"
+    if d["runs_here"]:
+        here = "yes"
+    elif d["missing_isa"]:
+        here = f"no (this CPU lacks {', '.join(d['missing_isa'])})"
+    else:
+        here = f"no (this machine is {host_machine()})"
     rows = [
         ("model", d["path"]),
         ("size", f"{d['size_bytes'] / 1e6:.2f} MB"),

@@ -52,6 +52,7 @@ TARGET_ARCHS = ("x86_64", "aarch64")
 BITS_KEYS = ("weight", "act", "embed", "head")
 
 _SHA256 = re.compile(r"[0-9a-f]{64}\Z")
+_ISA_NAME = re.compile(r"[a-z0-9_]{1,32}")  # Linux's names: avx512_vnni, asimddp, ...
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _PLAN_KEYS = ("input", "output", "kernels", "tensors", "steps")
 _TENSOR_KEYS = ("shape", "dtype", "offset", "const", "view", "arena")
@@ -219,6 +220,9 @@ def _check_meta(doc: dict, blob_size: int) -> None:
         raise SchemaError(f"target.arch: {_show(target['arch'])} (known: {', '.join(TARGET_ARCHS)})")
     _text(_need(target, "mtriple", "target"), "target.mtriple")
     _text(_need(target, "mcpu", "target"), "target.mcpu")
+    for f in _list(target.get("requires", []), "target.requires", 0, 64):  # absent in older files
+        if not isinstance(f, str) or not _ISA_NAME.fullmatch(f):
+            raise SchemaError(f"target.requires: {_show(f)} is not an instruction-set name")
     sha = _need(doc, "weights_sha256", "")
     if not isinstance(sha, str) or not _SHA256.match(sha):
         raise SchemaError(f"weights_sha256: {_show(sha)} is not a SHA-256 hex digest")

@@ -15,8 +15,10 @@ So the file is read as plain bytes first and each way it can be wrong gets its o
 
 verify_model_file then checks the model in it, still without loading it: the format version, the
 compile target against the ELF header, the ABI, the checksum over everything the loader maps
-(code, metadata, plan, weights) and the schema of the metadata and plan (model_schema). Only a file
-that passes all of that is dlopened (open_model, qvit_edge.model.load).
+(code, metadata, plan, weights), the schema of the metadata and plan (model_schema), and, for a
+model to run here, the instruction sets its code was compiled for (target.requires: an AVX-512
+model on an AVX2-only CPU, an SDOT model on a Pi 4) against this CPU's. Only a file that passes
+all of that is dlopened (open_model, qvit_edge.model.load).
 
 Only headers, the dynamic symbol table, relocations and the model's symbols are read (struct + file
 seeks, every offset and size checked against the file size); the weights are hashed in chunks, so
@@ -89,6 +91,53 @@ def host_machine() -> str:
     if sys.maxsize <= 2**32:
         em = {183: 40, 62: 3}.get(em, em)
     return EM_NAMES.get(em, m)
+
+
+# aarch64 HWCAP bits (Linux arch/arm64/include/uapi/asm/hwcap.h) -> the names /proc/cpuinfo uses,
+# which target.requires uses: (auxv type, bit). AT_HWCAP = 16, AT_HWCAP2 = 26.
+_ARM_HWCAPS = {"fp": (16, 0), "asimd": (16, 1), "aes": (16, 3), "crc32": (16, 7), "atomics": (16, 8),
+               "fphp": (16, 9), "asimdhp": (16, 10), "asimdrdm": (16, 12), "asimddp": (16, 20),
+               "sve": (16, 22), "i8mm": (26, 13), "bf16": (26, 14)}
+
+
+def host_isa() -> set | None:
+    """This CPU's instruction-set extensions by Linux's names, or None where they cannot be read.
+    x86_64: /proc/cpuinfo's flags. aarch64: the HWCAP words of the auxiliary vector (qemu-user
+    fills them in for the emulated CPU, while its /proc/cpuinfo shows the host's)."""
+    m = host_machine()
+    try:
+        if m == "x86_64":
+            with open("/proc/cpuinfo") as f:
+                for line in f:
+                    if line.startswith("flags"):
+                        return set(line.split(":", 1)[1].split())
+            return None
+        if m == "aarch64":
+            with open("/proc/self/auxv", "rb") as f:
+                raw = f.read()
+            words = dict(struct.iter_unpack("<QQ", raw[: len(raw) // 16 * 16]))
+            return {name for name, (at, bit) in _ARM_HWCAPS.items() if words.get(at, 0) >> bit & 1}
+    except OSError:
+        return None
+    return None
+
+
+def missing_isa(doc: dict) -> list:
+    """The instruction sets the model's code was compiled for (target.requires) that this CPU lacks
+    (none where the CPU's cannot be read)."""
+    need = (doc.get("target") or {}).get("requires") or []
+    have = host_isa() if need else None
+    return [n for n in need if have is not None and n not in have]
+
+
+def check_isa(path: str, doc: dict) -> None:
+    """PreflightError when this CPU lacks an instruction set the model's code was compiled for."""
+    target = doc.get("target") or {}
+    missing = missing_isa(doc)
+    if missing:
+        raise PreflightError(f"{path}: compiled for {target.get('mcpu')}, whose instructions "
+                             f"{', '.join(missing)} this CPU lacks (running it would crash); compile it "
+                             "for this machine: make compile (or --mcpu for an older CPU of the family)")
 
 
 def _hint(head: bytes) -> str:
@@ -500,6 +549,8 @@ def _model_reader(f, path: str, size: int, machine: str | None) -> ModelFile:
         schema.validate(doc, blob_size, num_kernels)
     except schema.SchemaError as e:
         raise corrupt(e) from None
+    if machine is None:  # to run here
+        check_isa(path, doc)
     return ModelFile(path=path, elf=elf.info, doc=doc, abi=abi, num_kernels=num_kernels, blob_size=blob_size,
                      sha256=stored, symbols={k: elf.symbols[k][0] for k in _VALUE_SYMBOLS})
 

@@ -305,6 +305,8 @@ CASES = {  # name: (make(src, dst) -> path, needles of the one error line)
     # versions
     "format_version_1": (_edit(lambda d: d.update(format_version=1)), ["version 1", "recompile it"]),
     "format_version_3": (_edit(lambda d: d.update(format_version=3)), ["version 3 is not supported"]),
+    "requires_not_a_name": (_edit(lambda d: d["target"].update(requires=["avx2", "AVX 512"])),
+                            ["target.requires", "not an instruction-set name"]),
     "format_version_true": (_edit(lambda d: d.update(format_version=True)),
                             ["version True is not supported"]),
 }
@@ -375,6 +377,41 @@ def test_changed_cpu_in_the_elf_header_is_refused_before_the_loader_aborts(tiny,
         _one_line_error(_edge(verb, both, tiny["image"]), "relocation type", "is not one of x86_64's")
     with pytest.raises(preflight.PreflightError, match="relocation type"):
         preflight.check_model_file(both)
+
+
+def test_a_cpu_without_the_models_instruction_sets_is_refused_before_loading(tiny, tmp_path):
+    """The compile stage records the target CPU's instruction sets (target.requires); a CPU that
+    lacks one gets one line from run / bench and from model.load (running would die of SIGILL),
+    while info still describes the file and says why it does not run here."""
+    doc = _doc(tiny["path"])
+    assert doc["target"]["requires"] and set(doc["target"]["requires"]) <= preflight.host_isa()
+    doc["target"]["requires"] = doc["target"]["requires"] + ["qvit_test_isa"]
+    path = variant(tiny["path"], tmp_path / "needs_more.so", meta=doc)
+    for verb in ("run", "bench"):
+        _one_line_error(_edge(verb, path, tiny["image"]), "whose instructions qvit_test_isa this CPU lacks")
+    r = subprocess.run([sys.executable, "-m", "qvit_edge", "info", path, "--json"], capture_output=True,
+                       text=True, timeout=TIMEOUT, cwd=ROOT)
+    info = json.loads(r.stdout)
+    assert r.returncode == 0 and info["runs_here"] is False and info["missing_isa"] == ["qvit_test_isa"]
+    assert "this CPU lacks qvit_test_isa" in _edge("info", path, tiny["image"]).stdout
+    with pytest.raises(preflight.PreflightError, match="qvit_test_isa"):
+        preflight.verify_model_file(path)
+
+
+def test_aarch64_cpu_features_come_from_the_auxiliary_vector(monkeypatch, tmp_path):
+    """HWCAP words (what qemu-user fills in for the emulated CPU) -> Linux's feature names."""
+    import struct
+    auxv = struct.pack("<QQQQQQ", 16, (1 << 1) | (1 << 20), 26, 1 << 13, 0, 0)
+    real_open = open
+
+    def fake_open(p, *a, **k):
+        return real_open(tmp_path / "auxv", *a, **k) if p == "/proc/self/auxv" else real_open(p, *a, **k)
+    (tmp_path / "auxv").write_bytes(auxv)
+    monkeypatch.setattr(preflight, "host_machine", lambda: "aarch64")
+    monkeypatch.setattr("builtins.open", fake_open)
+    assert preflight.host_isa() == {"asimd", "asimddp", "i8mm"}
+    doc = {"target": {"mcpu": "cortex-a76", "requires": ["asimd", "asimddp", "asimdhp"]}}
+    assert preflight.missing_isa(doc) == ["asimdhp"]
 
 
 def test_native_step_loop_refuses_out_of_range_kernels_and_negative_nargs(tiny):
