@@ -5,7 +5,7 @@
  * element 64 w + t; rows M..Mpad-1 and bits past K are zero). The TVM kernel runs a parallel loop
  * over blocks of rows; each iteration calls qvit_pack_rows for rows [r0, r1). With ln set, each
  * row is first normalised as reference.layernorm (numpy-order sums) and never stored.
- * Arithmetic: common.h.
+ * Arithmetic: ../qv_arith.h.
  */
 #include "../qv_arith.h"
 
