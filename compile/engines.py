@@ -37,8 +37,9 @@ ENV = "QVIT_GEMM_ENGINE"
 # CPU features (LLVM names) that make int8dot the faster engine, per arch; AMX_FEATURE: int8dot-amx.
 INT8DOT_FEATURES = {"aarch64": ("dotprod",), "x86_64": ("avx512vnni", "avxvnni")}
 AMX_FEATURE = "amx-int8"
-# /proc/cpuinfo flag -> LLVM feature, for the compiling machine's CPU (see cpu_features)
-_HOST_FLAGS = {"avx512_vnni": "avx512vnni", "avx_vnni": "avxvnni", "amx_int8": AMX_FEATURE}
+# /proc/cpuinfo flag -> LLVM feature, for the compiling machine's CPU (see cpu_features): AMX only,
+# which int8dot.c uses after a run-time check; VNNI is compiled in by -march, so LLVM's word decides
+_HOST_FLAGS = {"amx_int8": AMX_FEATURE}
 
 
 def choose(arch: str, features, a_bits: int, w_bits: int) -> str:
@@ -83,10 +84,10 @@ def host_x86_features() -> set:
 
 def cpu_features(target) -> list:
     """The LLVM features of the target's CPU that the table reads (empty when LLVM cannot say).
-    When the target is this machine's CPU (the x86_64 default), its own flags count too: LLVM names
+    When the target is this machine's CPU (the x86_64 default), its AMX flag counts too: LLVM names
     a CPU by family and model, and a VM may report a model (e.g. a Sapphire Rapids guest as
-    rocketlake) whose LLVM description lacks features the CPU has (AMX). int8dot-amx checks the CPU
-    again at run time, so a wrong guess here costs speed, never correctness."""
+    rocketlake) whose LLVM description lacks AMX. int8dot-amx checks the CPU again at run time, so
+    a wrong guess here costs speed, never correctness."""
     wanted = INT8DOT_FEATURES.get(target.arch, ()) + ((AMX_FEATURE,) if target.arch == "x86_64" else ())
     try:
         from tvm.target import codegen
