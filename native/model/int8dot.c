@@ -202,62 +202,21 @@ int32_t qvit_int8dot_panel(int32_t panel, int32_t M, int32_t Mpad, int32_t N, in
  * tiles go to a buffer and through the same epilogue_row16 as the other paths, so the floats are the
  * same bits.
  *
- * Run-time checks, so a model.so with this engine runs on any x86-64 CPU of its ISA level: CPUID
- * (AMX-TILE, AMX-INT8), the OS's XCR0 tile state, and Linux's per-process permission
- * (arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA), kernel >= 5.16), once per process; when any
- * fails (or $QVIT_NO_AMX is set) the group runs on this object's qvit_int8dot_panel (VNNI, or portable
- * C). The tile configuration is loaded at every call and released at its end: another library in the
- * process (oneDNN, ONNX Runtime) may configure the tiles differently on the same thread in between.
- * The instructions are inline asm mnemonics (binutils >= 2.36), so the part builds without an AMX
- * -march (the compile's -march is the target's, e.g. rocketlake where LLVM names a VM's CPU so). */
+ * Checked at run time (amx.h: CPUID, the OS's tile state, Linux's permission; $QVIT_NO_AMX), so a
+ * model.so with this engine runs on any x86-64 CPU of its ISA level: where the check fails the group
+ * runs on this object's qvit_int8dot_panel (VNNI, or portable C), with the same results. The tile
+ * configuration is loaded at every call and released at its end (amx.h says why). The part builds
+ * without an AMX -march (the compile's -march is the target's, e.g. rocketlake where LLVM names a
+ * VM's Sapphire Rapids so). */
 #if defined(__x86_64__) && !defined(QVIT_INT8DOT_PORTABLE) && !defined(QVIT_INT8DOT_NO_AMX)
 #define INT8DOT_AMX 1
-#include <cpuid.h>
-#include <sys/syscall.h>
-#include <unistd.h>
+#include "amx.h"
 
 #define AMX_KB 64 /* k per tile step: Kp is a multiple of this */
 #define AMX_MB 16 /* rows per A tile: Mpad is a multiple of this */
-#define ARCH_REQ_XCOMP_PERM 0x1023
-#define XFEATURE_XTILEDATA 18
 
-static int amx_state; /* 0 not yet checked, else qvit_int8dot_amx_state's answer */
-
-static int amx_detect(void) {
-  unsigned a, b, c, d;
-  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return -1;
-  if (!((d >> 24) & 1) || !((d >> 25) & 1)) return -1; /* AMX-TILE, AMX-INT8 */
-  if (!__get_cpuid(1, &a, &b, &c, &d) || !((c >> 27) & 1)) return -2; /* OSXSAVE */
-  uint32_t lo, hi;
-  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
-  if (((lo >> 17) & 3) != 3) return -2; /* XTILECFG, XTILEDATA enabled by the OS */
-  const char *off = getenv("QVIT_NO_AMX"); /* the same model.so on its VNNI path: comparisons, tests */
-  if (off && *off && strcmp(off, "0") != 0) return -3;
-  return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 ? 1 : -2;
-}
-
-/* 1 when the AMX path runs here, else why not (-1 CPU, -2 OS, -3 $QVIT_NO_AMX set and not 0); checked
- * once per process (concurrent first calls only repeat the check). */
-int32_t qvit_int8dot_amx_state(void) {
-  int s = __atomic_load_n(&amx_state, __ATOMIC_ACQUIRE);
-  if (s == 0) {
-    s = amx_detect();
-    __atomic_store_n(&amx_state, s, __ATOMIC_RELEASE);
-  }
-  return s;
-}
-
-/* palette 1, tmm0-7 all 16 rows x 64 bytes */
-static const struct {
-  uint8_t palette, start_row, reserved[14];
-  uint16_t colsb[16];
-  uint8_t rows[16];
-} __attribute__((aligned(64))) amx_cfg = {1, 0, {0}, {64, 64, 64, 64, 64, 64, 64, 64}, {16, 16, 16, 16, 16, 16, 16, 16}};
-
-#define TILE_LOAD(t, p, stride) __asm__ volatile("tileloadd (%0,%1,1), %%tmm" #t ::"r"(p), "r"((int64_t)(stride)) : "memory")
-#define TILE_STORE(t, p, stride) __asm__ volatile("tilestored %%tmm" #t ", (%0,%1,1)" ::"r"(p), "r"((int64_t)(stride)) : "memory")
-#define TILE_ZERO(t) __asm__ volatile("tilezero %%tmm" #t ::)
-#define TDPBUSD(c, a, b) __asm__ volatile("tdpbusd %%tmm" #b ", %%tmm" #a ", %%tmm" #c ::)
+/* 1 when the AMX path runs here, else why not (amx.h: -1 CPU, -2 OS, -3 $QVIT_NO_AMX set and not 0). */
+int32_t qvit_int8dot_amx_state(void) { return qv_amx_state(); }
 
 /* C tiles: acc[(tile row) * 2 + panel][16 rows][16 channels]. nr row tiles (1, 2) x nc panels (1, 2)
  * from codes a (row stride Kp) and panels w0, w1 (stride 64). */
@@ -303,7 +262,7 @@ int32_t qvit_int8dot_amx_group(int32_t group, int32_t M, int32_t Mpad, int32_t N
   }
   const int8_t *w0 = wpanel + (int64_t)p0 * Kp * NP, *w1 = w0 + (int64_t)Kp * NP;
   int32_t acc[4 * 256] __attribute__((aligned(64)));
-  __asm__ volatile("ldtilecfg %0" ::"m"(amx_cfg));
+  qv_amx_config();
   for (int r = 0; r < M; r += 2 * AMX_MB) {
     const int nr = r + AMX_MB < M ? 2 : 1;
     const int8_t *a = codes + (int64_t)r * Kp;
@@ -319,7 +278,7 @@ int32_t qvit_int8dot_amx_group(int32_t group, int32_t M, int32_t Mpad, int32_t N
                          epi == EPI_ADD ? res + row : 0, y + row);
       }
   }
-  __asm__ volatile("tilerelease" ::: "memory");
+  qv_amx_release();
   return 0;
 }
 
