@@ -206,27 +206,30 @@ QV_AI uint8x16_t nq_codes16(uint32x4_t u0, uint32x4_t u1, uint32x4_t u2, uint32x
  * For s in [2^-60, 2^60] (for the softmax's chain (x / s1) / s2: s1 and s2 in it, y = x * (1/(s1 s2)))
  * the reciprocal and the chain's steps are normal floats, so y and q differ by at most 3 (chain: 5)
  * roundings of the exact quotient: |y - q| < 2^-21 |y|; where a product or quotient falls below the
- * normal range, y and q are both far below 0.5 and round to the zero of x's sign. rint(q) = rint(y)
- * wherever no half-integer lies within 2^-21 |y| of y, which nq_code4_y tests as
- * |y - rint(y)| + 2^-21 |y| < 0.5 (the difference is exact, the fused add rounds monotonically, an
- * infinite or NaN y fails). There the codes agree to the last bit, a zero's sign included;
- * otherwise (next to a tie, |y| >= 2^20, y not finite) the caller redoes the 16 values dividing. */
+ * normal range, y and q are both far below 0.5 and round to the zero of x's sign. With L the power
+ * of two >= hi + |zp| + 2: where |y| < L, rint(q) = rint(y) when y is more than 2^-21 L from every
+ * half-integer, |y - rint(y)| < k = 0.5 - 2^-21 L (the difference is exact, a NaN fails); where
+ * |y| >= L, y and q clip to the same end of [0, hi] whatever they round to. So the codes agree to
+ * the last bit wherever every lane passes; otherwise (next to a tie, y not finite) the caller
+ * redoes the 16 values dividing. k = 0 (nothing passes) for clip ranges past 2^19. */
 QV_AI int nq_recip_ok(float s) { return s >= 0x1p-60f && s <= 0x1p60f; }
-QV_AI uint32x4_t nq_code4_y(float32x4_t y, float32x4_t fz, uint32x4_t *ok) {
-  const float32x4_t n = vrndnq_f32(y);
-  const float32x4_t d = vfmaq_f32(vabdq_f32(y, n), vabsq_f32(y), vdupq_n_f32(0x1p-21f));
-  *ok = vandq_u32(*ok, vcltq_f32(d, vdupq_n_f32(0.5f)));
-  return vcvtq_u32_f32(vaddq_f32(n, fz));
+QV_AI float nq_recip_k(float hi, float fz) {
+  const float need = hi + (fz < 0.0f ? -fz : fz) + 2.0f;
+  float L = 1.0f;
+  while (L < need && L <= 0x1p19f) L *= 2.0f;
+  return L <= 0x1p19f ? 0.5f - L * 0x1p-21f : 0.0f;
 }
 /* nq_codes16 of nq_code4(x_t / s) for y_t = x_t * (1/s) into dst, when every lane passes (-> 1);
  * otherwise nothing is stored (-> 0) */
-QV_AI int nq_codes16_y(float32x4_t y0, float32x4_t y1, float32x4_t y2, float32x4_t y3, float32x4_t fz,
+QV_AI int nq_codes16_y(float32x4_t y0, float32x4_t y1, float32x4_t y2, float32x4_t y3, float32x4_t fz, float k,
                        uint8x16_t hi, uint8_t *dst) {
-  uint32x4_t ok = vdupq_n_u32(~0u);
-  const uint32x4_t u0 = nq_code4_y(y0, fz, &ok), u1 = nq_code4_y(y1, fz, &ok), u2 = nq_code4_y(y2, fz, &ok),
-                   u3 = nq_code4_y(y3, fz, &ok);
-  if (vminvq_u32(ok) == 0) return 0;
-  vst1q_u8(dst, nq_codes16(u0, u1, u2, u3, hi));
+  const float32x4_t n0 = vrndnq_f32(y0), n1 = vrndnq_f32(y1), n2 = vrndnq_f32(y2), n3 = vrndnq_f32(y3);
+  /* fmax keeps a NaN, fmaxv too: a NaN lane fails the test */
+  const float32x4_t d = vmaxq_f32(vmaxq_f32(vabdq_f32(y0, n0), vabdq_f32(y1, n1)),
+                                  vmaxq_f32(vabdq_f32(y2, n2), vabdq_f32(y3, n3)));
+  if (!(vmaxvq_f32(d) < k)) return 0;
+  vst1q_u8(dst, nq_codes16(vcvtq_u32_f32(vaddq_f32(n0, fz)), vcvtq_u32_f32(vaddq_f32(n1, fz)),
+                           vcvtq_u32_f32(vaddq_f32(n2, fz)), vcvtq_u32_f32(vaddq_f32(n3, fz)), hi));
   return 1;
 }
 #endif
@@ -239,9 +242,10 @@ QV_AI void quantize_row(const float *x, int n, float step, int32_t zp, int bits,
   const float32x4_t st = vdupq_n_f32(step), z = vdupq_n_f32(fz), r = vdupq_n_f32(1.0f / step);
   const uint8x16_t h8 = vdupq_n_u8((uint8_t)((1 << bits) - 1));
   const int recip = nq_recip_ok(step);
+  const float k = nq_recip_k(hi, fz);
   for (; i + 16 <= n; i += 16) {
     if (recip && nq_codes16_y(vmulq_f32(vld1q_f32(x + i), r), vmulq_f32(vld1q_f32(x + i + 4), r),
-                              vmulq_f32(vld1q_f32(x + i + 8), r), vmulq_f32(vld1q_f32(x + i + 12), r), z, h8,
+                              vmulq_f32(vld1q_f32(x + i + 8), r), vmulq_f32(vld1q_f32(x + i + 12), r), z, k, h8,
                               codes + i))
       continue;
     vst1q_u8(codes + i, nq_codes16(nq_code4(vld1q_f32(x + i), st, z), nq_code4(vld1q_f32(x + i + 4), st, z),

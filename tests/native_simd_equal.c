@@ -280,8 +280,8 @@ static void test_recip_codes(void) {
       }
     for (int i = 0; i < 16; i++) x[n++] = edge[20 + i]; /* 2^22, 1e10, 3e38, infinities, NaN, tiny */
     for (int bits = 4; bits <= 8; bits += 4)
-      for (int zi = 0; zi < 2; zi++) {
-        const int zp = zi ? (1 << bits) / 2 : 0;
+      for (int zi = 0; zi < 4; zi++) { /* zero points: 0, mid-range, negative, past 2^19 (no passing lane) */
+        const int zp = zi == 0 ? 0 : zi == 1 ? (1 << bits) / 2 : zi == 2 ? -3 : 600000;
         quantize_row(x, n, step, zp, bits, codes);
         snprintf(sec, sizeof sec, "recip.quantize.s%d.b%d.z%d", si, bits, zp);
         pbs(sec, codes, n);

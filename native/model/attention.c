@@ -176,9 +176,10 @@ static void softmax_row(const int32_t *acc, int T, int32_t rc, int32_t qz, const
      * them (both divisors in its range), else by the two divisions */
     const int recip = nq_recip_ok(den) && nq_recip_ok(p_step);
     const float32x4_t r = vdupq_n_f32(1.0f / (den * p_step));
+    const float k = nq_recip_k(hi, fz);
     for (c = 0; c + 16 <= T; c += 16) {
       if (recip && nq_codes16_y(vmulq_f32(vld1q_f32(e + c), r), vmulq_f32(vld1q_f32(e + c + 4), r),
-                                vmulq_f32(vld1q_f32(e + c + 8), r), vmulq_f32(vld1q_f32(e + c + 12), r), z, h8,
+                                vmulq_f32(vld1q_f32(e + c + 8), r), vmulq_f32(vld1q_f32(e + c + 12), r), z, k, h8,
                                 codes + c))
         continue;
       vst1q_u8(codes + c, nq_codes16(nq_code4(vdivq_f32(vld1q_f32(e + c), vden), st, z),
