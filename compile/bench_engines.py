@@ -123,7 +123,8 @@ def main(argv=None) -> int:
           f"{args.repeat} interleaved rounds, ms per layer call (quantize + GEMM + epilogue), "
           f"{'thread CPU time' if args.cpu_time else 'wall time'}"
           + (f"; int8dot-amx: {AMX_STATES.get(amx, amx)}" if "int8dot-amx" in args.engines else ""))
-    print("| model | bits | layer | M x N x K | epilogue | " + " | ".join(args.engines) + " | speed-up (first / last) |")
+    print("| model | bits | layer | M x N x K | epilogue | " + " | ".join(args.engines)
+          + " | speed-up (first / last) |")
     print("|---|---|---|---|---|" + "---|" * len(args.engines) + "---|")
     totals = {}
     for model in args.models:

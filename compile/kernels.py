@@ -192,7 +192,7 @@ def int8dot_quant(m: int, k: int, bits: int, ln_eps: float | None = None, amx: b
     """x [M, K] float (LayerNorm first with ln_eps) -> activation codes [Mpad, Kp] int8 (unsigned
     values 0..2^b-1, zero past K and for rows >= M), row-major for the int8dot GEMM: a parallel loop
     over blocks of PACK_BLOCK rows calling qvit_int8dot_quant (native/model/int8dot.c), whose codes
-    are common.h's quantize_row, as the bit-serial pack kernel's. amx: int8dot-amx's paddings."""
+    are qv_arith.h's quantize_row, as the bit-serial pack kernel's. amx: int8dot-amx's paddings."""
     kp, mp = int8dot_k(k, amx), int8dot_rows(m, amx)
     return _quantize_rows(INT8DOT_QUANT, m, k, kp, bits, ln_eps, (mp, kp), "int8", "acodes", mp)
 

@@ -1,6 +1,6 @@
 /* qvit-edge: the quantization arithmetic of every C path, defined once. Included by the model.so
- * micro-kernels (native/model/) and the runtime's kernels (native/*.c, native/ref, native/x86,
- * native/arm): round half to even, activation quantize (codes), exp, erf / GELU, LayerNorm and the
+ * micro-kernels (native/model/) and the runtime's kernels (native/'s own .c files, native/ref,
+ * native/x86, native/arm): round half to even, activation quantize (codes), exp, erf / GELU, LayerNorm and the
  * IRM head statistics, numpy's pairwise sums, bit-plane packing and plane sums.
  *
  * Arithmetic is edge_runtime/quant.py's and the integer reference's (compile/intmodel), float32

@@ -1,7 +1,7 @@
 /* The C micro-kernels' SIMD paths against their portable path (tests/test_native_simd.py).
  *
  * Built twice per target from the same source, once as the target compiles it (AVX-512 / AVX2 /
- * NEON paths) and once with -DQV_PORTABLE, it prints every result of the common.h helpers,
+ * NEON paths) and once with -DQV_PORTABLE, it prints every result of the qv_arith.h helpers,
  * the attention item and the pack kernel on edge values (ties at .5, values past 2^22, signed
  * zeros, infinities, NaN, the clip bounds, large negative exp inputs) and random data, one value a
  * line ("section index bits"); the two outputs must be the same text. NaNs print as "nan" (their

@@ -11,7 +11,7 @@
  *   -> softmax -> probability codes -> bit planes + code sums
  *   P V bit-serial -> zero-point corrections -> float output [B', T, H*d]
  *
- * Arithmetic and vector conventions: common.h. The bit-serial products use AVX-512 VPOPCNTDQ
+ * Arithmetic and vector conventions: ../qv_arith.h. The bit-serial products use AVX-512 VPOPCNTDQ
  * intrinsics where the target has them, NEON byte counts on aarch64. The planes and sums are written to the tensors the plan
  * declares (tests read them).
  */

@@ -43,7 +43,7 @@ int32_t qvit_int8dot_path(void) {
 }
 
 /* x [M, K] float32 (LayerNorm first when ln) -> codes rows [r0, r1) of [Mpad, Kp]: the codes are
- * common.h's quantize_row, the function the bit-serial pack kernel uses. */
+ * qv_arith.h's quantize_row, the function the bit-serial pack kernel uses. */
 int32_t qvit_int8dot_quant(int32_t r0, int32_t r1, int32_t M, int32_t Mpad, int32_t K, int32_t Kp, int32_t bits,
                            int32_t ln, float eps, const float *x, const float *ln_w, const float *ln_b,
                            const float *step, const int32_t *zp, int8_t *codes) {
