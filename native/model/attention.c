@@ -125,6 +125,19 @@ static void bs_row(const uint64_t *a, int64_t a_stride, int nw, int bits, const 
 
 /* ------------------------------------------------------------------------------- one item */
 
+/* Scores c0..T-1 of a row past the vector part, one at a time, into s; -> the running max mx */
+static inline float scores_tail(const int32_t *acc, int c0, int T, int32_t rc, int32_t qz, const int32_t *ks,
+                                float s_scale, const float *bias_r, const float *mask_r, float *s, float mx) {
+  for (int c = c0; c < T; c++) {
+    float v = s_scale * (float)(acc[c] + rc - qz * ks[c]);
+    if (bias_r) v = v + bias_r[c];
+    if (mask_r) v = v + mask_r[c];
+    s[c] = v;
+    mx = v > mx ? v : mx;
+  }
+  return mx;
+}
+
 /* One softmax row: scores from the accumulators (+ bias, + mask), max, exp, numpy-order sum,
  * probability codes into codes[0, T). */
 static void softmax_row(const int32_t *acc, int T, int32_t rc, int32_t qz, const int32_t *ks, float s_scale,
@@ -148,13 +161,7 @@ static void softmax_row(const int32_t *acc, int T, int32_t rc, int32_t qz, const
       m = vmaxnmq_f32(v, m);
     }
     float mx = vmaxnmvq_f32(m);
-    for (; c < T; c++) {
-      float v = s_scale * (float)(acc[c] + rc - qz * ks[c]);
-      if (bias_r) v = v + bias_r[c];
-      if (mask_r) v = v + mask_r[c];
-      s[c] = v;
-      mx = v > mx ? v : mx;
-    }
+    mx = scores_tail(acc, c, T, rc, qz, ks, s_scale, bias_r, mask_r, s, mx);
     const float32x4_t vmx = vdupq_n_f32(mx);
     for (c = 0; c + 16 <= T; c += 16) { /* four independent chains: exp is latency-bound */
       const float32x4_t e0 = nq_exp(vsubq_f32(vld1q_f32(s + c), vmx));
@@ -202,13 +209,7 @@ static void softmax_row(const int32_t *acc, int T, int32_t rc, int32_t qz, const
   }
   float mx = m[0];
   for (int l = 1; l < VL; l++) mx = m[l] > mx ? m[l] : mx;
-  for (; c < T; c++) {
-    float v = s_scale * (float)(acc[c] + rc - qz * ks[c]);
-    if (bias_r) v = v + bias_r[c];
-    if (mask_r) v = v + mask_r[c];
-    s[c] = v;
-    mx = v > mx ? v : mx;
-  }
+  mx = scores_tail(acc, c, T, rc, qz, ks, s_scale, bias_r, mask_r, s, mx);
   for (c = 0; c + VL <= T; c += VL) storef(e + c, exp_v(loadf(s + c) - mx));
   for (; c < T; c++) e[c] = exp_f(s[c] - mx);
   const float den = pairwise_sum(e, T);

@@ -119,22 +119,7 @@ static inline void tile2x8_pairs(const uint64_t *a0, int64_t aplane, const uint6
         uint8x16_t c[2][4];
         for (int r = 0; r < 2; r++)
           for (int t = 0; t < 4; t++) c[r][t] = vdupq_n_u8(0);
-        for (int k = 0; k < KW; k++) {
-          const uint8x16_t b0 = vreinterpretq_u8_u64(vld1q_u64(pw + k * NB)),
-                           b1 = vreinterpretq_u8_u64(vld1q_u64(pw + k * NB + 2)),
-                           b2 = vreinterpretq_u8_u64(vld1q_u64(pw + k * NB + 4)),
-                           b3 = vreinterpretq_u8_u64(vld1q_u64(pw + k * NB + 6));
-          const uint8x16_t x0 = vreinterpretq_u8_u64(vld1q_dup_u64(pa0 + k));
-          const uint8x16_t x1 = vreinterpretq_u8_u64(vld1q_dup_u64(pa1 + k));
-          c[0][0] = vaddq_u8(c[0][0], vcntq_u8(vandq_u8(x0, b0)));
-          c[0][1] = vaddq_u8(c[0][1], vcntq_u8(vandq_u8(x0, b1)));
-          c[0][2] = vaddq_u8(c[0][2], vcntq_u8(vandq_u8(x0, b2)));
-          c[0][3] = vaddq_u8(c[0][3], vcntq_u8(vandq_u8(x0, b3)));
-          c[1][0] = vaddq_u8(c[1][0], vcntq_u8(vandq_u8(x1, b0)));
-          c[1][1] = vaddq_u8(c[1][1], vcntq_u8(vandq_u8(x1, b1)));
-          c[1][2] = vaddq_u8(c[1][2], vcntq_u8(vandq_u8(x1, b2)));
-          c[1][3] = vaddq_u8(c[1][3], vcntq_u8(vandq_u8(x1, b3)));
-        }
+        pair2x8(pa0, pa1, pw, 0, KW, c);
         for (int r = 0; r < 2; r++)
           for (int t = 0; t < 4; t++) {
             const int32x4_t x = vshlq_s32(vreinterpretq_s32_u32(vpaddlq_u16(vpaddlq_u8(c[r][t]))), sh);
