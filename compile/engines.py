@@ -16,6 +16,10 @@ differ only in speed, which depends on the CPU:
   bitserial-neon  the bit-serial GEMM as a C micro-kernel (native/model/bsneon.c) with byte counters
              (CNT + UADALP, widened every 31 words) on the same planes: Arm cores without the dot
              product; portable C elsewhere (tests).
+  lut-neon   table lookups (native/model/lut.c): per row and 4 k a 16-entry table of the codes'
+             subset sums, indexed by 4 bits of a weight plane, 16 channels per NEON TBL: w_bits
+             lookups per 4 k whatever a_bits, where bit-serial needs a_bits * w_bits plane pairs;
+             Arm cores without the dot product; portable C elsewhere (tests).
 
 The choice is made once per compile from (arch, CPU features of the target's mcpu, a_bits, w_bits)
 by `choose` (the table below), or forced with `--engine` / QVIT_GEMM_ENGINE, and recorded in the
@@ -28,8 +32,8 @@ import os
 from qvit_edge.clikit import UserError
 
 BITSERIAL, INT8DOT, BITSERIAL_NEON = "bitserial", "int8dot", "bitserial-neon"
-INT8DOT_AMX = "int8dot-amx"
-ENGINES = (BITSERIAL, INT8DOT, BITSERIAL_NEON, INT8DOT_AMX)
+INT8DOT_AMX, LUT_NEON = "int8dot-amx", "lut-neon"
+ENGINES = (BITSERIAL, INT8DOT, BITSERIAL_NEON, INT8DOT_AMX, LUT_NEON)
 LOWBIT_MAX = 4  # layers with at most this many bits (weights and activations) have a choice
 INT16 = "int16"  # 8-bit layers (patch embedding, head): int16 codes x int8 weights, no choice
 ENV = "QVIT_GEMM_ENGINE"

@@ -253,6 +253,22 @@ def bsneon_linear(m: int, n: int, k: int, a_bits: int, w_bits: int, epilogue: st
                    gelu_clip)
 
 
+LUT_ROWS = "qvit_lut_rows"  # native/model/lut.c
+
+
+def lut_linear(m: int, n: int, k: int, a_bits: int, w_bits: int, epilogue: str = "none",
+               gelu_clip: float | None = None):
+    """bitserial_linear by table lookups, the C micro-kernel qvit_lut_rows (native/model/lut.c):
+    int8dot's codes [Mpad, Kp] (int8dot_quant) x table indices [ceil(N/16), w_bits, Kp/8, 16]
+    (packing.lut_panel) -> y [M, N] float32, the same integers and epilogue; a parallel loop over
+    pairs of rows (each builds its rows' tables once for all channels)."""
+    mp, kp, npan = rows_padded(m), int8dot_k(k), -(-n // 16)
+    a = te.placeholder((mp, kp), "int8", name="acodes")
+    wp = te.placeholder((npan, w_bits, kp // 8, 16), "uint8", name="lutpanel")
+    return _c_gemm(LUT_ROWS, "rows", -(-m // 2), [m, mp, n, kp, a_bits, w_bits], [a, wp], m, n, epilogue,
+                   gelu_clip)
+
+
 def quant_codes(m: int, k: int, bits: int, ln_eps: float | None = None):
     """x [M, K] float -> int16 codes minus zero point (for the 8-bit integer GEMM)."""
     ins, src, step, zp = _act_input(m, k, ln_eps)

@@ -205,6 +205,18 @@ class Lowering:
             kid = p.kernel(("int8dot", m, n, k, epi, clip_v, amx), "int8dot_gemm",
                            lambda fname: schedules.prim_func(fname, *ins_outs))
             p.step(kid, kind, [codes, panel, scale, corr, bias, *res, y2], op["out"])
+        elif engine == engines.LUT_NEON:
+            kp = K.int8dot_k(k)
+            codes = p.act(f"{op['out']}.acodes", (K.rows_padded(m), kp), "int8")
+            kid = self._generic(("quant8", m, k, ab, eps, False), "int8dot_quant", K.int8dot_quant,
+                                m, k, ab, eps, False)
+            p.step(kid, kind, [x2, *ln_args, a_step, a_zp, codes], op["out"])
+            panel = p.const(f"{name}.lutpanel", packing.lut_panel(wt, wb, kp))
+            corr = p.const(f"{name}.corr", packing.zero_point_correction(wt, int(prm["a_zp"])))
+            ins_outs = K.lut_linear(m, n, k, ab, wb, epi, clip_v)
+            kid = p.kernel(("lut", m, n, k, ab, wb, epi, clip_v), "lut_gemm",
+                           lambda fname: schedules.prim_func(fname, *ins_outs))
+            p.step(kid, kind, [codes, panel, scale, corr, bias, *res, y2], op["out"])
         elif engine == engines.BITSERIAL_NEON:
             planes = p.act(f"{op['out']}.planes", (ab, K.rows_padded(m), K.linear_words(k)), "uint64")
             kid = self._generic(("pack", m, k, ab, eps), "pack", K.pack_act, m, k, ab, eps)

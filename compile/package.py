@@ -190,7 +190,7 @@ def _native_dir() -> str:
 NATIVE_DIR = _native_dir()
 MODEL_KERNELS_DIR = os.path.join(NATIVE_DIR, "model")
 MODEL_KERNELS = [os.path.join(MODEL_KERNELS_DIR, f)
-                 for f in ("attention.c", "pack.c", "igemm.c", "int8dot.c", "bsneon.c")]
+                 for f in ("attention.c", "pack.c", "igemm.c", "int8dot.c", "bsneon.c", "lut.c")]
 # Exact float32 as the reference computes it: no FMA contraction, no fast-math reassociation.
 # (-fno-trapping-math only lets gcc if-convert float selects so those loops vectorize.)
 CFLAGS = ["-O3", "-fPIC", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math"]

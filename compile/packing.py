@@ -66,6 +66,22 @@ def int8_panel(w: np.ndarray, kp: int) -> np.ndarray:
     return np.ascontiguousarray(full.reshape(npad // 16, 16, kp // 4, 4).transpose(0, 2, 1, 3))
 
 
+def lut_panel(w: np.ndarray, bits: int, kp: int) -> np.ndarray:
+    """Signed codes [N, K] -> table indices [ceil(N / 16), bits, kp / 8, 16] uint8 for
+    native/model/lut.c (kp % 16 == 0; zero past N and K): byte [p, j, h, l] holds bits 4 g .. 4 g + 3
+    of weight plane j of channel 16 p + l as a 4-bit index, group g = 2 h in the low nibble and 2 h + 1
+    in the high one."""
+    n, k = w.shape
+    npad = -(-n // 16) * 16
+    full = np.zeros((npad, kp), np.int64)
+    full[:n, :k] = weight_bits(w, bits)
+    planes = (full[None] >> np.arange(bits)[:, None, None]) & 1  # [bits, npad, kp]
+    idx = (planes.reshape(bits, npad, kp // 4, 4) << np.arange(4)).sum(-1)  # [bits, npad, groups]
+    byte = idx[..., 0::2] | (idx[..., 1::2] << 4)  # [bits, npad, kp / 8]
+    return np.ascontiguousarray(byte.reshape(bits, npad // 16, 16, kp // 8).transpose(1, 0, 3, 2)
+                                .astype(np.uint8))
+
+
 def bsneon_panel(w: np.ndarray, bits: int) -> np.ndarray:
     """weight_panel with 8 channels per panel and N padded to 16 (zero rows: never stored), for
     native/model/bsneon.c, which takes two panels per call."""

@@ -45,7 +45,7 @@ MAX_BITS = 8
 ALIGN = 64  # the kernels use aligned vector loads: every buffer starts on a 64-byte boundary
 
 # The dtypes the compiler writes (compile/lower.py, compile/kernels.py) and their sizes.
-DTYPES = {"float32": 4, "int8": 1, "int16": 2, "int32": 4, "uint64": 8}
+DTYPES = {"float32": 4, "int8": 1, "int16": 2, "int32": 4, "uint8": 1, "uint64": 8}
 # The resampling filters qvit_edge.preprocess knows (a test keeps the two lists equal).
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
 TARGET_ARCHS = ("x86_64", "aarch64")

@@ -167,6 +167,54 @@ def test_bsneon_linear_is_exact(bsneon_kernels, ab, wb):
             np.testing.assert_array_equal(y.numpy(), _epilogue_f32(acc, corr, scale, bias, epi, clip, res))
 
 
+@pytest.fixture(scope="module")
+def lut_kernels(model_kernels_loaded):
+    """lut-neon (native/model/lut.c, its portable C path on x86) for every (a_bits, w_bits), and its
+    epilogues, on ragged M, N and K, fed by int8dot's codes kernel."""
+    m, n, k = 7, 21, 77
+    funcs = {}
+    for ab in range(1, 5):
+        qk = schedules.prim_func(f"q{ab}", *K.int8dot_quant(m, k, ab))
+        funcs[f"q{ab}"] = schedules.generic(qk, f"q{ab}")
+        for wb in range(1, 5):
+            funcs[f"lut{ab}{wb}"] = schedules.prim_func(f"lut{ab}{wb}", *K.lut_linear(m, n, k, ab, wb))
+    for epi, clip in (("gelu", 1.5), ("add", None)):
+        funcs[f"lut_{epi}"] = schedules.prim_func(f"lut_{epi}", *K.lut_linear(m, n, k, 3, 2, epi, clip))
+    ex = tvm.compile(tvm.IRModule(funcs), target=HOST.tvm())
+    return ex.mod, (m, n, k)
+
+
+@pytest.mark.parametrize("ab", [1, 2, 3, 4])
+@pytest.mark.parametrize("wb", [1, 2, 3, 4])
+def test_lut_linear_is_exact(lut_kernels, ab, wb):
+    """lut-neon: packing.lut_panel's table indices and the kernel give quant.int_linear's integers
+    and bitserial_linear's epilogue floats."""
+    mod, (m, n, k) = lut_kernels
+    rng = np.random.default_rng(ab * 10 + wb + 100)
+    step, zp = np.float32(0.37), int(rng.integers(0, 1 << ab))
+    x = rng.normal(0, 1.5, (m, k)).astype(np.float32)
+    w = rng.choice(quant.weight_levels(wb), size=(n, k)).astype(np.int8)
+    codes = quant.quantize_act(x, step, zp, ab)
+    kp = K.int8dot_k(k)
+    a = _t(np.zeros((K.rows_padded(m), kp), np.int8))
+    mod[f"q{ab}"](_t(x), _t(np.array([step], np.float32)), _t(np.array([zp], np.int32)), a)
+    y = _t(np.zeros((m, n), np.float32))
+    ones, zeros = np.ones(n, np.float32), np.zeros(n, np.float32)
+    wp = _t(packing.lut_panel(w, wb, kp))
+    mod[f"lut{ab}{wb}"](a, wp, _t(ones), _t(packing.zero_point_correction(w, zp)), _t(zeros), y)
+    np.testing.assert_array_equal(y.numpy(), quant.int_linear(codes, zp, w).astype(np.float32))
+    if (ab, wb) == (3, 2):
+        scale = rng.uniform(0.01, 0.2, n).astype(np.float32)
+        bias = rng.normal(0, 1, n).astype(np.float32)
+        corr = packing.zero_point_correction(w, zp)
+        res = rng.normal(0, 1, (m, n)).astype(np.float32)
+        acc = quant.int_linear(codes, 0, w)
+        for epi, clip in (("gelu", 1.5), ("add", None)):
+            extra = [_t(res)] if epi == "add" else []
+            mod[f"lut_{epi}"](a, wp, _t(scale), _t(corr), _t(bias), *extra, y)
+            np.testing.assert_array_equal(y.numpy(), _epilogue_f32(acc, corr, scale, bias, epi, clip, res))
+
+
 def _erf_f32(x):
     """kernels._erf in numpy float32, operation by operation."""
     f = np.float32

@@ -117,7 +117,7 @@ def test_cli_unknown_engine(tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
         "qvit_compile: error: --engine: unknown GEMM engine 'magic' "
-        "(known: bitserial, int8dot, bitserial-neon, int8dot-amx)"]
+        "(known: bitserial, int8dot, bitserial-neon, int8dot-amx, lut-neon)"]
 
 
 # ------------------------------------------------------------------------ metadata and info
@@ -385,6 +385,77 @@ def test_bsneon_paths_exact(tmp_path, cc, flags, runner, path):
         pytest.skip(f"needs {cc} and {runner[0] if runner else ''}")
     src = tmp_path / "driver.c"
     src.write_text(_BS_DRIVER)
+    exe = tmp_path / "driver"
+    r = subprocess.run([cc, "-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", *flags,
+                        "-I", MODEL_KERNELS, str(src), "-o", str(exe), "-lm"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = subprocess.run([*runner, str(exe)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == f"path {path} mismatches 0", r.stdout + r.stderr
+
+
+_LUT_DRIVER = r"""
+#include "lut.c"
+#include <stdio.h>
+/* qvit_lut_rows (this build's path) against a * w summed directly, every (a_bits, w_bits), Kp of 16,
+ * 96, 1536 (many uint8 rounds, the largest DeiT row) and 4384 (past the uint16 bound: the portable
+ * loop), scale 1, bias 0: y is the integer sum */
+static uint64_t rng = 88172645463325252ull;
+static uint64_t next(void) { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; return rng; }
+int main(void) {
+  static const int kps[] = {16, 96, 1536, 4384};
+  int bad = 0;
+  for (int s = 0; s < 4; s++)
+    for (int ab = 1; ab <= 4; ab++)
+      for (int wb = 1; wb <= 4; wb++) {
+        const int M = 5, Mpad = 8, N = 21, P = 2, Kp = kps[s], H = Kp / 8;
+        int8_t *a = calloc((size_t)Mpad * Kp, 1), *w = calloc((size_t)N * Kp, 1);
+        uint8_t *panel = calloc((size_t)P * wb * H * 16, 1);
+        for (int r = 0; r < M; r++)
+          for (int k = 0; k < Kp; k++) a[r * Kp + k] = (int8_t)(next() % (1u << ab));
+        for (int n = 0; n < N; n++)
+          for (int k = 0; k < Kp; k++) {
+            const int v = wb == 1 ? (next() & 1 ? 1 : -1) : (int)(next() % (1u << wb)) - (1 << (wb - 1));
+            w[n * Kp + k] = (int8_t)v;
+            const int bitsv = wb == 1 ? (v + 1) / 2 : v & ((1 << wb) - 1);
+            for (int j = 0; j < wb; j++)
+              if (bitsv >> j & 1) {
+                const int g = k / 4, h = g / 2, bit = k % 4 + 4 * (g % 2);
+                panel[(((int64_t)(n / 16) * wb + j) * H + h) * 16 + n % 16] |= (uint8_t)(1 << bit);
+              }
+          }
+        float *sc = malloc(4 * N), *bi = calloc(N, 4), *y = malloc(4 * M * N);
+        int32_t *corr = calloc(N, 4);
+        for (int n = 0; n < N; n++) sc[n] = 1.0f;
+        for (int rb = 0; rb < (M + 1) / 2; rb++)
+          if (qvit_lut_rows(rb, M, Mpad, N, Kp, ab, wb, 0, 0, 0, a, panel, sc, corr, bi, 0, y)) bad++;
+        for (int r = 0; r < M; r++)
+          for (int n = 0; n < N; n++) {
+            int64_t acc = 0;
+            for (int k = 0; k < Kp; k++) acc += a[r * Kp + k] * w[n * Kp + k];
+            if ((float)acc != y[r * N + n]) bad++;
+          }
+        free(a), free(w), free(panel), free(sc), free(bi), free(y), free(corr);
+      }
+  printf("path %d mismatches %d\n", qvit_lut_path(), bad);
+  return bad != 0;
+}
+"""
+
+LUT_PATHS = [
+    ("x86-portable", "gcc", ["-march=native"], [], 0),
+    ("arm-neon-a72", ARM_CC, ["-mcpu=cortex-a72", "-static"], QEMU, 1),
+    ("arm-portable", ARM_CC, ["-mcpu=cortex-a72", "-static", "-DQVIT_LUT_PORTABLE"], QEMU, 0),
+]
+
+
+@pytest.mark.parametrize("cc,flags,runner,path", [p[1:] for p in LUT_PATHS], ids=[p[0] for p in LUT_PATHS])
+def test_lut_paths_exact(tmp_path, cc, flags, runner, path):
+    """lut-neon's TBL path and its portable C path give the sums of a * w (a weight layout built
+    independently of packing.lut_panel, which test_compile checks against the reference)."""
+    if not shutil.which(cc) or (runner and not shutil.which(runner[0])):
+        pytest.skip(f"needs {cc} and {runner[0] if runner else ''}")
+    src = tmp_path / "driver.c"
+    src.write_text(_LUT_DRIVER)
     exe = tmp_path / "driver"
     r = subprocess.run([cc, "-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", *flags,
                         "-I", MODEL_KERNELS, str(src), "-o", str(exe), "-lm"], capture_output=True, text=True)

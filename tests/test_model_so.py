@@ -79,6 +79,8 @@ ENGINE_VARIANTS = {
     "deit_w1_amx": ("deit_w1", "x86-64-v3", "int8dot-amx"),
     "swin_w3_head_bsneon": ("swin_w3_head", "x86-64-v3", "bitserial-neon"),  # its portable C path
     "deit_w1_bsneon": ("deit_w1", "x86-64-v3", "bitserial-neon"),
+    "swin_w3_head_lut": ("swin_w3_head", "x86-64-v3", "lut-neon"),  # its portable C path
+    "deit_w1_lut": ("deit_w1", "x86-64-v3", "lut-neon"),
 }
 
 
@@ -273,6 +275,7 @@ AARCH64_PY = os.path.join(ROOT, "scripts", "aarch64-python.sh")
     # the Pi 4 core: the table picks bitserial-neon (byte-counter NEON micro-kernel)
     ("deit_w2", "cortex-a72", None, "bitserial-neon"), ("swin_w3_head", "cortex-a72", None, "bitserial-neon"),
     ("deit_w2_head", "cortex-a72", "bitserial", "bitserial"),  # TVM's bit-serial kernel on aarch64
+    ("swin_w3_head", "cortex-a72", "lut-neon", "lut-neon"),  # table lookups (NEON TBL)
     # the Pi 5 core: the table picks int8dot, its SDOT path (qemu's max CPU has the dot product)
     ("deit_w2_head", "cortex-a76", None, "int8dot"), ("swin_w3_head", "cortex-a76", None, "int8dot"),
 ])
