@@ -35,6 +35,7 @@ BITSERIAL, INT8DOT, BITSERIAL_NEON = "bitserial", "int8dot", "bitserial-neon"
 INT8DOT_AMX, LUT_NEON = "int8dot-amx", "lut-neon"
 ENGINES = (BITSERIAL, INT8DOT, BITSERIAL_NEON, INT8DOT_AMX, LUT_NEON)
 LOWBIT_MAX = 4  # layers with at most this many bits (weights and activations) have a choice
+LUT_MIN_A_BITS = 3  # Arm without the dot product: lut-neon from this activation width up
 INT16 = "int16"  # 8-bit layers (patch embedding, head): int16 codes x int8 weights, no choice
 ENV = "QVIT_GEMM_ENGINE"
 
@@ -53,9 +54,13 @@ def choose(arch: str, features, a_bits: int, w_bits: int) -> str:
     feats = set(features)
     if arch == "aarch64":
         # dot product (A55, A76, A78, Neoverse N1...): 32 int8 MACs/cycle beat a2*w2 binary planes;
-        # without it (A53, A72) bit-serial wins at these widths (int8 runs on SMLAL at ~8 MACs/cycle),
-        # and the C kernel's byte counters beat TVM's 64-bit popcount lanes, which spill
-        return INT8DOT if feats & set(INT8DOT_FEATURES["aarch64"]) else BITSERIAL_NEON
+        # without it (A53, A72) int8 runs on SMLAL at ~8 MACs/cycle: table lookups from 3-bit
+        # activations up (w_bits TBLs per 4 k, against a_bits * w_bits plane pairs; estimated 1.6x
+        # bit-serial's speed at W3A3 and W4A4 on the A72), the byte-counter bit-serial kernel below
+        # (its 4 plane pairs at W2A2 cost less than 2 TBL planes with their uint8 accumulation)
+        if feats & set(INT8DOT_FEATURES["aarch64"]):
+            return INT8DOT
+        return LUT_NEON if a_bits >= LUT_MIN_A_BITS else BITSERIAL_NEON
     if arch == "x86_64":
         # AMX-INT8 (Sapphire Rapids and later): 1024 MACs/cycle per TDPBUSD; measured 2.2-2.6x the
         # VNNI path per DeiT-S layer (docs/model-so.md). VNNI: 64 MACs/cycle per 512-bit vpdpbusd.

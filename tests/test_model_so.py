@@ -272,10 +272,11 @@ AARCH64_PY = os.path.join(ROOT, "scripts", "aarch64-python.sh")
 @pytest.mark.skipif(not shutil.which("qemu-aarch64") or not shutil.which("aarch64-linux-gnu-gcc"),
                     reason="needs qemu-user and gcc-aarch64-linux-gnu")
 @pytest.mark.parametrize("name,mcpu,forced,engine", [
-    # the Pi 4 core: the table picks bitserial-neon (byte-counter NEON micro-kernel)
-    ("deit_w2", "cortex-a72", None, "bitserial-neon"), ("swin_w3_head", "cortex-a72", None, "bitserial-neon"),
+    # the Pi 4 core: the table picks bitserial-neon (byte-counter NEON micro-kernel) at 2 bits and
+    # lut-neon (NEON TBL table lookups) at 3-4 bits
+    ("deit_w2", "cortex-a72", None, "bitserial-neon"), ("swin_w3_head", "cortex-a72", None, "lut-neon"),
+    ("swin_w3_head", "cortex-a72", "bitserial-neon", "bitserial-neon"),
     ("deit_w2_head", "cortex-a72", "bitserial", "bitserial"),  # TVM's bit-serial kernel on aarch64
-    ("swin_w3_head", "cortex-a72", "lut-neon", "lut-neon"),  # table lookups (NEON TBL)
     # the Pi 5 core: the table picks int8dot, its SDOT path (qemu's max CPU has the dot product)
     ("deit_w2_head", "cortex-a76", None, "int8dot"), ("swin_w3_head", "cortex-a76", None, "int8dot"),
 ])
