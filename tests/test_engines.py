@@ -466,3 +466,62 @@ def test_lut_paths_exact(tmp_path, cc, flags, runner, path):
     assert r.returncode == 0, r.stderr[-2000:]
     r = subprocess.run([*runner, str(exe)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip() == f"path {path} mismatches 0", r.stdout + r.stderr
+
+
+_IGEMM_DRIVER = r"""
+#include "igemm.c"
+#include <stdio.h>
+/* qvit_int_gemm_panel (this build's path) against the sums written out, with the float32 epilogue,
+ * K of 12 (K / 2 % 4 != 0: the plain loop on NEON), 24, 768 (DeiT's patch embedding) */
+static uint64_t rng = 88172645463325252ull;
+static uint64_t next(void) { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; return rng; }
+int main(void) {
+  static const int ks[] = {12, 24, 768};
+  int bad = 0;
+  for (int s = 0; s < 3; s++) {
+    const int M = 7, N = 32, K = ks[s], K2 = K / 2;
+    int16_t *a = malloc(2 * (size_t)M * K), *w = malloc(2 * (size_t)N * K), *wp = malloc(2 * (size_t)N * K);
+    float *sc = malloc(4 * N), *bi = malloc(4 * N), *y = malloc(4 * (size_t)M * N);
+    for (int q = 0; q < M * K; q++) a[q] = (int16_t)((int)(next() % 511) - 255);
+    for (int q = 0; q < N * K; q++) w[q] = (int16_t)((int)(next() % 256) - 128);
+    for (int n = 0; n < N; n++) {
+      sc[n] = (float)(next() % 1000 + 1) * 1e-4f;
+      bi[n] = (float)((int)(next() % 2001) - 1000) * 1e-3f;
+      for (int k = 0; k < K; k++) wp[(((int64_t)(n / 16) * K2 + k / 2) * 16 + n % 16) * 2 + k % 2] = w[n * K + k];
+    }
+    for (int p = 0; p < N / 16; p++) qvit_int_gemm_panel(p, M, N, K, a, wp, sc, bi, y);
+    for (int r = 0; r < M; r++)
+      for (int n = 0; n < N; n++) {
+        int32_t acc = 0;
+        for (int k = 0; k < K; k++) acc += a[r * K + k] * w[n * K + k];
+        const float want = sc[n] * (float)acc + bi[n];
+        if (memcmp(&want, y + r * N + n, 4)) bad++;
+      }
+    free(a), free(w), free(wp), free(sc), free(bi), free(y);
+  }
+  printf("mismatches %d\n", bad);
+  return bad != 0;
+}
+"""
+
+IGEMM_PATHS = [
+    ("x86-native", "gcc", ["-march=native"], []),
+    ("x86-portable", "gcc", ["-march=x86-64-v3"], []),
+    ("arm-neon-a72", ARM_CC, ["-mcpu=cortex-a72", "-static"], QEMU),
+    ("arm-portable", ARM_CC, ["-mcpu=cortex-a72", "-static", "-DQVIT_IGEMM_PORTABLE"], QEMU),
+]
+
+
+@pytest.mark.parametrize("cc,flags,runner", [p[1:] for p in IGEMM_PATHS], ids=[p[0] for p in IGEMM_PATHS])
+def test_igemm_paths_exact(tmp_path, cc, flags, runner):
+    """The 8-bit GEMM (patch embedding): every path's floats are the written-out sums' epilogue."""
+    if not shutil.which(cc) or (runner and not shutil.which(runner[0])):
+        pytest.skip(f"needs {cc} and {runner[0] if runner else ''}")
+    src = tmp_path / "driver.c"
+    src.write_text(_IGEMM_DRIVER)
+    exe = tmp_path / "driver"
+    r = subprocess.run([cc, "-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", *flags,
+                        "-I", MODEL_KERNELS, str(src), "-o", str(exe), "-lm"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = subprocess.run([*runner, str(exe)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "mismatches 0", r.stdout + r.stderr
