@@ -487,7 +487,8 @@ int main(void) {
     for (int n = 0; n < N; n++) {
       sc[n] = (float)(next() % 1000 + 1) * 1e-4f;
       bi[n] = (float)((int)(next() % 2001) - 1000) * 1e-3f;
-      for (int k = 0; k < K; k++) wp[(((int64_t)(n / 16) * K2 + k / 2) * 16 + n % 16) * 2 + k % 2] = w[n * K + k];
+      for (int k = 0; k < K; k++)
+        wp[(((int64_t)(n / 16) * K2 + k / 2) * 16 + n % 16) * 2 + k % 2] = w[n * K + k];
     }
     for (int p = 0; p < N / 16; p++) qvit_int_gemm_panel(p, M, N, K, a, wp, sc, bi, y);
     for (int r = 0; r < M; r++)
