@@ -526,3 +526,87 @@ def test_igemm_paths_exact(tmp_path, cc, flags, runner):
     assert r.returncode == 0, r.stderr[-2000:]
     r = subprocess.run([*runner, str(exe)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip() == "mismatches 0", r.stdout + r.stderr
+
+
+_ATT_DRIVER = r"""
+#include "attention.c"
+#include <stdio.h>
+/* qvit_attention_item (this build's path) on random heads; writes every output tensor to stdout as
+ * raw bytes, so builds with different paths can be compared byte for byte. Shapes: DeiT-S's
+ * (T 197, d 64, per-head IRM) and Swin's windows (T 49, d 32, bias and shift masks), bits 2 and 4. */
+static uint64_t rng = 88172645463325252ull;
+static uint64_t next(void) { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; return rng; }
+static float unif(float lo, float hi) { return lo + (hi - lo) * (float)(next() >> 40) / (float)(1 << 24); }
+static void emit(const void *p, size_t n) { fwrite(p, 1, n, stdout); }
+int main(void) {
+  static const int shapes[][5] = {
+      {197, 6, 64, 2, 0}, {197, 6, 64, 4, 2}, {49, 3, 32, 2, 1}, {49, 3, 32, 4, 1}};
+  for (int s = 0; s < 4; s++) {
+    const int T = shapes[s][0], H = shapes[s][1], d = shapes[s][2], bits = shapes[s][3], irm = shapes[s][4];
+    const int Bp = 2, D = H * d, has_bias = irm == 1, n_mask = irm == 1 ? 2 : 0;
+    const int DW = words(d), TW = words(T);
+    float *qkv = malloc(4 * (size_t)Bp * T * 3 * D), *nw[4], st[4][8], *bias = malloc(4 * (size_t)H * T * T),
+          *mask = malloc(4 * (size_t)2 * T * T);
+    int32_t zp[4][8];
+    for (size_t i = 0; i < (size_t)Bp * T * 3 * D; i++) qkv[i] = unif(-2.0f, 2.0f) + (irm == 2 ? 1.5f : 0.0f);
+    for (int j = 0; j < 4; j++) {
+      nw[j] = malloc(4 * (size_t)H * d);
+      for (int i = 0; i < H * d; i++) nw[j][i] = j % 2 ? unif(-0.2f, 0.2f) : unif(0.5f, 1.5f);
+      for (int h = 0; h < H; h++) {
+        st[j][h] = j == 3 ? 1.0f / (float)((1 << bits) - 1) : unif(0.1f, 0.6f);
+        zp[j][h] = j == 3 ? 0 : (int32_t)(next() % (1u << bits));
+      }
+    }
+    for (size_t i = 0; i < (size_t)H * T * T; i++) bias[i] = unif(-1.0f, 1.0f);
+    for (size_t i = 0; i < (size_t)2 * T * T; i++) mask[i] = next() % 4 ? 0.0f : -100.0f;
+    const size_t nq = (size_t)Bp * H * bits * T * DW, nv = (size_t)Bp * H * bits * d * TW,
+                 np_ = (size_t)Bp * H * bits * T * TW;
+    uint64_t *qp = calloc(nq, 8), *kp = calloc(nq, 8), *vp = calloc(nv, 8), *pp = calloc(np_, 8);
+    int32_t *qs = calloc((size_t)Bp * H * T, 4), *ks = calloc((size_t)Bp * H * T, 4),
+            *vs = calloc((size_t)Bp * H * d, 4), *ps = calloc((size_t)Bp * H * T, 4);
+    float *out = calloc((size_t)Bp * T * D, 4);
+    for (int item = 0; item < Bp * H; item++)
+      if (qvit_attention_item(item, T, H, d, bits, irm, 1e-6f, 0.125f, has_bias, n_mask, qkv, nw[0], nw[1],
+                              nw[2], nw[3], st[0], zp[0], st[1], zp[1], st[2], zp[2], st[3], zp[3], bias,
+                              mask, qp, kp, vp, qs, ks, vs, pp, ps, out))
+        return 1;
+    emit(qp, 8 * nq), emit(kp, 8 * nq), emit(vp, 8 * nv), emit(pp, 8 * np_);
+    emit(qs, 4 * (size_t)Bp * H * T), emit(ks, 4 * (size_t)Bp * H * T), emit(vs, 4 * (size_t)Bp * H * d);
+    emit(ps, 4 * (size_t)Bp * H * T), emit(out, 4 * (size_t)Bp * T * D);
+  }
+  return 0;
+}
+"""
+
+ATT_PATHS = [  # id, compiler, flags, runner; each must give the portable build's bytes
+    ("x86-native", "gcc", ["-march=native"], []),  # AVX-512 VNNI dot products where the CPU has them
+    ("x86-v4", "gcc", ["-march=x86-64-v4", "-mavx512vpopcntdq"], []),  # AVX-512 popcount bit planes
+    ("x86-v3", "gcc", ["-march=x86-64-v3"], []),
+    ("arm-neon-a72", ARM_CC, ["-mcpu=cortex-a72", "-static"], QEMU),
+]
+
+
+def _att_bytes(tmp_path, name, cc, flags, runner):
+    src = tmp_path / "att.c"
+    src.write_text(_ATT_DRIVER)
+    exe = tmp_path / name
+    r = subprocess.run([cc, "-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-Wno-psabi",
+                        *flags, "-I", MODEL_KERNELS, str(src), "-o", str(exe), "-lm"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = subprocess.run([*runner, str(exe)], capture_output=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r.stdout
+
+
+@pytest.mark.parametrize("cc,flags,runner", [p[1:] for p in ATT_PATHS], ids=[p[0] for p in ATT_PATHS])
+def test_attention_paths_equal_portable(tmp_path, cc, flags, runner):
+    """The attention micro-kernel's SIMD paths (VNNI byte dot products, AVX-512 popcount, NEON) give
+    the portable C build's codes, planes, sums and outputs byte for byte, at DeiT-S and Swin shapes."""
+    if not shutil.which(cc) or (runner and not shutil.which(runner[0])):
+        pytest.skip(f"needs {cc} and {runner[0] if runner else ''}")
+    if "x86-64-v4" in flags and not _host_flags("avx512_vpopcntdq"):
+        pytest.skip("this CPU has no AVX-512 VPOPCNTDQ")
+    want = _att_bytes(tmp_path, "portable", "gcc", ["-march=x86-64-v3", "-DQV_PORTABLE"], [])
+    got = _att_bytes(tmp_path, "simd", cc, flags, runner)
+    assert len(got) == len(want) and got == want

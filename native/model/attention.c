@@ -12,13 +12,15 @@
  *   P V bit-serial -> zero-point corrections -> float output [B', T, H*d]
  *
  * Arithmetic and vector conventions: ../qv_arith.h. The bit-serial products use AVX-512 VPOPCNTDQ
- * intrinsics where the target has them, NEON byte counts on aarch64. The planes and sums are written to the tensors the plan
- * declares (tests read them).
+ * intrinsics where the target has them, NEON byte counts on aarch64. Where the target has AVX-512
+ * VNNI, both products are byte dot products of the codes instead (dot_row; the same integers), and
+ * P V runs row by row right after that row's softmax. The planes and sums are written to the
+ * tensors the plan declares either way (tests read them).
  */
 #include "../qv_arith.h"
 
 /* planes [bits][rows][nw] -> [bits][nw][rpad] (rows padded with zero words) */
-static void transpose_planes(const uint64_t *src, int bits, int rows, int nw, int rpad, uint64_t *dst) {
+__attribute__((unused)) static void transpose_planes(const uint64_t *src, int bits, int rows, int nw, int rpad, uint64_t *dst) {
   memset(dst, 0, sizeof(uint64_t) * (size_t)bits * nw * rpad);
   for (int j = 0; j < bits; j++)
     for (int r = 0; r < rows; r++)
@@ -112,7 +114,8 @@ static inline __attribute__((always_inline)) void bs_row_k(const uint64_t *a, in
 
 /* bs_row with the plane count and row words as compile-time constants for the common shapes (the
  * loops unroll and the broadcast words stay in registers), else as run-time values. */
-static void bs_row(const uint64_t *a, int64_t a_stride, int nw, int bits, const uint64_t *bt, int cpad, int32_t *out) {
+__attribute__((unused)) static void bs_row(const uint64_t *a, int64_t a_stride, int nw, int bits, const uint64_t *bt,
+                                           int cpad, int32_t *out) {
 #define BS_CASE(B, W) \
   if (bits == (B) && nw == (W)) {                  \
     bs_row_k(a, a_stride, W, B, bt, cpad, out);     \
@@ -122,6 +125,45 @@ static void bs_row(const uint64_t *a, int64_t a_stride, int nw, int bits, const 
 #undef BS_CASE
   bs_row_k(a, a_stride, nw, bits, bt, cpad, out);
 }
+
+#if defined(QV_AVX512BW) && defined(__AVX512VNNI__)
+/* AVX-512 VNNI: the products as byte dot products of the codes (vpdpbusd: u8 x s8 in groups of 4,
+ * into int32), whose cost does not grow with bits^2 as the bit planes' does; codes <= 15 are exact
+ * as s8, so the sums are the planes' sums. Operand b is laid out [kg][cpad][4]: group kg of 4
+ * reduction values of column c at ((kg * cpad + c) * 4), 16 columns (64 bytes) per vector. */
+#define ATT_VNNI 1
+
+/* out[c] = sum_k a[k] b_k[c] for c < cpad (a multiple of 16), a: kp codes (a multiple of 4) */
+static void dot_row(const uint8_t *a, int kp, const uint8_t *b, int cpad, int32_t *out) {
+  int c = 0;
+  for (; c + 64 <= cpad; c += 64) { /* 4 independent accumulators share each broadcast */
+    __m512i s0 = _mm512_setzero_si512(), s1 = s0, s2 = s0, s3 = s0;
+    for (int g = 0; g < kp / 4; g++) {
+      int32_t x;
+      memcpy(&x, a + 4 * g, 4);
+      const __m512i av = _mm512_set1_epi32(x);
+      const uint8_t *bg = b + ((int64_t)g * cpad + c) * 4;
+      s0 = _mm512_dpbusd_epi32(s0, av, _mm512_loadu_si512(bg));
+      s1 = _mm512_dpbusd_epi32(s1, av, _mm512_loadu_si512(bg + 64));
+      s2 = _mm512_dpbusd_epi32(s2, av, _mm512_loadu_si512(bg + 128));
+      s3 = _mm512_dpbusd_epi32(s3, av, _mm512_loadu_si512(bg + 192));
+    }
+    _mm512_storeu_si512(out + c, s0);
+    _mm512_storeu_si512(out + c + 16, s1);
+    _mm512_storeu_si512(out + c + 32, s2);
+    _mm512_storeu_si512(out + c + 48, s3);
+  }
+  for (; c < cpad; c += 16) {
+    __m512i s0 = _mm512_setzero_si512();
+    for (int g = 0; g < kp / 4; g++) {
+      int32_t x;
+      memcpy(&x, a + 4 * g, 4);
+      s0 = _mm512_dpbusd_epi32(s0, _mm512_set1_epi32(x), _mm512_loadu_si512(b + ((int64_t)g * cpad + c) * 4));
+    }
+    _mm512_storeu_si512(out + c, s0);
+  }
+}
+#endif
 
 /* ------------------------------------------------------------------------------- one item */
 
@@ -221,6 +263,12 @@ static void softmax_row(const int32_t *acc, int T, int32_t rc, int32_t qz, const
   for (; c < T; c++) codes[c] = (uint8_t)code_of(e[c] / den, p_step, fz, hi);
 }
 
+/* One output row of P V from its accumulators: the zero-point corrections, then the scale. */
+static inline void pv_row(const int32_t *acc, int d, int32_t rc, int32_t pz, const int32_t *vs, float o_scale,
+                          float *o) {
+  for (int e = 0; e < d; e++) o[e] = o_scale * (float)(acc[e] + rc - pz * vs[e]);
+}
+
 /* One item (b, h) of attention over T tokens, head_dim d, `bits`-bit codes everywhere.
  * Tensors (shapes as the plan declares them, batch b' = item / H):
  *   qkv [B', T, 3 H d]; steps / zero points [H]; irm: 0 none, 1 per token (nq_w, nq_b, nk_w,
@@ -244,15 +292,29 @@ int32_t qvit_attention_item(int32_t item, int32_t T, int32_t H, int32_t d, int32
   /* scratch: K planes transposed [bits][DW][T8], V planes transposed [bits][TW][d8], two float
    * rows and int32 accumulators [fl], codes of one row [cl], V^T codes [d][tpad] */
   const int fl = d8 > T8 ? d8 : T8, cl = dpad > tpad ? dpad : tpad;
+#if defined(ATT_VNNI)
+  const size_t n_kt = 0, n_vt = 0; /* the dot products read codes, not transposed planes */
+#else
   const size_t n_kt = (size_t)bits * DW * T8, n_vt = (size_t)bits * TW * d8;
+#endif
   size_t bytes = sizeof(uint64_t) * (n_kt + n_vt) + sizeof(float) * 3 * (size_t)fl + (size_t)cl +
                  (size_t)d * tpad;
+#if defined(ATT_VNNI)
+  /* q codes [T][d4], K codes [d4 / 4][T16][4], V codes [T4 / 4][d16][4] (zero padded) */
+  const int d4 = (d + 3) / 4 * 4, T4 = (T + 3) / 4 * 4, T16 = (T + 15) / 16 * 16, d16 = (d + 15) / 16 * 16;
+  const size_t n_qc = (size_t)T * d4, n_kc = (size_t)d4 * T16, n_vc = (size_t)T4 * d16;
+  bytes += n_qc + n_kc + n_vc;
+#endif
   char *mem = (char *)malloc(bytes);
   if (!mem) return -1;
   uint64_t *kt = (uint64_t *)mem, *vt = kt + n_kt; /* first: 8-byte aligned */
   float *f0 = (float *)(vt + n_vt), *f1 = f0 + fl;
   int32_t *acc = (int32_t *)(f1 + fl);
   uint8_t *codes = (uint8_t *)(acc + fl), *vc = codes + cl;
+#if defined(ATT_VNNI)
+  uint8_t *qc8 = vc + (size_t)d * tpad, *kc8 = qc8 + n_qc, *vc8 = kc8 + n_kc;
+  memset(qc8, 0, n_qc + n_kc + n_vc);
+#endif
 
   const float *base = qkv + (int64_t)b * T * 3 * D;
   const int64_t pq = (int64_t)T * DW, pv = (int64_t)d * TW, pt = (int64_t)T * TW;
@@ -280,44 +342,65 @@ int32_t qvit_attention_item(int32_t item, int32_t T, int32_t H, int32_t d, int32
         x = f0;
       }
       quantize_row(x, d, (s ? k_step : q_step)[h], (s ? k_zp : q_zp)[h], bits, codes);
+#if defined(ATT_VNNI)
+      if (s)
+        for (int e = 0; e < d; e++) kc8[((int64_t)(e >> 2) * T16 + r) * 4 + (e & 3)] = codes[e];
+      else
+        memcpy(qc8 + (int64_t)r * d4, codes, (size_t)d);
+#endif
       uint64_t *dst = (s ? kpi : qpi) + (int64_t)r * DW;
       pack_row(codes, DW, bits, dst, pq);
       (s ? ksi : qsi)[r] = plane_sum(dst, pq, DW, bits);
     }
     quantize_row(row + 2 * D, d, v_step[h], v_zp[h], bits, codes);
     for (int e = 0; e < d; e++) vc[(int64_t)e * tpad + r] = codes[e];
+#if defined(ATT_VNNI)
+    for (int e = 0; e < d; e++) vc8[((int64_t)(r >> 2) * d16 + e) * 4 + (r & 3)] = codes[e];
+#endif
   }
   for (int e = 0; e < d; e++) {
     pack_row(vc + (int64_t)e * tpad, TW, bits, vpi + (int64_t)e * TW, pv);
     vsi[e] = plane_sum(vpi + (int64_t)e * TW, pv, TW, bits);
   }
+#if !defined(ATT_VNNI)
   /* K and V planes transposed: the products' inner loops run over contiguous keys / channels */
   transpose_planes(kpi, bits, T, DW, T8, kt);
   transpose_planes(vpi, bits, d, TW, d8, vt);
+#endif
 
   /* ---- scores, softmax, probability codes ---- */
   const float s_scale = scale * q_step[h] * k_step[h];
   const int32_t qz = q_zp[h], kz = k_zp[h];
   const float *bias_h = has_bias ? bias + (int64_t)h * T * T : 0;
   const float *mask_b = n_mask ? mask + (int64_t)(b % n_mask) * T * T : 0;
+  const float o_scale = p_step[h] * v_step[h];
+  const int32_t pz = p_zp[h], vz = v_zp[h];
+  float *out_b = out + (int64_t)b * T * D + h * d;
   memset(codes, 0, (size_t)cl);
   for (int r = 0; r < T; r++) {
+#if defined(ATT_VNNI)
+    dot_row(qc8 + (int64_t)r * d4, d4, kc8, T16, acc);
+#else
     bs_row(qpi + (int64_t)r * DW, pq, DW, bits, kt, T8, acc);
+#endif
     softmax_row(acc, T, -kz * qsi[r] + d * qz * kz, qz, ksi, s_scale, bias_h ? bias_h + (int64_t)r * T : 0,
                 mask_b ? mask_b + (int64_t)r * T : 0, p_step[h], p_zp[h], bits, f0, f1, codes);
     pack_row(codes, TW, bits, ppi + (int64_t)r * TW, pt);
     psi[r] = plane_sum(ppi + (int64_t)r * TW, pt, TW, bits);
+#if defined(ATT_VNNI)
+    /* P V of this row while its codes are at hand (zero past T) */
+    dot_row(codes, T4, vc8, d16, acc);
+    pv_row(acc, d, -vz * psi[r] + T * pz * vz, pz, vsi, o_scale, out_b + (int64_t)r * D);
+#endif
   }
 
+#if !defined(ATT_VNNI)
   /* ---- P V ---- */
-  const float o_scale = p_step[h] * v_step[h];
-  const int32_t pz = p_zp[h], vz = v_zp[h];
   for (int r = 0; r < T; r++) {
     bs_row(ppi + (int64_t)r * TW, pt, TW, bits, vt, d8, acc);
-    const int32_t rc = -vz * psi[r] + T * pz * vz;
-    float *o = out + ((int64_t)b * T + r) * D + h * d;
-    for (int e = 0; e < d; e++) o[e] = o_scale * (float)(acc[e] + rc - pz * vsi[e]);
+    pv_row(acc, d, -vz * psi[r] + T * pz * vz, pz, vsi, o_scale, out_b + (int64_t)r * D);
   }
+#endif
   free(mem);
   return 0;
 }
