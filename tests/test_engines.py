@@ -533,29 +533,42 @@ _ATT_DRIVER = r"""
 #include <stdio.h>
 /* qvit_attention_item (this build's path) on random heads; writes every output tensor to stdout as
  * raw bytes, so builds with different paths can be compared byte for byte. Shapes: DeiT-S's
- * (T 197, d 64, per-head IRM) and Swin's windows (T 49, d 32, bias and shift masks), bits 2 and 4. */
+ * (T 197, d 64, per-head IRM) and Swin's windows (T 49, d 32, bias and shift masks), bits 2 and 4,
+ * and odd ones (T, d not multiples of 16 or 64, d past one 64-byte tile row, 1 and 3 bits). */
 static uint64_t rng = 88172645463325252ull;
 static uint64_t next(void) { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; return rng; }
 static float unif(float lo, float hi) { return lo + (hi - lo) * (float)(next() >> 40) / (float)(1 << 24); }
 static void emit(const void *p, size_t n) { fwrite(p, 1, n, stdout); }
 int main(void) {
-  static const int shapes[][5] = {
-      {197, 6, 64, 2, 0}, {197, 6, 64, 4, 2}, {49, 3, 32, 2, 1}, {49, 3, 32, 4, 1}};
-  for (int s = 0; s < 4; s++) {
+#if defined(ATT_DOT)
+  fprintf(stderr, "path dot, amx %d\n", (int)qv_amx_state());
+#else
+  fprintf(stderr, "path planes\n");
+#endif
+  /* T, H, d, bits, irm; the irm 0 shapes also get inputs on quantization ties (x = (n + 1/2) step, where
+   * a division and a multiplication by the reciprocal may round apart) and a nonzero P zero point */
+  static const int shapes[][5] = {{197, 6, 64, 2, 0}, {197, 6, 64, 4, 2}, {49, 3, 32, 2, 1},
+                                  {49, 3, 32, 4, 1},  {70, 2, 20, 3, 1},  {9, 2, 5, 3, 0},
+                                  {130, 2, 96, 4, 0}, {33, 3, 48, 1, 2}};
+  for (int s = 0; s < 8; s++) {
     const int T = shapes[s][0], H = shapes[s][1], d = shapes[s][2], bits = shapes[s][3], irm = shapes[s][4];
     const int Bp = 2, D = H * d, has_bias = irm == 1, n_mask = irm == 1 ? 2 : 0;
     const int DW = words(d), TW = words(T);
     float *qkv = malloc(4 * (size_t)Bp * T * 3 * D), *nw[4], st[4][8], *bias = malloc(4 * (size_t)H * T * T),
           *mask = malloc(4 * (size_t)2 * T * T);
     int32_t zp[4][8];
-    for (size_t i = 0; i < (size_t)Bp * T * 3 * D; i++) qkv[i] = unif(-2.0f, 2.0f) + (irm == 2 ? 1.5f : 0.0f);
     for (int j = 0; j < 4; j++) {
       nw[j] = malloc(4 * (size_t)H * d);
       for (int i = 0; i < H * d; i++) nw[j][i] = j % 2 ? unif(-0.2f, 0.2f) : unif(0.5f, 1.5f);
       for (int h = 0; h < H; h++) {
         st[j][h] = j == 3 ? 1.0f / (float)((1 << bits) - 1) : unif(0.1f, 0.6f);
-        zp[j][h] = j == 3 ? 0 : (int32_t)(next() % (1u << bits));
+        zp[j][h] = j == 3 ? irm == 0 : (int32_t)(next() % (1u << bits));
       }
+    }
+    for (size_t i = 0; i < (size_t)Bp * T * 3 * D; i++) {
+      const int part = (int)(i % (3 * D)) / D, head = (int)(i % D) / d;
+      qkv[i] = irm == 0 && next() % 4 == 0 ? ((float)(int)(next() % 8) - 2.5f) * st[part][head]
+                                           : unif(-2.0f, 2.0f) + (irm == 2 ? 1.5f : 0.0f);
     }
     for (size_t i = 0; i < (size_t)H * T * T; i++) bias[i] = unif(-1.0f, 1.0f);
     for (size_t i = 0; i < (size_t)2 * T * T; i++) mask[i] = next() % 4 ? 0.0f : -100.0f;
@@ -579,7 +592,10 @@ int main(void) {
 """
 
 ATT_PATHS = [  # id, compiler, flags, runner; each must give the portable build's bytes
-    ("x86-native", "gcc", ["-march=native"], []),  # AVX-512 VNNI dot products where the CPU has them
+    # byte dot products where the CPU has AVX-512 VNNI: on AMX tiles where it has AMX-INT8 (and the OS
+    # allows them), and with QVIT_NO_AMX set on vpdpbusd
+    ("x86-native", "gcc", ["-march=native"], []),
+    ("x86-native-no-amx", "gcc", ["-march=native"], ["env", "QVIT_NO_AMX=1"]),
     ("x86-v4", "gcc", ["-march=x86-64-v4", "-mavx512vpopcntdq"], []),  # AVX-512 popcount bit planes
     ("x86-v3", "gcc", ["-march=x86-64-v3"], []),
     ("arm-neon-a72", ARM_CC, ["-mcpu=cortex-a72", "-static"], QEMU),
@@ -596,7 +612,7 @@ def _att_bytes(tmp_path, name, cc, flags, runner):
     assert r.returncode == 0, r.stderr[-2000:]
     r = subprocess.run([*runner, str(exe)], capture_output=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
-    return r.stdout
+    return r.stdout, r.stderr.decode()
 
 
 @pytest.mark.parametrize("cc,flags,runner", [p[1:] for p in ATT_PATHS], ids=[p[0] for p in ATT_PATHS])
@@ -607,6 +623,12 @@ def test_attention_paths_equal_portable(tmp_path, cc, flags, runner):
         pytest.skip(f"needs {cc} and {runner[0] if runner else ''}")
     if "x86-64-v4" in flags and not _host_flags("avx512_vpopcntdq"):
         pytest.skip("this CPU has no AVX-512 VPOPCNTDQ")
-    want = _att_bytes(tmp_path, "portable", "gcc", ["-march=x86-64-v3", "-DQV_PORTABLE"], [])
-    got = _att_bytes(tmp_path, "simd", cc, flags, runner)
+    want, _ = _att_bytes(tmp_path, "portable", "gcc", ["-march=x86-64-v3", "-DQV_PORTABLE"], [])
+    got, path = _att_bytes(tmp_path, "simd", cc, flags, runner)
+    if "-march=native" in flags and _host_flags("avx512_vnni"):  # the paths this host's model.so runs
+        assert path.startswith("path dot"), path
+        if "QVIT_NO_AMX=1" in runner:
+            assert path.strip().endswith("amx -3"), path
+        elif _host_flags("amx_int8") and _host_flags("amx_tile"):
+            assert path.strip().endswith("amx 1"), path
     assert len(got) == len(want) and got == want
