@@ -570,7 +570,11 @@ int main(void) {
       qkv[i] = irm == 0 && next() % 4 == 0 ? ((float)(int)(next() % 8) - 2.5f) * st[part][head]
                                            : unif(-2.0f, 2.0f) + (irm == 2 ? 1.5f : 0.0f);
     }
-    for (size_t i = 0; i < (size_t)H * T * T; i++) bias[i] = unif(-1.0f, 1.0f);
+    if (s == 2 || s == 5) /* non-finite and huge inputs: every path's fallbacks give the same codes */
+      for (size_t i = 0; i < (size_t)Bp * T * 3 * D; i += 97)
+        qkv[i] = i / 97 % 3 == 0 ? __builtin_nanf("") : i / 97 % 3 == 1 ? __builtin_inff() : 1e30f;
+    for (size_t i = 0; i < (size_t)H * T * T; i++)
+      bias[i] = i % 53 == 0 ? -__builtin_inff() : i % 71 == 0 ? __builtin_nanf("") : unif(-1.0f, 1.0f);
     for (size_t i = 0; i < (size_t)2 * T * T; i++) mask[i] = next() % 4 ? 0.0f : -100.0f;
     const size_t nq = (size_t)Bp * H * bits * T * DW, nv = (size_t)Bp * H * bits * d * TW,
                  np_ = (size_t)Bp * H * bits * T * TW;
