@@ -188,6 +188,37 @@ QV_AI vi code_of_v(vf x, float step, float fz, float hi) {
   return __builtin_convertvector(q, vi);
 }
 
+/* Division by a multiplication: a 4-lane fdiv costs ~34 cycles in LLVM's model of the Pi 4's core,
+ * the rest of a code a few. y = x * (1/s) gives the codes of q = x / s, or the caller divides.
+ * For s in [2^-60, 2^60] (for the softmax's chain (x / s1) / s2: s1 and s2 in it, y = x * (1/(s1 s2)))
+ * the reciprocal and the chain's steps are normal floats, so y and q differ by at most 3 (chain: 5)
+ * roundings of the exact quotient: |y - q| < 2^-21 |y|; where a product or quotient falls below the
+ * normal range, y and q are both far below 0.5 and round to the zero of x's sign. With L the power
+ * of two >= hi + |zp| + 2: where |y| < L, rint(q) = rint(y) when y is more than 2^-21 L from every
+ * half-integer, |y - rint(y)| < k = 0.5 - 2^-21 L (the difference is exact, a NaN fails); where
+ * |y| >= L, y and q clip to the same end of [0, hi] whatever they round to. So the codes agree to
+ * the last bit wherever every lane passes; otherwise (next to a tie, y not finite) the caller
+ * redoes the 16 values dividing. k = 0 (nothing passes) for clip ranges past 2^19. */
+QV_AI int recip_ok(float s) { return s >= 0x1p-60f && s <= 0x1p60f; }
+QV_AI float recip_k(float hi, float fz) {
+  const float need = hi + (fz < 0.0f ? -fz : fz) + 2.0f;
+  float L = 1.0f;
+  while (L < need && L <= 0x1p19f) L *= 2.0f;
+  return L <= 0x1p19f ? 0.5f - L * 0x1p-21f : 0.0f;
+}
+#if defined(QV_AVX512F) && defined(QV_AVX512BW)
+/* The same test on 16 AVX-512 lanes y = x * (1/s): clip(rint(y) + fz, 0, hi) as bytes at dst when
+ * every lane passes (-> 1); else nothing is stored (-> 0). code_of's value: its round_even gives
+ * rint too, and a zero's sign is gone after the clip and the conversion. */
+QV_AI int codes16_y_avx512(__m512 y, __m512 fz, __m512 hi, __m512 k, uint8_t *dst) {
+  const __m512 n = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  if (_mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_sub_ps(y, n)), k, _CMP_LT_OQ) != 0xFFFF) return 0;
+  const __m512 q = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(n, fz), _mm512_setzero_ps()), hi);
+  _mm_storeu_si128((__m128i *)dst, _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(q)));
+  return 1;
+}
+#endif
+
 #if defined(QV_NEON)
 /* code_of without the clip, as uint32: rint(x / step) + zp. The clamp at +-2^22 is left out: a
  * value beyond it is beyond the clip bounds either way (|zp| < 2^22); fcvtzu saturates, sending
@@ -201,24 +232,6 @@ QV_AI uint8x16_t nq_codes16(uint32x4_t u0, uint32x4_t u1, uint32x4_t u2, uint32x
   return vminq_u8(vqmovn_high_u16(vqmovn_u16(h0), h1), hi);
 }
 
-/* Division by a multiplication: a 4-lane fdiv costs ~34 cycles in LLVM's model of the Pi 4's core,
- * the rest of a code a few. y = x * (1/s) gives the codes of q = x / s, or the caller divides.
- * For s in [2^-60, 2^60] (for the softmax's chain (x / s1) / s2: s1 and s2 in it, y = x * (1/(s1 s2)))
- * the reciprocal and the chain's steps are normal floats, so y and q differ by at most 3 (chain: 5)
- * roundings of the exact quotient: |y - q| < 2^-21 |y|; where a product or quotient falls below the
- * normal range, y and q are both far below 0.5 and round to the zero of x's sign. With L the power
- * of two >= hi + |zp| + 2: where |y| < L, rint(q) = rint(y) when y is more than 2^-21 L from every
- * half-integer, |y - rint(y)| < k = 0.5 - 2^-21 L (the difference is exact, a NaN fails); where
- * |y| >= L, y and q clip to the same end of [0, hi] whatever they round to. So the codes agree to
- * the last bit wherever every lane passes; otherwise (next to a tie, y not finite) the caller
- * redoes the 16 values dividing. k = 0 (nothing passes) for clip ranges past 2^19. */
-QV_AI int nq_recip_ok(float s) { return s >= 0x1p-60f && s <= 0x1p60f; }
-QV_AI float nq_recip_k(float hi, float fz) {
-  const float need = hi + (fz < 0.0f ? -fz : fz) + 2.0f;
-  float L = 1.0f;
-  while (L < need && L <= 0x1p19f) L *= 2.0f;
-  return L <= 0x1p19f ? 0.5f - L * 0x1p-21f : 0.0f;
-}
 /* nq_codes16 of nq_code4(x_t / s) for y_t = x_t * (1/s) into dst, when every lane passes (-> 1);
  * otherwise nothing is stored (-> 0) */
 QV_AI int nq_codes16_y(float32x4_t y0, float32x4_t y1, float32x4_t y2, float32x4_t y3, float32x4_t fz, float k,
@@ -241,8 +254,8 @@ QV_AI void quantize_row(const float *x, int n, float step, int32_t zp, int bits,
 #if defined(QV_NEON)
   const float32x4_t st = vdupq_n_f32(step), z = vdupq_n_f32(fz), r = vdupq_n_f32(1.0f / step);
   const uint8x16_t h8 = vdupq_n_u8((uint8_t)((1 << bits) - 1));
-  const int recip = nq_recip_ok(step);
-  const float k = nq_recip_k(hi, fz);
+  const int recip = recip_ok(step);
+  const float k = recip_k(hi, fz);
   for (; i + 16 <= n; i += 16) {
     if (recip && nq_codes16_y(vmulq_f32(vld1q_f32(x + i), r), vmulq_f32(vld1q_f32(x + i + 4), r),
                               vmulq_f32(vld1q_f32(x + i + 8), r), vmulq_f32(vld1q_f32(x + i + 12), r), z, k, h8,
@@ -571,8 +584,12 @@ QV_AI __attribute__((target("avx2"))) uint64_t plane_word_avx2(const uint8_t *c,
   __m256i hi = _mm256_slli_epi16(_mm256_loadu_si256((const __m256i *)(c + 32)), 7 - i);
   return (uint64_t)(uint32_t)_mm256_movemask_epi8(lo) | (uint64_t)(uint32_t)_mm256_movemask_epi8(hi) << 32;
 }
+/* bit i of the 64 codes in x */
+QV_AI __attribute__((target("avx512f,avx512bw"))) uint64_t plane_word_avx512_v(__m512i x, int i) {
+  return (uint64_t)_mm512_test_epi8_mask(x, _mm512_set1_epi8((char)(1 << i)));
+}
 QV_AI __attribute__((target("avx512f,avx512bw"))) uint64_t plane_word_avx512(const uint8_t *c, int i) {
-  return (uint64_t)_mm512_test_epi8_mask(_mm512_loadu_si512((const void *)c), _mm512_set1_epi8((char)(1 << i)));
+  return plane_word_avx512_v(_mm512_loadu_si512((const void *)c), i);
 }
 #endif
 

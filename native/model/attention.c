@@ -183,9 +183,9 @@ static void softmax_row(const int32_t *acc, int T, int32_t rc, int32_t qz, const
     const uint8x16_t h8 = vdupq_n_u8((uint8_t)((1 << bits) - 1));
     /* the codes of (e / den) / p_step from e * (1 / (den p_step)) where nq_codes16_y can vouch for
      * them (both divisors in its range), else by the two divisions */
-    const int recip = nq_recip_ok(den) && nq_recip_ok(p_step);
+    const int recip = recip_ok(den) && recip_ok(p_step);
     const float32x4_t r = vdupq_n_f32(1.0f / (den * p_step));
-    const float k = nq_recip_k(hi, fz);
+    const float k = recip_k(hi, fz);
     for (c = 0; c + 16 <= T; c += 16) {
       if (recip && nq_codes16_y(vmulq_f32(vld1q_f32(e + c), r), vmulq_f32(vld1q_f32(e + c + 4), r),
                                 vmulq_f32(vld1q_f32(e + c + 8), r), vmulq_f32(vld1q_f32(e + c + 12), r), z, k, h8,
@@ -244,41 +244,19 @@ static inline void pv_row(const int32_t *acc, int d, int32_t rc, int32_t pz, con
 #define ATT_DOT 1
 #include "amx.h"
 
-/* Division by a multiplication (qv_arith.h's NEON reasoning, nq_recip_ok / nq_recip_k): for
- * divisors in [2^-60, 2^60], y = x * (1/s) (chain (x / s1) / s2: x * (1/(s1 s2))) is within 2^-21 |y|
- * of the quotient q; where y is more than k = 0.5 - 2^-21 L from every half-integer (L: the power
- * of two >= hi + |zp| + 2) rint(y) = rint(q), and past L both clip to the same end. Lanes next to a
- * tie (or not finite) fail the test and the caller divides. */
-static inline int att_recip_ok(float s) { return s >= 0x1p-60f && s <= 0x1p60f; }
-static inline float att_recip_k(float hi, float fz) {
-  const float need = hi + (fz < 0.0f ? -fz : fz) + 2.0f;
-  float L = 1.0f;
-  while (L < need && L <= 0x1p19f) L *= 2.0f;
-  return L <= 0x1p19f ? 0.5f - L * 0x1p-21f : 0.0f;
-}
-
-/* clip(rint(y) + fz, 0, hi) of 16 lanes as bytes at dst when every lane passes (-> 1); else
- * nothing is stored (-> 0). code_of's value: its round_even gives rint too, and a zero's sign is
- * gone after the clip and the conversion. */
-static inline __attribute__((always_inline)) int att_codes16_y(__m512 y, __m512 fz, __m512 hi, __m512 k,
-                                                               uint8_t *dst) {
-  const __m512 n = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  if (_mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_sub_ps(y, n)), k, _CMP_LT_OQ) != 0xFFFF) return 0;
-  const __m512 q = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(n, fz), _mm512_setzero_ps()), hi);
-  _mm_storeu_si128((__m128i *)dst, _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(q)));
-  return 1;
-}
+/* Division by a multiplication where that is exact (qv_arith.h: recip_ok, recip_k, codes16_y_avx512);
+ * lanes next to a tie (or not finite) fail its test and the caller divides. */
 
 /* quantize_row's codes, multiplying by 1 / step where that is exact */
 static inline __attribute__((always_inline)) void att_quantize_row(const float *x, int n, float step, int32_t zp,
                                                                    int bits, float kf, uint8_t *codes) {
   const float hi = (float)((1 << bits) - 1), fz = (float)zp;
   int i = 0;
-  if (att_recip_ok(step)) {
+  if (recip_ok(step)) {
     const __m512 r = _mm512_set1_ps(1.0f / step), z = _mm512_set1_ps(fz), h = _mm512_set1_ps(hi),
                  k = _mm512_set1_ps(kf);
     for (; i + 16 <= n; i += 16)
-      if (!att_codes16_y(_mm512_mul_ps(_mm512_loadu_ps(x + i), r), z, h, k, codes + i)) {
+      if (!codes16_y_avx512(_mm512_mul_ps(_mm512_loadu_ps(x + i), r), z, h, k, codes + i)) {
         vb cb = __builtin_convertvector(code_of_v(loadf(x + i), step, fz, hi), vb);
         memcpy(codes + i, &cb, sizeof cb);
       }
@@ -309,17 +287,17 @@ static void att_softmax_row(const int32_t *acc, int T, int32_t rc, int32_t qz, c
   for (c = 0; c < T; c += VL) storef(e + c, exp_v(loadf(s + c) - mx));
   const float den = pairwise_sum(e, T);
   const float hi = (float)((1 << bits) - 1), fz = (float)p_zp;
-  const int recip = att_recip_ok(den) && att_recip_ok(p_step);
+  const int recip = recip_ok(den) && recip_ok(p_step);
   const __m512 r = _mm512_set1_ps(1.0f / (den * p_step)), z = _mm512_set1_ps(fz), h = _mm512_set1_ps(hi),
                k = _mm512_set1_ps(kf);
   for (c = 0; c + 16 <= T; c += 16)
-    if (!recip || !att_codes16_y(_mm512_mul_ps(_mm512_loadu_ps(e + c), r), z, h, k, codes + c)) {
+    if (!recip || !codes16_y_avx512(_mm512_mul_ps(_mm512_loadu_ps(e + c), r), z, h, k, codes + c)) {
       vb cb = __builtin_convertvector(code_of_v(loadf(e + c) / den, p_step, fz, hi), vb);
       memcpy(codes + c, &cb, sizeof cb);
     }
   if (c < T) { /* the tail's lanes through a whole vector of bytes (codes has room) */
     uint8_t buf[16];
-    if (!recip || !att_codes16_y(_mm512_mul_ps(_mm512_maskz_loadu_ps(tail, e + c), r), z, h, k, buf))
+    if (!recip || !codes16_y_avx512(_mm512_mul_ps(_mm512_maskz_loadu_ps(tail, e + c), r), z, h, k, buf))
       for (int l = 0; l < T - c; l++) buf[l] = (uint8_t)code_of(e[c + l] / den, p_step, fz, hi);
     memcpy(codes + c, buf, (size_t)(T - c));
   }
@@ -471,9 +449,9 @@ static int32_t att_item_dot(int32_t item, int32_t T, int32_t H, int32_t d, int32
   uint8_t *qc = (uint8_t *)(oacc + 16 * (size_t)d16), *kc = qc + n_q, *vr = kc + n_k, *vc = vr + n_v,
           *pc = vc + n_v, *codes = pc + n_p;
   memset(qc, 0, n_q + n_k + 2 * n_v + n_p + (size_t)dpad);
-  const float hi = (float)((1 << bits) - 1); /* the reciprocal tests' bounds (att_recip_k) */
-  const float kq = att_recip_k(hi, (float)q_zp[h]), kk = att_recip_k(hi, (float)k_zp[h]),
-              kv = att_recip_k(hi, (float)v_zp[h]), kp_ = att_recip_k(hi, (float)p_zp[h]);
+  const float hi = (float)((1 << bits) - 1); /* the reciprocal tests' bounds (recip_k) */
+  const float kq = recip_k(hi, (float)q_zp[h]), kk = recip_k(hi, (float)k_zp[h]),
+              kv = recip_k(hi, (float)v_zp[h]), kp_ = recip_k(hi, (float)p_zp[h]);
 
   const float *base = qkv + (int64_t)b * T * 3 * D;
   const int64_t pq = (int64_t)T * DW, pv = (int64_t)d * TW, pt = (int64_t)T * TW;
@@ -529,7 +507,7 @@ static int32_t att_item_dot(int32_t item, int32_t T, int32_t H, int32_t d, int32
       for (int j = 0; j < 16 && e0 + j < d; j++) {
         for (int i = 0; i < bits; i++)
           vpi[(int64_t)i * pv + (int64_t)(e0 + j) * TW + w] =
-              (uint64_t)_mm512_test_epi8_mask(x[j], _mm512_set1_epi8((char)(1 << i)));
+              plane_word_avx512_v(x[j], i);
         vsi[e0 + j] += (int32_t)_mm512_reduce_add_epi64(_mm512_sad_epu8(x[j], _mm512_setzero_si512()));
       }
     }
