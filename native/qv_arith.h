@@ -111,6 +111,102 @@ QV_AI float nq_hsum8(float32x4_t lo, float32x4_t hi) {
   const float32x4_t p = vpaddq_f32(lo, hi); /* r0+r1, r2+r3, r4+r5, r6+r7 */
   return vpadds_f32(vget_low_f32(vpaddq_f32(p, p)));
 }
+
+/* Exactly rounded division without fdiv (a 4-lane fdiv costs ~34 cycles in LLVM's model of the Pi 4's
+ * core): a quotient y from a reciprocal r of q, y0 = p r, y = y0 + (p - q y0) r (fused), then a
+ * check that proves y == RN(p / q), the IEEE quotient, lane by lane; the caller divides where a
+ * lane fails. The check alone makes the result exact, whatever r is.
+ *
+ * Check: rem = RN(p - q y) (one fma), 2^E = y's exponent field as a float, s = RN(2^E 2^-24),
+ * t = RN(q s); pass iff |rem| < |t| (facgt). Proof that a pass gives y = RN(p / q) (default FPCR:
+ * round to nearest even, no flush to zero; RN is monotone and odd):
+ * - y zero or subnormal: 2^E = 0, t = 0 or NaN. y inf or NaN: rem is inf or NaN. No pass.
+ * - y normal: s = 2^(E-24) exactly when E >= -125, else s = 0 (2^-150 ties to even 0): s <=
+ *   2^(E-24). p, q finite (else rem is inf or NaN) and q != 0 (else t = 0).
+ * - |t| = inf: then |q| s >= 2^128 - 2^103, |q y| >= |q| 2^E >= 2^24 |q| s > 2^151 > |p| + 2^128,
+ *   so rem = +-inf: no pass. So t is finite.
+ * - If |p - q y| >= |q| s, then |rem| = RN(|p - q y|) >= RN(|q| s) = |t|. So a pass gives
+ *   |p - q y| < |q| s <= |q| 2^(E-24): |p / q - y| < 2^(E-24), half the gap from y to either
+ *   neighbour (2^(E-23); above FLT_MAX: to the overflow bound), except below y = +-2^E, where the
+ *   gap is 2^(E-24). But no |p / q| lies in (2^E - 2^(E-24), 2^E): scaled by 2^-E it is P / Q
+ *   with positive integers P, Q, one of them < 2^24 (significands times powers of two); P < Q
+ *   gives P / Q <= 1 - 1 / Q, so above 1 - 2^-24 needs Q > 2^24, then P < 2^24 and P / Q <=
+ *   (2^24 - 1) / (2^24 + 1) < 1 - 2^-24. So p / q lies strictly inside y's rounding interval:
+ *   RN(p / q) = y, sign included.
+ * Quotients rarely fail: with r within ~1 ulp of 1/q, y is RN(p / q) unless p / q lies within
+ * ~2^-21 ulp of a rounding tie (then the check fails too), and y is normal. QV_NQ_DIV_MUTANT
+ * weakens the check (the tests build it to show that their values catch that). Cost on the A72
+ * (A57 model): 13 single-cycle vector operations per 4 quotients, 8 with a fixed divisor. */
+#if QV_NQ_DIV_MUTANT == 2 /* a full ulp: accepts quotients one off */
+#define NQ_HALF_ULP 0x1p-23f
+#else
+#define NQ_HALF_ULP 0x1p-24f
+#endif
+/* 2^E of y: its exponent field (0 for zero and subnormals, inf for inf and NaN) */
+QV_AI float32x4_t nq_exp2(float32x4_t y) {
+  return vreinterpretq_f32_u32(vandq_u32(vreinterpretq_u32_f32(y), vdupq_n_u32(0x7f800000u)));
+}
+/* |rem| < |t| */
+QV_AI uint32x4_t nq_div_pass(float32x4_t rem, float32x4_t t) {
+#if QV_NQ_DIV_MUTANT == 1 /* no check */
+  (void)rem, (void)t;
+  return vdupq_n_u32(~0u);
+#elif QV_NQ_DIV_MUTANT == 3 /* <=: accepts more */
+  return vcageq_f32(t, rem);
+#else
+  return vcagtq_f32(t, rem);
+#endif
+}
+QV_AI uint32x4_t nq_div_exact(float32x4_t p, float32x4_t q, float32x4_t y) {
+  return nq_div_pass(vfmsq_f32(p, q, y), vmulq_f32(q, vmulq_f32(nq_exp2(y), vdupq_n_f32(NQ_HALF_ULP))));
+}
+/* The check for a divisor q fixed over many quotients, with qh = q 2^-24 made once: exact when
+ * nq_div_fixed_ok(q), so t = RN(qh 2^E) = RN(q 2^(E-24)), the bound above without s's rounding. */
+QV_AI int nq_div_fixed_ok(float q) {
+  const float a = q < 0.0f ? -q : q;
+  return a >= 0x1p-102f && a <= 0x1.fffffep127f;
+}
+QV_AI uint32x4_t nq_div_exact_fixed(float32x4_t p, float32x4_t q, float32x4_t qh, float32x4_t y) {
+  return nq_div_pass(vfmsq_f32(p, q, y), vmulq_f32(qh, nq_exp2(y)));
+}
+/* y0 + (p - q y0) r, y0 = p r: the quotient nq_div_exact checks, r approximating 1 / q */
+QV_AI float32x4_t nq_div_y(float32x4_t p, float32x4_t q, float32x4_t r) {
+  const float32x4_t y0 = vmulq_f32(p, r);
+  return vfmaq_f32(y0, vfmsq_f32(p, q, y0), r);
+}
+/* 1 / q to about float precision: the 8-bit estimate and two Newton steps */
+QV_AI float32x4_t nq_recip(float32x4_t q) {
+  float32x4_t r = vrecpeq_f32(q);
+  r = vmulq_f32(r, vrecpsq_f32(q, r));
+  return vmulq_f32(r, vrecpsq_f32(q, r));
+}
+QV_AI int nq_all(uint32x4_t m) { return vminvq_u32(m) != 0; }
+/* p / q, IEEE's value: the checked quotient where every lane passes, else fdiv. r: nq_recip(q), or
+ * a broadcast 1.0f / q for a divisor fixed over a row */
+QV_AI float32x4_t nq_div_r(float32x4_t p, float32x4_t q, float32x4_t r) {
+  const float32x4_t y = nq_div_y(p, q, r);
+  return nq_all(nq_div_exact(p, q, y)) ? y : vdivq_f32(p, q);
+}
+QV_AI float32x4_t nq_div(float32x4_t p, float32x4_t q) { return nq_div_r(p, q, nq_recip(q)); }
+/* y[k] = p[k] / q[k] for 4 registers: one test for all, the fdivs when any lane fails */
+QV_AI void nq_div4(const float32x4_t p[4], const float32x4_t q[4], float32x4_t y[4]) {
+  uint32x4_t ok = vdupq_n_u32(~0u);
+  for (int k = 0; k < 4; k++) {
+    y[k] = nq_div_y(p[k], q[k], nq_recip(q[k]));
+#if QV_NQ_DIV_MUTANT == 4 /* the first register's test only */
+    if (k == 0)
+#endif
+    ok = vandq_u32(ok, nq_div_exact(p[k], q[k], y[k]));
+  }
+  if (!nq_all(ok))
+    for (int k = 0; k < 4; k++) y[k] = vdivq_f32(p[k], q[k]);
+}
+/* p / q on 16 lanes */
+QV_AI vf nq_div_v(vf p, vf q) {
+  vf_q a = {p}, b = {q}, y;
+  nq_div4(a.q, b.q, y.q);
+  return y.v;
+}
 #endif
 
 /* numpy's pairwise_sum for float32 (numpy/_core/src/umath/loops_utils.h.src): runs of up to 128
@@ -315,8 +411,20 @@ QV_AI void layernorm_row(const float *x, int n, const float *w, const float *b, 
   {
     const float mu = pairwise_sum(x, n) / (float)n;
     const float den = __builtin_sqrtf(nq_sum_sqdev(x, n, mu, out) / (float)n + eps);
-    const float32x4_t vm = vdupq_n_f32(mu), vd = vdupq_n_f32(den);
+    /* the division by den: nq_div_y's quotients from den's rounded reciprocal, checked (a fixed
+     * divisor), 8 at a time; the division where a lane fails */
+    const float32x4_t vm = vdupq_n_f32(mu), vd = vdupq_n_f32(den), vr = vdupq_n_f32(1.0f / den);
+    const float32x4_t vh = vdupq_n_f32(den * NQ_HALF_ULP);
+    const int fixed = nq_div_fixed_ok(den);
     int i = 0;
+    for (; i + 8 <= n; i += 8) {
+      const float32x4_t c0 = vsubq_f32(vld1q_f32(x + i), vm), c1 = vsubq_f32(vld1q_f32(x + i + 4), vm);
+      float32x4_t y0 = nq_div_y(c0, vd, vr), y1 = nq_div_y(c1, vd, vr);
+      if (!fixed || !nq_all(vandq_u32(nq_div_exact_fixed(c0, vd, vh, y0), nq_div_exact_fixed(c1, vd, vh, y1))))
+        y0 = vdivq_f32(c0, vd), y1 = vdivq_f32(c1, vd);
+      vst1q_f32(out + i, vaddq_f32(vmulq_f32(y0, vld1q_f32(w + i)), vld1q_f32(b + i)));
+      vst1q_f32(out + i + 4, vaddq_f32(vmulq_f32(y1, vld1q_f32(w + i + 4)), vld1q_f32(b + i + 4)));
+    }
     for (; i + 4 <= n; i += 4)
       vst1q_f32(out + i, vaddq_f32(vmulq_f32(vdivq_f32(vsubq_f32(vld1q_f32(x + i), vm), vd), vld1q_f32(w + i)),
                                    vld1q_f32(b + i)));
@@ -401,9 +509,19 @@ QV_AI void headnorm_row(const float *x, int n, float mu, float sd, const float *
   int i = 0;
 #if defined(QV_NEON)
   const float32x4_t vm = vdupq_n_f32(mu), vs = vdupq_n_f32(sd);
+  for (; i + 8 <= n; i += 8) { /* the divisions checked (nq_div_exact), 8 at a time */
+    const float32x4_t p0 = vaddq_f32(vsubq_f32(vld1q_f32(x + i), vm), vld1q_f32(beta + i));
+    const float32x4_t p1 = vaddq_f32(vsubq_f32(vld1q_f32(x + i + 4), vm), vld1q_f32(beta + i + 4));
+    const float32x4_t q0 = vmulq_f32(vld1q_f32(gamma + i), vs), q1 = vmulq_f32(vld1q_f32(gamma + i + 4), vs);
+    float32x4_t y0 = nq_div_y(p0, q0, nq_recip(q0)), y1 = nq_div_y(p1, q1, nq_recip(q1));
+    if (!nq_all(vandq_u32(nq_div_exact(p0, q0, y0), nq_div_exact(p1, q1, y1))))
+      y0 = vdivq_f32(p0, q0), y1 = vdivq_f32(p1, q1);
+    vst1q_f32(out + i, y0);
+    vst1q_f32(out + i + 4, y1);
+  }
   for (; i + 4 <= n; i += 4)
-    vst1q_f32(out + i, vdivq_f32(vaddq_f32(vsubq_f32(vld1q_f32(x + i), vm), vld1q_f32(beta + i)),
-                                 vmulq_f32(vld1q_f32(gamma + i), vs)));
+    vst1q_f32(out + i, nq_div(vaddq_f32(vsubq_f32(vld1q_f32(x + i), vm), vld1q_f32(beta + i)),
+                              vmulq_f32(vld1q_f32(gamma + i), vs)));
 #endif
   for (; i + VL <= n; i += VL) storef(out + i, ((loadf(x + i) - mu) + loadf(beta + i)) / (loadf(gamma + i) * sd));
   for (; i < n; i++) out[i] = ((x[i] - mu) + beta[i]) / (gamma[i] * sd);
@@ -535,10 +653,57 @@ QV_AI vf erf_v(vf x) {
   q = x2 * q + ERF_Q2;
   q = x2 * q + ERF_Q3;
   q = x2 * q + ERF_Q4;
+#if defined(QV_NEON)
+  return nq_div_v(p, q);
+#else
   return p / q;
+#endif
 }
 
+#if defined(QV_NEON)
+/* gelu_v on 4 NEON registers, in place: the same operations in the same order, the quotients by
+ * nq_div4. x = v * rsqrt2 is a product, so a NaN in it is quiet: fminnm / fmaxnm clamp it to 4 as
+ * vmin / vmax do, and the bounds are not zero. The clip likewise when clip > 0 (a NaN g goes to
+ * clip, no pair of zeros); otherwise the compare and select of vmin / vmax. */
+QV_AI void nq_gelu4(float32x4_t v[4], int has_clip, float clip) {
+  float32x4_t p[4], q[4], e[4];
+  for (int k = 0; k < 4; k++) {
+    float32x4_t x = vmulq_f32(v[k], vdupq_n_f32(GELU_RSQRT2));
+    x = vmaxnmq_f32(vminnmq_f32(x, vdupq_n_f32(4.0f)), vdupq_n_f32(-4.0f));
+    const float32x4_t x2 = vmulq_f32(x, x);
+    float32x4_t a = vaddq_f32(vmulq_f32(x2, vdupq_n_f32(ERF_P0)), vdupq_n_f32(ERF_P1));
+    a = vaddq_f32(vmulq_f32(x2, a), vdupq_n_f32(ERF_P2));
+    a = vaddq_f32(vmulq_f32(x2, a), vdupq_n_f32(ERF_P3));
+    a = vaddq_f32(vmulq_f32(x2, a), vdupq_n_f32(ERF_P4));
+    a = vaddq_f32(vmulq_f32(x2, a), vdupq_n_f32(ERF_P5));
+    a = vaddq_f32(vmulq_f32(x2, a), vdupq_n_f32(ERF_P6));
+    p[k] = vmulq_f32(x, a);
+    float32x4_t b = vaddq_f32(vmulq_f32(x2, vdupq_n_f32(ERF_Q0)), vdupq_n_f32(ERF_Q1));
+    b = vaddq_f32(vmulq_f32(x2, b), vdupq_n_f32(ERF_Q2));
+    b = vaddq_f32(vmulq_f32(x2, b), vdupq_n_f32(ERF_Q3));
+    q[k] = vaddq_f32(vmulq_f32(x2, b), vdupq_n_f32(ERF_Q4));
+  }
+  nq_div4(p, q, e);
+  const float32x4_t c = vdupq_n_f32(clip), nc = vdupq_n_f32(-clip);
+  for (int k = 0; k < 4; k++) {
+    float32x4_t g = vmulq_f32(vmulq_f32(v[k], vdupq_n_f32(0.5f)), vaddq_f32(vdupq_n_f32(1.0f), e[k]));
+    if (has_clip && clip > 0.0f) {
+      g = vmaxnmq_f32(vminnmq_f32(g, c), nc);
+    } else if (has_clip) {
+      g = vbslq_f32(vcltq_f32(g, c), g, c);
+      g = vbslq_f32(vcgtq_f32(g, nc), g, nc);
+    }
+    v[k] = g;
+  }
+}
+#endif
+
 QV_AI vf gelu_v(vf v, int has_clip, float clip) {
+#if defined(QV_NEON)
+  vf_q r = {v};
+  nq_gelu4(r.q, has_clip, clip);
+  return r.v;
+#endif
   vf g = v * 0.5f * (1.0f + erf_v(v * GELU_RSQRT2));
   if (has_clip) {
     g = vmin(g, splat(clip));

@@ -1,11 +1,11 @@
 /* The C micro-kernels' SIMD paths against their portable path (tests/test_native_simd.py).
  *
  * Built twice per target from the same source, once as the target compiles it (AVX-512 / AVX2 /
- * NEON paths) and once with -DQV_PORTABLE, it prints every result of the qv_arith.h helpers,
- * the attention item and the pack kernel on edge values (ties at .5, values past 2^22, signed
- * zeros, infinities, NaN, the clip bounds, large negative exp inputs) and random data, one value a
- * line ("section index bits"); the two outputs must be the same text. NaNs print as "nan" (their
- * payload is not a value the kernels promise).
+ * NEON paths) and once with -DQV_PORTABLE, it prints every result of the qv_arith.h helpers
+ * (GELU included), the attention item and the pack kernel on edge values (ties at .5, values past
+ * 2^22, signed zeros, infinities, NaN, the clip bounds, large negative exp inputs) and random data,
+ * one value a line ("section index bits"); the two outputs must be the same text. NaNs print as
+ * "nan" (their payload is not a value the kernels promise).
  */
 #include "../native/model/attention.c"
 #include "../native/model/pack.c"
@@ -139,6 +139,31 @@ static void test_vector_helpers(void) {
     for (int l = 0; l < VL; l++) pf("exp4", i + l, o[l]);
   }
 #endif
+}
+
+/* erf / GELU: NEON divides by nq_div_v (a checked reciprocal, fdiv where a lane fails), the
+ * others by p / q; on edge values, tiny inputs (subnormal quotients: the fallback), the clamp at
+ * +-4, a dense random sweep and H = +-0x1.7501ap+0, whose erf quotient before the check is one ulp
+ * off (a scan of 35 M inputs found it), in the first and later registers of a vector */
+static void test_gelu(void) {
+  static float g[1 << 15];
+  const float H = 0x1.7501ap+0f;
+  const float fixed[] = {0.0f, -0.0f, 1e-45f, -1e-45f, 1e-40f, 1.17549435e-38f, 2e-38f, 1e-30f, 5.65685424949238f,
+                         5.6568546f, -5.6568546f, 4.0f, 4.0000005f, 1.0f, -1.0f, INFINITY, -INFINITY, NAN,
+                         H, 1.0f, 1.0f, 1.0f, 1.0f, H, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f, -H, 1.0f, 1.0f, 1.0f,
+                         1.0f, 1.0f, 1.0f, 1.0f, -H};
+  const int nf = (int)(sizeof fixed / sizeof fixed[0]), n = 1 << 15;
+  for (int i = 0; i < n; i++)
+    g[i] = i < nf ? fixed[i] : i < NE ? edge[i] : i % 3 ? unif(-7.0f, 7.0f) : gauss(1.0f) * (i % 5 ? 1.0f : 1e-3f);
+  for (int i = 0; i + VL <= n; i += VL) {
+    float o[VL];
+    storef(o, erf_v(loadf(g + i)));
+    for (int l = 0; l < VL; l++) pf("erf_v", i + l, o[l]);
+    storef(o, gelu_v(loadf(g + i), i % 2, 3.0f));
+    for (int l = 0; l < VL; l++) pf("gelu_v", i + l, o[l]);
+    if (i < NE)
+      for (int l = 0; l < VL; l++) pf("gelu_f", i + l, gelu_f(g[i + l], i % 2, 3.0f));
+  }
 }
 
 static void test_rows(void) {
@@ -390,6 +415,7 @@ int main(void) {
   printf("# path portable\n");
 #endif
   test_vector_helpers();
+  test_gelu();
   test_rows();
   test_bs_rows();
   test_softmax_rows();
