@@ -1,6 +1,6 @@
 /* qv_pool: persistent worker threads woken by a generation counter (see qv_pool.h).
- * Workers spin briefly after a run (kernels come in bursts: one GEMM per layer), then sleep on a
- * condition variable so an idle process costs no CPU. */
+ * Workers spin for a while after a run (kernels come in bursts: one GEMM per layer, a model's
+ * steps back to back), then sleep on a condition variable so an idle process costs no CPU. */
 #define _GNU_SOURCE
 #include "qv_pool.h"
 
@@ -8,6 +8,7 @@
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <time.h>
 
 #include "glibc_symver.h" /* after the libc headers: it needs __GLIBC__ */
 
@@ -20,9 +21,13 @@
 #define cpu_relax() ((void)0)
 #endif
 
-/* ~tens of microseconds of PAUSE before sleeping: long enough to catch the next kernel of a
- * layer sequence, short enough not to steal a core from other work (or other thread pools). */
+/* PAUSEs of the waits inside a run (the caller for its workers, a barrier) before yielding */
 #define SPIN_ITERS 2000
+/* How long an idle worker spins before it sleeps, by the clock (a PAUSE takes 10 to 140 cycles
+ * depending on the core): past the longest serial gap between two parallel steps of a model,
+ * so a worker sleeps only between inferences; short enough not to hold a core long after one
+ * (OpenMP's default spin is 200 ms, ONNX Runtime's a few thousand PAUSE-loops). */
+#define SPIN_NS 1000000LL
 
 static pthread_mutex_t run_lock = PTHREAD_MUTEX_INITIALIZER;   /* one top-level run at a time */
 static pthread_mutex_t wake_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -67,22 +72,35 @@ int qv_pool_task_id(void) { return tl_task_id; }
 
 static unsigned start_generation[QV_POOL_MAX_THREADS];
 
+static long long now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* Waits for a run other than `seen`: spins SPIN_NS, then sleeps until one is announced. */
+static unsigned wait_for_run(unsigned seen) {
+  const long long until = now_ns() + SPIN_NS;
+  for (int spins = 1;; spins++) {
+    const unsigned g = atomic_load_explicit(&generation, memory_order_acquire);
+    if (g != seen) return g;
+    cpu_relax();
+    if ((spins & 63) == 0 && now_ns() > until) break;
+  }
+  unsigned g;
+  pthread_mutex_lock(&wake_lock);
+  while ((g = atomic_load(&generation)) == seen) pthread_cond_wait(&wake_cond, &wake_lock);
+  pthread_mutex_unlock(&wake_lock);
+  return g;
+}
+
 static void *worker_main(void *arg) {
   int task = (int)(long)arg;
   /* the generation when this worker was created (before the run that needs it was announced);
    * reading `generation` here instead could already see that run and skip it */
   unsigned seen = start_generation[task - 1];
   for (;;) {
-    unsigned g;
-    int spins = 0;
-    while ((g = atomic_load_explicit(&generation, memory_order_acquire)) == seen) {
-      if (++spins < SPIN_ITERS) { cpu_relax(); continue; }
-      pthread_mutex_lock(&wake_lock);
-      while ((g = atomic_load(&generation)) == seen) pthread_cond_wait(&wake_cond, &wake_lock);
-      pthread_mutex_unlock(&wake_lock);
-      break;
-    }
-    seen = g;
+    seen = wait_for_run(seen);
     if (atomic_load(&quit)) return NULL;
     if (task < run_tasks) {
       tl_task_id = task;

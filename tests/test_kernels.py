@@ -1,6 +1,9 @@
 """qvit_edge.kernels (native/) against the numpy int64 reference in quant.py, on every path."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -252,3 +255,21 @@ def test_make_bench_runs_end_to_end_and_reports_ops_and_layers(tmp_path):
     no_timm = cmd[:-3] + ["--out", str(tmp_path / "b2")]
     r = subprocess.run(no_timm, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "not a timm model" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_idle_workers_sleep_after_a_run():
+    """The pool's workers spin for a moment after a run (the next step comes soon), then sleep: an
+    idle process holding a 2-thread pool costs next to no CPU. Its own process, so no other thread
+    pool (torch's OpenMP) is counted."""
+    code = (
+        "import time, numpy as np\n"
+        "from qvit_edge import kernels as K\n"
+        "K.set_threads(2)\n"
+        "rng = np.random.default_rng(0)\n"
+        "a = rng.integers(0, 4, (197, 384)).astype(np.uint8)\n"
+        "w = rng.integers(-2, 2, (256, 384)).astype(np.int8)\n"
+        "for _ in range(3): K.int_linear(a, 2, w, 2, 2)\n"
+        "c0 = time.process_time(); time.sleep(0.5); print(time.process_time() - c0)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert float(r.stdout.split()[-1]) < 0.05, r.stdout
