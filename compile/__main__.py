@@ -27,7 +27,9 @@ def parser() -> argparse.ArgumentParser:
     # checked while parsing: an unwritable --out must fail before the compile, not after it
     p.add_argument("--out", required=True, type=creatable_file_path, help="model.so to write")
     p.add_argument("--engine", help="force the GEMM engine of the <= 4-bit linear layers: bitserial, "
-                                    "int8dot, int8dot-amx, bitserial-neon or lut-neon "
+                                    "int8dot, int8dot-amx, bitserial-neon or lut-neon; or measure: time "
+                                    "the x86 candidates on this machine (its own CPU as the target) and "
+                                    "take the fastest per bit width "
                                     "(default: $QVIT_GEMM_ENGINE, else chosen for the target CPU)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     return p

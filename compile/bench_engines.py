@@ -35,14 +35,16 @@ def layers(d: int):
             ("fc2", d, 4 * d, "add")]
 
 
-def build(target, m, n, k, bits, epi, engine):
-    """-> (module, args) for quantize + GEMM of one layer with `engine`."""
+def build(target, m, n, k, bits, epi, engine, w_bits=None):
+    """-> a call of quantize + GEMM of one layer with `engine` (`bits`: the activations' and, unless
+    w_bits, the weights')."""
     import tvm
 
     from . import kernels as K
     from . import packing, schedules
+    wb = w_bits or bits
     rng = np.random.default_rng(0)
-    w = rng.integers(-(1 << (bits - 1)), 1 << (bits - 1), (n, k)).astype(np.int8)
+    w = rng.integers(-(1 << (wb - 1)), 1 << (wb - 1), (n, k)).astype(np.int8)
     x = rng.standard_normal((m, k)).astype(np.float32)
     step, zp = np.array([0.3], np.float32), np.array([1], np.int32)
     scale = np.full(n, 0.01, np.float32)
@@ -59,11 +61,11 @@ def build(target, m, n, k, bits, epi, engine):
     else:
         q = schedules.generic(schedules.prim_func("q", *K.pack_act(m, k, bits)), "q")
         mt, nv = K.gemm_tile(epi)
-        g = schedules.bitserial_linear(schedules.prim_func("g", *K.bitserial_linear(m, n, k, bits, bits, epi,
+        g = schedules.bitserial_linear(schedules.prim_func("g", *K.bitserial_linear(m, n, k, bits, wb, epi,
                                                                                      None, nv)),
                                        "g", m, n, target.arch, mt, nv, panel_epilogue=epi != "add")
         act = np.zeros((bits, K.rows_padded(m), K.linear_words(k)), np.uint64)
-        wp = packing.weight_panel(w, bits, nv)
+        wp = packing.weight_panel(w, wb, nv)
     mod = tvm.compile(tvm.IRModule({"q": q, "g": g}), target=target.tvm()).mod
     dev = tvm.cpu()
     t = lambda a: tvm.runtime.tensor(np.ascontiguousarray(a), dev)  # noqa: E731

@@ -21,11 +21,12 @@ def compile_model(model, arch: str, out_path: str, mcpu: str | None = None, prog
                   keep_intermediates: bool = False, engine: str | None = None) -> dict:
     """Lower, build with TVM and link `out_path`. Returns the model.so metadata.
     keep_intermediates: every activation gets its own memory (for layer-by-layer checks) instead
-    of the shared arena. engine: force one GEMM engine for the <= 4-bit linear layers (engines.py;
-    default: $QVIT_GEMM_ENGINE, else the table's choice for the target CPU)."""
+    of the shared arena. engine: force one GEMM engine for the <= 4-bit linear layers, or "measure"
+    (time the candidates on this machine; engines.py; default: $QVIT_GEMM_ENGINE, else the table's
+    choice for the target CPU)."""
     t = targets.get(arch, mcpu)
     targets.check_compiler(t)
-    select = engines.Selection(t, engine)
+    select = engines.Selection(t, engine, progress)
     t0 = time.time()
     bits = model.config["bits"]
     progress(f"qvit_compile: {model.config['arch']} W{bits['weight']}A{bits['act']} -> {out_path} ({arch})")

@@ -22,8 +22,10 @@ differ only in speed, which depends on the CPU:
              Arm cores without the dot product; portable C elsewhere (tests).
 
 The choice is made once per compile from (arch, CPU features of the target's mcpu, a_bits, w_bits)
-by `choose` (the table below), or forced with `--engine` / QVIT_GEMM_ENGINE, and recorded in the
-model.so metadata (field "gemm": docs/model-so.md).
+by `choose` (the table below), or forced with `--engine` / QVIT_GEMM_ENGINE, or, with
+`--engine measure` for this machine's own x86 CPU, by timing the candidates on the first layer of
+each bit width (engine_measure.py), and recorded in the model.so metadata (field "gemm":
+docs/model-so.md; a measured choice keeps its times).
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ from qvit_edge.clikit import UserError
 BITSERIAL, INT8DOT, BITSERIAL_NEON = "bitserial", "int8dot", "bitserial-neon"
 INT8DOT_AMX, LUT_NEON = "int8dot-amx", "lut-neon"
 ENGINES = (BITSERIAL, INT8DOT, BITSERIAL_NEON, INT8DOT_AMX, LUT_NEON)
+MEASURE = "measure"  # not an engine: time the candidates on this machine (engine_measure.py)
 LOWBIT_MAX = 4  # layers with at most this many bits (weights and activations) have a choice
 LUT_MIN_A_BITS = 3  # Arm without the dot product: lut-neon from this activation width up
 INT16 = "int16"  # 8-bit layers (patch embedding, head): int16 codes x int8 weights, no choice
@@ -75,9 +78,9 @@ def choose(arch: str, features, a_bits: int, w_bits: int) -> str:
 def override(engine: str | None) -> str | None:
     """The forced engine: the argument (--engine), else $QVIT_GEMM_ENGINE, else None. Checked."""
     forced = engine or os.environ.get(ENV) or None
-    if forced is not None and forced not in ENGINES:
+    if forced is not None and forced not in ENGINES + (MEASURE,):
         src = "--engine" if engine else ENV
-        raise UserError(f"{src}: unknown GEMM engine {forced!r} (known: {', '.join(ENGINES)})")
+        raise UserError(f"{src}: unknown GEMM engine {forced!r} (known: {', '.join(ENGINES)}; or {MEASURE})")
     return forced
 
 
@@ -113,30 +116,57 @@ def cpu_features(target) -> list:
 class Selection:
     """The engines of one compile: per layer, and the summary written into the metadata."""
 
-    def __init__(self, target, engine: str | None = None):
-        self.arch, self.mcpu = target.arch, target.mcpu
+    def __init__(self, target, engine: str | None = None, progress=None):
+        self.target, self.arch, self.mcpu = target, target.arch, target.mcpu
         self.features = cpu_features(target)
         self.forced = override(engine)
+        self.measuring = self.forced == MEASURE
+        if self.measuring:
+            from . import engine_measure
+            engine_measure.check_host(target)
+            self.forced = None
+        self.progress = progress or (lambda line: None)
+        self.measured: dict[tuple, dict] = {}  # (a_bits, w_bits) -> {"shape", "ms", "engine"}
         self.layers: dict[tuple, dict] = {}
 
-    def pick(self, kind: str, a_bits: int, w_bits: int) -> str:
+    def pick(self, kind: str, a_bits: int, w_bits: int, shape: tuple | None = None) -> str:
+        """The engine of one layer; shape (m, n, k, epilogue) is what --engine measure times."""
         e = choose(self.arch, self.features, a_bits, w_bits)
         if self.forced is not None and e != INT16:
             e = self.forced
+        elif self.measuring and e != INT16 and shape is not None:
+            e = self._measured(int(a_bits), int(w_bits), shape)["engine"]
         row = self.layers.setdefault((kind, int(w_bits), int(a_bits)),
                                      {"kind": kind, "w_bits": int(w_bits), "a_bits": int(a_bits),
                                       "engine": e, "layers": 0})
         row["layers"] += 1
         return e
 
+    def _measured(self, a_bits: int, w_bits: int, shape: tuple) -> dict:
+        key = (a_bits, w_bits)
+        if key not in self.measured:
+            from . import engine_measure
+            m, n, k, epi = shape
+            ms = engine_measure.measure(self.target, m, n, k, a_bits, w_bits, epi)
+            best = engine_measure.fastest(ms)
+            self.measured[key] = {"a_bits": a_bits, "w_bits": w_bits, "shape": [int(m), int(n), int(k)],
+                                  "epilogue": epi, "ms": ms, "engine": best}
+            self.progress(f"  measured W{w_bits}A{a_bits} on M{m} N{n} K{k} (+{epi}), 1 thread: "
+                          + ", ".join(f"{e} {v:.3f} ms" for e, v in ms.items()) + f" -> {best}")
+        return self.measured[key]
+
     def meta(self) -> dict:
-        return {"mcpu": self.mcpu, "features": list(self.features), "forced": self.forced is not None,
-                "layers": [self.layers[k] for k in sorted(self.layers)]}
+        out = {"mcpu": self.mcpu, "features": list(self.features), "forced": self.forced is not None,
+               "layers": [self.layers[k] for k in sorted(self.layers)]}
+        if self.measuring:
+            out["measured"] = [self.measured[k] for k in sorted(self.measured)]
+        return out
 
 
 def describe(gemm: dict) -> str:
     """One line for people: 'qlinear W2A2: int8dot (48), ... [mcpu cortex-a76, forced]'."""
     rows = [f"{r['kind']} W{r['w_bits']}A{r['a_bits']}: {r['engine']} ({r['layers']})"
             for r in gemm["layers"]]
-    extra = f"mcpu {gemm['mcpu']}" + (", forced" if gemm.get("forced") else "")
+    extra = f"mcpu {gemm['mcpu']}" + (", forced" if gemm.get("forced") else "") + \
+        (", measured on this machine" if gemm.get("measured") else "")
     return f"{', '.join(rows) or 'no linear layers'} [{extra}]"

@@ -190,7 +190,7 @@ class Lowering:
         if epi == "add":
             res = [p.view(self._residual, (m, n))]
         clip_v = None if clip is None else float(clip)
-        engine = (self.select.pick(kind, ab, wb) if self.select is not None
+        engine = (self.select.pick(kind, ab, wb, (m, n, k, epi)) if self.select is not None
                   else engines.choose("", (), ab, wb))
         if engine in (engines.INT8DOT, engines.INT8DOT_AMX):
             amx = engine == engines.INT8DOT_AMX  # the same kernels with AMX tile paddings

@@ -41,7 +41,8 @@ def _gemm(g) -> str:
         return "not recorded (compiled before the engines were: bitserial for <= 4-bit layers)"
     rows = [f"{r['kind']} W{r['w_bits']}A{r['a_bits']}: {r['engine']} "
             f"({r['layers']} layer{'' if r['layers'] == 1 else 's'})" for r in g.get("layers", [])]
-    return ", ".join(rows) + f" [mcpu {g['mcpu']}{', forced' if g.get('forced') else ''}]"
+    how = ", forced" if g.get("forced") else ", measured on the build machine" if g.get("measured") else ""
+    return ", ".join(rows) + f" [mcpu {g['mcpu']}{how}]"
 
 
 def _fmt(v) -> str:

@@ -255,6 +255,13 @@ def _check_gemm(g) -> None:
         for k in ("w_bits", "a_bits"):
             _int(_need(row, k, "gemm.layers"), f"gemm.layers.{k}", 1, MAX_BITS)
         _int(_need(row, "layers", "gemm.layers"), "gemm.layers.layers", 0, MAX_STEPS)
+    for row in _list(g.get("measured", []), "gemm.measured", 0, MAX_GEMM_ROWS):  # --engine measure
+        row = _obj(row, "gemm.measured")
+        _text(_need(row, "engine", "gemm.measured"), "gemm.measured.engine")
+        for k in ("w_bits", "a_bits"):
+            _int(_need(row, k, "gemm.measured"), f"gemm.measured.{k}", 1, MAX_BITS)
+        for e, ms in _obj(_need(row, "ms", "gemm.measured"), "gemm.measured.ms").items():
+            _num(ms, f"gemm.measured.ms.{e}")
 
 
 # ---------------------------------------------------------------------------------------------- plan

@@ -121,7 +121,70 @@ def test_cli_unknown_engine(tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
         "qvit_compile: error: --engine: unknown GEMM engine 'magic' "
-        "(known: bitserial, int8dot, bitserial-neon, int8dot-amx, lut-neon)"]
+        "(known: bitserial, int8dot, bitserial-neon, int8dot-amx, lut-neon; or measure)"]
+
+
+# ------------------------------------------------------------------------ --engine measure
+
+def test_measure_takes_the_fastest_per_bit_width(monkeypatch):
+    """--engine measure times the first layer of each bit width once and gives every layer of that
+    width the fastest engine; the times go into the metadata."""
+    from qvit_compile import engine_measure
+    monkeypatch.delenv(engines.ENV, raising=False)
+    calls = []
+
+    def fake(target, m, n, k, ab, wb, epi):
+        calls.append((m, n, k, ab, wb, epi))
+        return {"bitserial": 0.2, "int8dot": 0.5, "int8dot-amx": 0.3} if ab == 1 else \
+            {"bitserial": 0.9, "int8dot": 0.4, "int8dot-amx": 0.6}
+    monkeypatch.setattr(engine_measure, "measure", fake)
+    sel = engines.Selection(targets.get("x86_64"), "measure")
+    assert sel.pick("qlinear", 2, 2, (197, 1152, 384, "none")) == "int8dot"
+    assert sel.pick("qlinear", 2, 2, (197, 384, 1536, "add")) == "int8dot"  # not timed again
+    assert sel.pick("qlinear", 1, 1, (197, 384, 384, "add")) == "bitserial"
+    assert sel.pick("patch_embed", 8, 8, (196, 384, 768, "none")) == "int16"  # no choice at 8 bits
+    assert calls == [(197, 1152, 384, 2, 2, "none"), (197, 384, 384, 1, 1, "add")]
+    meta = sel.meta()
+    assert meta["forced"] is False and [(r["a_bits"], r["engine"]) for r in meta["measured"]] == \
+        [(1, "bitserial"), (2, "int8dot")]
+    assert "measured on this machine" in engines.describe(meta)
+
+
+def test_measure_on_this_machine_compiles_an_exact_model(tmp_path, monkeypatch):
+    """The real timing (a child process, TVM on one thread): the engine recorded for the layers is
+    the fastest of the times recorded beside it, and the model still computes the reference."""
+    from qvit_compile import compiler, engine_measure, intmodel
+    from qvit_compile.intmodel import reference
+    from qvit_edge import model as model_so
+    monkeypatch.delenv(engines.ENV, raising=False)
+    if os.uname().machine != "x86_64":
+        pytest.skip("--engine measure times x86_64 engines")
+    m = intmodel.random_deit(bits=2, irm=False, depth=1, seed=3)
+    out = str(tmp_path / "m.so")
+    lines = []
+    meta = compiler.compile_model(m, "x86_64", out, engine="measure", progress=lines.append)
+    (row,) = meta["gemm"]["measured"]
+    assert {"bitserial", "int8dot"} <= set(row["ms"]) and all(v > 0 for v in row["ms"].values())
+    assert row["engine"] == min(row["ms"], key=row["ms"].get)
+    assert {r["engine"] for r in meta["gemm"]["layers"] if r["a_bits"] == 2} == {row["engine"]}
+    assert any(ln.startswith("  measured W2A2") and ln.endswith("-> " + row["engine"]) for ln in lines)
+    x = np.random.default_rng(0).standard_normal((2,) + m.input_shape).astype(np.float32)
+    with model_so.load(out) as so:
+        assert so.meta["gemm"]["measured"] == meta["gemm"]["measured"]
+        np.testing.assert_allclose(so.run(x), reference.run(m, x), atol=1e-4, rtol=1e-4)
+    assert engine_measure.fastest({"int8dot": 0.3, "bitserial": 0.3}) == "bitserial"  # ties: fixed order
+
+
+@pytest.mark.parametrize("target,mcpu,want", [
+    ("aarch64", None, "the target must be this machine's x86_64 CPU (target aarch64)"),
+    ("x86_64", "skylake", "the target CPU skylake is not this machine's"),
+])
+def test_measure_refuses_another_cpu_in_one_line(tmp_path, target, mcpu, want):
+    cmd = [sys.executable, "-m", "qvit_compile", "--target", target, "--engine", "measure", "--arch",
+           "deit_tiny_patch16_224", "--bits", "2", "--random", "--out", str(tmp_path / "m.so")]
+    r = subprocess.run(cmd + (["--mcpu", mcpu] if mcpu else []), capture_output=True, text=True, timeout=300)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and want in lines[0], r.stderr[-2000:]
 
 
 # ------------------------------------------------------------------------ metadata and info
@@ -170,10 +233,16 @@ def test_schema_rejects_a_bad_gemm_field():
             "layers": [{"kind": "qlinear", "w_bits": 2, "a_bits": 2, "engine": "int8dot", "layers": 48}]}
     schema._check_gemm(good)
     schema._check_gemm({**good, "layers": [{**good["layers"][0], "engine": "a-later-engine"}]})
+    measured = {"a_bits": 2, "w_bits": 2, "shape": [197, 1152, 384], "epilogue": "none",
+                "ms": {"bitserial": 0.56, "int8dot": 0.49}, "engine": "int8dot"}
+    schema._check_gemm({**good, "measured": [measured]})
     for bad, msg in (({**good, "forced": 1}, "gemm.forced"), ({k: v for k, v in good.items() if k != "mcpu"},
                                                                 "no 'mcpu'"),
                      ({**good, "layers": [{**good["layers"][0], "w_bits": 99}]}, "gemm.layers.w_bits"),
-                     ({**good, "layers": "int8dot"}, "gemm.layers")):
+                     ({**good, "layers": "int8dot"}, "gemm.layers"),
+                     ({**good, "measured": [{**measured, "ms": {"int8dot": "fast"}}]},
+                      "gemm.measured.ms.int8dot"),
+                     ({**good, "measured": [{**measured, "a_bits": 0}]}, "gemm.measured.a_bits")):
         with pytest.raises(schema.SchemaError, match=msg):
             schema._check_gemm(bad)
 
