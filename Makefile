@@ -45,7 +45,7 @@ demo: install
 	$(VPY) -m qvit.demo
 
 compile: install
-	$(VPY) -m qvit_compile --target $(TARGET) --model "$(MODEL)" --out $(OUT)
+	$(VPY) -m qvit_compile --target $(TARGET) --model "$(MODEL)" --out $(OUT) $(if $(ENGINE),--engine $(ENGINE))
 
 # The device runtime (qvit-edge) as abi3 manylinux wheels for x86_64 and aarch64 -> build/wheels/
 # (docs/runtime.md, The wheels). A board installs one with pip and needs no compiler.
