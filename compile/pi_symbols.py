@@ -17,8 +17,8 @@ import struct
 #           emulator's scheduling, not on the model; left out of the estimate, shown apart)
 #   "overhead": the Python interpreter and the modules it runs (numpy, cffi): the runtime's overhead
 _SYSTEM = re.compile(r"^(libc|libm|ld-linux[^/]*|libgcc_s|libpthread)[.-]")
-_SYNC = re.compile(r"^(qv_pool_|worker_main|ensure_workers|after_fork|pthread_|__pthread|sched_yield|"
-                   r"__sched_yield|__lll_|lll_|futex|__futex|__GI___futex|clone|__clone|create_thread|"
+_SYNC = re.compile(r"^(qv_pool_|worker_main|wait_for_run|now_ns|ensure_workers|after_fork|pthread_|__pthread|"
+                   r"sched_yield|__sched_yield|__lll_|lll_|futex|__futex|__GI___futex|clone|__clone|create_thread|"
                    r"start_thread|__nptl)")
 
 
