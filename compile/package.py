@@ -15,8 +15,10 @@ import hashlib
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -160,7 +162,8 @@ def build(plan: Plan, meta: dict, target: Target, out_path: str, progress=print)
             f.write(glue)
         with open(os.path.join(tmp, "blob.S"), "w") as f:
             f.write(_ASM)
-        objs += [compile_model_kernel(cc, target, src, tmp) for src in MODEL_KERNELS]
+        with ThreadPoolExecutor(max_workers=min(len(MODEL_KERNELS), os.cpu_count() or 1)) as pool:
+            objs += list(pool.map(lambda src: compile_model_kernel(cc, target, src, tmp), MODEL_KERNELS))
         progress(f"  linking {os.path.basename(out_path)} with {os.path.basename(cc)}")
         tmp_out = os.path.join(tmp, "model.so")
         cmd = [cc, "-shared", "-fPIC", "-O2", *extra_cflags(), "-o", tmp_out, *objs, "glue.c", "blob.S",
@@ -250,16 +253,73 @@ def isa_requirements(cc: str, target: Target) -> list:
     return sorted(name for macro, name in ISA_MACROS.get(target.arch, {}).items() if macro in defined)
 
 
+# Compiled micro-kernels are kept by what decides their bytes (the compiler, its flags, the
+# sources with every header they can include), so the next model.so for the same CPU links them
+# instead of compiling them again (about 5 s per model.so). QVIT_KERNEL_CACHE: a folder, or 0 for none.
+KERNEL_CACHE_ENV = "QVIT_KERNEL_CACHE"
+KERNEL_CACHE_MAX = 512  # objects kept; the oldest go first
+_cc_ids: dict = {}
+
+
+def kernel_cache_dir() -> str | None:
+    v = os.environ.get(KERNEL_CACHE_ENV, "")
+    if v == "0":
+        return None
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return v or os.path.join(base, "qvit", "kernels")
+
+
+def _kernel_key(cc: str, flags: list, src: str) -> str:
+    if cc not in _cc_ids:
+        r = subprocess.run([cc, "--version"], capture_output=True, text=True)
+        _cc_ids[cc] = [shutil.which(cc) or cc, r.stdout]
+    h = hashlib.sha256(json.dumps([_cc_ids[cc], flags, os.path.basename(src)]).encode())
+    if "-march=native" in flags:  # what native means on this machine
+        with open("/proc/cpuinfo") as f:
+            h.update(next((ln for ln in f if ln.startswith("flags")), "").encode())
+    for p in sorted([os.path.join(NATIVE_DIR, "qv_arith.h")] +
+                    [os.path.join(d, f) for d, _, fs in os.walk(MODEL_KERNELS_DIR) for f in fs
+                     if f.endswith((".c", ".h"))]):
+        with open(p, "rb") as f:
+            h.update(os.path.relpath(p, NATIVE_DIR).encode() + b"\0" + f.read())
+    return h.hexdigest()
+
+
+def _keep(obj: str, cache: str, hit: str) -> None:
+    try:
+        os.makedirs(cache, exist_ok=True)
+        tmp = f"{hit}.{os.getpid()}.{id(obj)}.tmp"
+        shutil.copyfile(obj, tmp)
+        os.replace(tmp, hit)
+        kept = sorted((e for e in os.scandir(cache) if e.name.endswith(".o")),
+                      key=lambda e: e.stat().st_mtime)
+        for e in kept[:max(0, len(kept) - KERNEL_CACHE_MAX)]:
+            os.unlink(e.path)
+    except OSError:  # a read-only or full home: no cache, same result
+        pass
+
+
 def compile_model_kernel(cc: str, target: Target, src: str, folder: str) -> str:
     obj = os.path.join(folder, os.path.basename(src)[:-2] + ".o")
-    r = subprocess.run([cc, *CFLAGS, *cpu_flags(cc, target), *extra_cflags(), "-c", src, "-o", obj],
-                       capture_output=True, text=True)
+    flags = [*CFLAGS, *cpu_flags(cc, target), *extra_cflags()]
+    cache = kernel_cache_dir()
+    hit = os.path.join(cache, _kernel_key(cc, flags, src) + ".o") if cache else None
+    if hit and os.path.isfile(hit):
+        try:
+            shutil.copyfile(hit, obj)
+            os.utime(hit)  # recently used: pruned last
+            return obj
+        except OSError:
+            pass
+    r = subprocess.run([cc, *flags, "-c", src, "-o", obj], capture_output=True, text=True)
     if r.returncode != 0:
         err = compiler_error(r.stdout + r.stderr)
         hint = ""
         if target.arch == "aarch64" and "No such file" in err:  # the cross gcc came without its libc
             hint = " (Debian: apt-get install libc6-dev-arm64-cross; make system-deps does)"
         raise UserError(f"compiling {os.path.basename(src)} with {os.path.basename(cc)} failed: {err}{hint}")
+    if hit:
+        _keep(obj, cache, hit)
     return obj
 
 
