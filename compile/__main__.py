@@ -77,7 +77,10 @@ def main(argv=None) -> int:
         t = targets.get(args.target, args.mcpu)
         targets.check_compiler(t)
         from . import engines
-        engines.override(args.engine)  # an unknown engine fails before the model is loaded
+        # an unknown engine, or measuring for another CPU, fails before the model is loaded
+        if engines.override(args.engine) == engines.MEASURE:
+            from . import engine_measure
+            engine_measure.check_host(t)
         out_dir = os.path.dirname(os.path.abspath(args.out))
         os.makedirs(out_dir, exist_ok=True)
         model = load_source(args)
