@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -27,6 +28,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from qvit_edge.clikit import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = Path("runs/exp")
@@ -578,10 +581,23 @@ def report(runs: list[Run]) -> str:
     return "\n".join(lines)
 
 
-def write_report(block: str) -> None:
+def empty_cells(text: str) -> int:
+    """Table cells without a result ("| - |"; neighbours share their pipes)."""
+    return len(re.findall(r"\|\s*-\s*(?=\|)", text))
+
+
+def write_report(block: str, force: bool = False) -> None:
+    """Replaces the generated block of docs/results.md. Refuses (UserError) to replace results with
+    empty cells: a machine without the runs' folders and records (docs/results/records/) would
+    otherwise blank every row it cannot see."""
     text = RESULTS_MD.read_text()
     if BEGIN in text and END in text:
         head, rest = text.split(BEGIN, 1)
+        old = rest.split(END, 1)[0]
+        if not force and empty_cells(block) > empty_cells(old):
+            raise UserError(f"report: it would leave {empty_cells(block)} table cells without a result "
+                            f"where {RESULTS_MD} has {empty_cells(old)}: the runs behind them and their "
+                            f"records ({RECORDS}/) are not here; rerun them, or pass --force")
         text = head + block + rest.split(END, 1)[1]
     else:
         text = text.rstrip("\n") + "\n\n## The ablation (`make experiments`)\n\n" + block + "\n"
@@ -598,6 +614,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=1, help="QAT epochs per run")
     p.add_argument("--only", help="comma-separated rows to run, e.g. w2a2_base,w2a2_qvit")
     p.add_argument("--dry-run", action="store_true", help="print the commands and their state only")
+    p.add_argument("--force", action="store_true",
+                   help="report: write the tables even where they lose results (runs and records not here)")
     p.add_argument("--retrain-teacher", action="store_true",
                    help=f"train the teacher ({TEACHER_EPOCHS} epochs) instead of restoring {SHIPPED_TEACHER}")
     args = p.parse_args(argv)
@@ -623,7 +641,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.action in ("run", "all"):
         rc = run_all(runs, args.jobs, args.dry_run)
     if args.action in ("report", "all") and rc == 0 and not args.dry_run:
-        write_report(report(plan([int(s) for s in args.seeds.split(",")], 1, args.jobs)))
+        plots = {f: f.read_bytes() for f in IMG.glob("*.png")} if IMG.is_dir() else {}
+        try:
+            write_report(report(plan([int(s) for s in args.seeds.split(",")], 1, args.jobs)), args.force)
+        except UserError as e:
+            for f, data in plots.items():  # the plots go with the tables they belong to
+                f.write_bytes(data)
+            print(f"qvit.experiments: error: {e}", file=sys.stderr)
+            return 2
         print(f"wrote {RESULTS_MD} and {IMG}/")
     return rc
 

@@ -128,6 +128,23 @@ def test_report_block_replaces_only_its_own_section(tmp_path, monkeypatch):
     assert md.read_text() == f"# Results\n\nbefore\n\n{experiments.BEGIN}\nnew\n{experiments.END}\n\nafter\n"
 
 
+def test_report_refuses_to_blank_results_it_cannot_see(tmp_path, monkeypatch):
+    """A machine without the runs and their records must not replace results with empty cells."""
+    md = tmp_path / "results.md"
+    old = f"{experiments.BEGIN}\n| W2A2 | **82.06** (82.05, 82.06) | - |\n{experiments.END}"
+    md.write_text(f"# Results\n\n{old}\n")
+    monkeypatch.setattr(experiments, "RESULTS_MD", md)
+    poorer = f"{experiments.BEGIN}\n| W2A2 | - | - |\n{experiments.END}"
+    with pytest.raises(experiments.UserError, match="2 table cells without a result where .* has 1"):
+        experiments.write_report(poorer)
+    assert md.read_text() == f"# Results\n\n{old}\n"
+    richer = f"{experiments.BEGIN}\n| W2A2 | **82.06** (82.05, 82.06) | 82.1 |\n{experiments.END}"
+    experiments.write_report(richer)
+    assert md.read_text() == f"# Results\n\n{richer}\n"
+    experiments.write_report(poorer, force=True)
+    assert md.read_text() == f"# Results\n\n{poorer}\n"
+
+
 def test_report_tables_runs_and_names_the_teacher_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(experiments, "RUNS", tmp_path)
     monkeypatch.setattr(experiments, "write_plots", lambda runs, table, t: ([], [], []))
