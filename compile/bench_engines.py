@@ -85,6 +85,15 @@ def load_model_kernels(target):
     return ctypes.CDLL(out, mode=ctypes.RTLD_GLOBAL)
 
 
+X86_ENGINES = ("bitserial", "int8dot", "int8dot-amx")  # what build() builds
+
+
+def runnable_engines(lib) -> list:
+    """X86_ENGINES this machine runs as themselves: int8dot-amx only where AMX tiles run (elsewhere
+    it would time its int8dot fallback)."""
+    return [e for e in X86_ENGINES if e != "int8dot-amx" or lib.qvit_int8dot_amx_state() == 1]
+
+
 AMX_STATES = {1: "AMX tiles", 0: "not built in", -1: "no AMX in this CPU: its int8dot fallback",
               -2: "AMX refused by the OS: its int8dot fallback", -3: "QVIT_NO_AMX: its int8dot fallback"}
 
@@ -120,7 +129,7 @@ def main(argv=None) -> int:
     lib = load_model_kernels(target)
     amx = lib.qvit_int8dot_amx_state()
     if args.engines is None:
-        args.engines = ["bitserial", "int8dot"] + (["int8dot-amx"] if amx == 1 else [])
+        args.engines = runnable_engines(lib)
     print(f"# GEMM engines, {target.arch} mcpu {target.mcpu}, {args.threads} thread(s), medians of "
           f"{args.repeat} interleaved rounds, ms per layer call (quantize + GEMM + epilogue), "
           f"{'thread CPU time' if args.cpu_time else 'wall time'}"

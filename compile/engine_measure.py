@@ -20,7 +20,6 @@ import sys
 
 from qvit_edge.clikit import UserError
 
-ENGINES = ("bitserial", "int8dot", "int8dot-amx")  # what bench_engines.build can build on x86_64
 REPEAT = 7
 
 
@@ -48,7 +47,8 @@ def measure(target, m: int, n: int, k: int, a_bits: int, w_bits: int, epilogue: 
 
 
 def fastest(times: dict) -> str:
-    return min(times, key=lambda e: (times[e], ENGINES.index(e)))
+    from .bench_engines import X86_ENGINES
+    return min(times, key=lambda e: (times[e], X86_ENGINES.index(e)))
 
 
 def main(argv=None) -> int:
@@ -64,10 +64,9 @@ def main(argv=None) -> int:
     from . import bench_engines, targets
     target = targets.get("x86_64", args.mcpu)
     lib = bench_engines.load_model_kernels(target)
-    engines = [e for e in ENGINES if e != "int8dot-amx" or lib.qvit_int8dot_amx_state() == 1]
     m, n, k = args.shape
     fns = {e: bench_engines.build(target, m, n, k, args.bits[0], args.epilogue, e, w_bits=args.bits[1])
-           for e in engines}
+           for e in bench_engines.runnable_engines(lib)}
     print(json.dumps({e: round(v, 5) for e, v in bench_engines.medians(fns, args.repeat).items()}))
     return 0
 

@@ -11,6 +11,7 @@ file in place.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -207,22 +208,28 @@ def extra_cflags() -> list:
 
 def cpu_flags(cc: str, target: Target) -> list:
     """gcc flags for the target CPU: TVM's (LLVM's) -mcpu name when gcc knows it too; otherwise the
-    compiling machine's CPU when that is the target (x86_64 default), else a baseline."""
-    opt = "-march" if target.arch == "x86_64" else "-mcpu"
-    tries = [[f"{opt}={target.mcpu}"]]
-    if target.arch == "x86_64":
+    compiling machine's CPU when that is the target (x86_64 default), else a baseline. Asked of gcc
+    once per (compiler, arch, CPU) in a process: every micro-kernel of every model.so needs them."""
+    return list(_cpu_flags(cc, target.arch, target.mcpu))
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_flags(cc: str, arch: str, mcpu: str) -> tuple:
+    opt = "-march" if arch == "x86_64" else "-mcpu"
+    tries = [(f"{opt}={mcpu}",)]
+    if arch == "x86_64":
         from .targets import host_x86_cpu
-        if target.mcpu == host_x86_cpu():
-            tries.append(["-march=native"])
-        tries.append(["-march=x86-64-v3"] if target.mcpu != "x86-64" else ["-march=x86-64"])
+        if mcpu == host_x86_cpu():
+            tries.append(("-march=native",))
+        tries.append(("-march=x86-64-v3",) if mcpu != "x86-64" else ("-march=x86-64",))
     else:
-        tries.append(["-march=armv8-a"])
+        tries.append(("-march=armv8-a",))
     for flags in tries:
         r = subprocess.run([cc, *flags, "-x", "c", "-c", "-o", os.devnull, "-"], input="int x;\n",
                            capture_output=True, text=True)
         if r.returncode == 0:
             return flags
-    return []
+    return ()
 
 
 # gcc's predefined macros for the target CPU -> the instruction sets' names as Linux reports them

@@ -22,13 +22,8 @@
 #error "nq_div is the NEON path: build for aarch64"
 #endif
 
-static uint64_t rng_state = 0x243F6A8885A308D3ULL;
-static uint64_t rnd(void) {
-  rng_state ^= rng_state >> 12;
-  rng_state ^= rng_state << 25;
-  rng_state ^= rng_state >> 27;
-  return rng_state * 0x2545F4914F6CDD1DULL;
-}
+#define XS_SEED 0x243F6A8885A308D3ULL
+#include "xorshift.h"
 static float from_bits(uint32_t u) {
   float f;
   memcpy(&f, &u, 4);

@@ -13,13 +13,8 @@
 #include <math.h>
 #include <stdio.h>
 
-static uint64_t rng_state = 0x9E3779B97F4A7C15ULL;
-static uint64_t rnd(void) {
-  rng_state ^= rng_state >> 12;
-  rng_state ^= rng_state << 25;
-  rng_state ^= rng_state >> 27;
-  return rng_state * 0x2545F4914F6CDD1DULL;
-}
+#define XS_SEED 0x9E3779B97F4A7C15ULL
+#include "xorshift.h"
 static float unif(float lo, float hi) { return lo + (hi - lo) * (float)(rnd() >> 40) / 16777216.0f; }
 static float gauss(float sd) { return sd * (unif(-1, 1) + unif(-1, 1) + unif(-1, 1)); }
 
