@@ -25,7 +25,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from qvit import checkpoint as ckpt
-from qvit.attention import calibrate_irm
+from qvit.attention import HeadNorm, calibrate_irm
 from qvit.data import ArraySet, Augment, DataSet, FolderSet, load_dataset, shard_order
 from qvit.distill import DistillationLoss, DistillConfig
 from qvit.models import ModelConfig, QConfig, build, get_arch
@@ -250,12 +250,17 @@ def check_teacher(teacher: nn.Module, student: nn.Module, path: str) -> None:
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    # Normalisation affines are not decayed whatever their rank: the per-head IRM's (gamma, beta)
+    # are [H, head_dim], and decay would pull its 1/gamma scale of q and k up.
+    norm_params = {id(p) for m in model.modules() if isinstance(m, (nn.LayerNorm, HeadNorm))
+                   for p in m.parameters(recurse=False)}
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         small = (
             p.ndim <= 1
+            or id(p) in norm_params
             or name.endswith(("pos_embed", "cls_token", "dist_token"))
             or "relative_position_bias_table" in name
         )

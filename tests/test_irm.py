@@ -109,3 +109,19 @@ def test_before_qat_accuracy_with_calibrated_per_head_irm_is_within_a_point_of_n
         acc[name] = evaluate(m, val, 28, 256, 0, 1000, "cpu")["top1"]
     assert acc["head"] >= acc["none"] - 1.0, acc
     assert acc["token"] < acc["none"] - 10.0, acc
+
+
+@pytest.mark.parametrize("stat", ["head", "token"])
+def test_irm_affine_is_not_weight_decayed(stat):
+    """The optimizer treats both IRM forms' affines as norms: no weight decay, whatever their rank
+    (the per-head (gamma, beta) are [H, head_dim])."""
+    from qvit.train import param_groups
+
+    m = create_model("deit_tiny_distilled_patch4_28", bits=2, irm_stat=stat, depth=1, embed_dim=48)
+    decay, no_decay = param_groups(m, 0.05)
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    attn = m.blocks[0].attn
+    irm = {id(p) for n in (attn.norm_q, attn.norm_k) for p in n.parameters()}
+    assert len(irm) == 4
+    assert irm <= {id(p) for p in no_decay["params"]}
+    assert id(attn.qkv.weight) in {id(p) for p in decay["params"]}
