@@ -211,9 +211,10 @@ def ship_teacher(teacher: Run, dest: Path = SHIPPED_TEACHER) -> None:
 
 
 def restore_teacher(teacher: Run, src: Path = SHIPPED_TEACHER) -> bool:
-    """Makes runs/exp/teacher the shipped teacher (best/ + its record) when that run is not done.
+    """Makes runs/exp/teacher the shipped teacher (best/ + its record) when that run's checkpoint
+    is not here (its record in git alone marks it done, but the students start from best/).
     Returns whether it did."""
-    if teacher.done() or not all((src / n).exists() for n in TEACHER_CHECKPOINT + TEACHER_RECORD):
+    if (teacher.done() and teacher.has_checkpoint()) or not all((src / n).exists() for n in TEACHER_CHECKPOINT + TEACHER_RECORD):
         return False
     (teacher.out / "best").mkdir(parents=True, exist_ok=True)
     for name in TEACHER_CHECKPOINT:

@@ -114,7 +114,9 @@ def test_the_shipped_teacher_round_trips_and_is_restored_only_when_the_run_is_mi
     want = ["config.json", "log.json", "model.safetensors", "test.json"]
     assert sorted(p.name for p in shipped.iterdir()) == want
     assert not experiments.restore_teacher(teacher, shipped)  # the run is there: left alone
+    assert experiments.save_record(teacher)
     shutil.rmtree(teacher.out)
+    assert teacher.done()  # by its record: the students still need the checkpoint
     assert experiments.restore_teacher(teacher, shipped)
     assert teacher.done() and teacher.test_top1() == 89.5
     assert (teacher.out / "best" / "model.safetensors").read_bytes() == b"weights"
