@@ -423,7 +423,7 @@ def write_plots(runs: list[Run], table: dict,
 IRM_FORMS = {"base": "no IRM (LSQ baseline)", "qvit_token": "per-token IRM", "qvit_mean": "per-head IRM"}
 
 
-LONGER = (3,)  # QAT schedules reported besides the 1-epoch grid when their runs exist
+LONGER = (3, 5)  # QAT schedules reported besides the 1-epoch grid when their runs exist
 
 
 def report(runs: list[Run]) -> str:
@@ -582,6 +582,28 @@ def report(runs: list[Run]) -> str:
     return "\n".join(lines)
 
 
+def runs_table(runs: list[Run]) -> str:
+    """A markdown table of the finished student runs among `runs` (from their folders or records),
+    one line per row: test top-1 of each seed (validation top-1 of the selected epoch), the mean.
+    Saves their records first. For runs the generated block does not show (more seeds, other
+    schedules) without rewriting docs/results.md."""
+    rows: dict[tuple[int, str, int], list[Run]] = {}
+    for r in runs:
+        save_record(r)
+        if r.bits is not None and r.test_top1() is not None:
+            rows.setdefault((r.bits, r.variant, r.epochs), []).append(r)
+    lines = ["| row | QAT epochs | seeds | test top-1 of each seed (validation) | mean |", "|---|---|---|---|---|"]
+    for (bits, variant, epochs), rs in sorted(rows.items(), key=lambda kv: (-kv[0][0], kv[0][2], kv[0][1])):
+        cells = []
+        for r in rs:
+            val = max(h["val_top1"] for h in r.history())
+            cells.append(f"{r.test_top1():.2f} ({val:.2f})")
+        mean = statistics.mean(r.test_top1() for r in rs)
+        lines.append(f"| W{bits}A{bits} {VARIANTS[variant][0]} | {epochs} | {', '.join(str(r.seed) for r in rs)} "
+                     f"| {'; '.join(cells)} | {mean:.2f} |")
+    return "\n".join(lines)
+
+
 def empty_cells(text: str) -> int:
     """Table cells without a result ("| - |"; neighbours share their pipes)."""
     return len(re.findall(r"\|\s*-\s*(?=\|)", text))
@@ -607,8 +629,10 @@ def write_report(block: str, force: bool = False) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m qvit.experiments", description=__doc__.splitlines()[0])
-    p.add_argument("action", choices=["run", "report", "all", "irm-table", "ship-teacher"],
-                   help="irm-table: before-QAT accuracy of every IRM form from models/fmnist_deit_tiny_fp; "
+    p.add_argument("action", choices=["run", "report", "all", "table", "irm-table", "ship-teacher"],
+                   help="table: print the finished runs of --only/--seeds/--epochs as a markdown table "
+                        "(docs/results.md untouched); "
+                        "irm-table: before-QAT accuracy of every IRM form from models/fmnist_deit_tiny_fp; "
                         f"ship-teacher: copy the finished teacher run into {SHIPPED_TEACHER} (for git)")
     p.add_argument("--jobs", type=int, default=2, help="runs (threads) at a time")
     p.add_argument("--seeds", default="0,1")
@@ -631,6 +655,9 @@ def main(argv: list[str] | None = None) -> int:
     if only and (unknown := set(only) - {f"w{b}a{b}_{v}" for b, v in GRID + RECIPE}):
         p.error(f"unknown rows {', '.join(sorted(unknown))}")
     runs = plan([int(s) for s in args.seeds.split(",")], args.epochs, args.jobs, only)
+    if args.action == "table":
+        print(runs_table(runs))
+        return 0
     if args.action == "ship-teacher":
         ship_teacher(runs[0])
         print(f"wrote {SHIPPED_TEACHER}: commit it")
