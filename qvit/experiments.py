@@ -71,6 +71,8 @@ VARIANTS = {
                    "the official LSQ gradient scale)",
                    ["--dgd-reduce", "mean", "--opt", "lamb", "--lr-base-size", "512", "--weight-decay", "0",
                     "--lsq-grad-scale", "batch"]),
+    "qvit_qpoint": ("Q-ViT, DGD averaged, on the quantized Q_a(q~), Q_a(k~) (`--dgd-point quantized`)",
+                    ["--dgd-reduce", "mean", "--dgd-point", "quantized"]),
 }
 # Order = priority: the first seed of every row before the second seed of any; the three main
 # rows at each width before the one-at-a-time ablation.
@@ -93,6 +95,7 @@ GRID = [
 RECIPE = [
     (2, "qvit_wd0"),
     (2, "qvit_paper"),
+    (2, "qvit_qpoint"),  # where DGD reads the student's q, k: after IRM (default) or after Q_a
 ]
 
 

@@ -62,16 +62,18 @@ def test_every_planned_run_is_a_valid_qvit_train_command():
 
 
 def test_recipe_rows_run_only_when_named_and_set_the_paper_recipe():
-    runs = experiments.plan([0], epochs=1, jobs=2, only=["w2a2_qvit_wd0", "w2a2_qvit_paper"])
+    runs = experiments.plan([0], epochs=1, jobs=2, only=["w2a2_qvit_wd0", "w2a2_qvit_paper", "w2a2_qvit_qpoint"])
     parser = argparse.ArgumentParser()
     cmd_train.add_arguments(parser)
     args = {r.variant: parser.parse_args(r.command()[2:]) for r in runs if r.bits}
-    assert set(args) == {"qvit_wd0", "qvit_paper"}
+    assert set(args) == {"qvit_wd0", "qvit_paper", "qvit_qpoint"}
+    assert (args["qvit_qpoint"].dgd_point, args["qvit_qpoint"].dgd_reduce) == ("quantized", "mean")
+    assert args["qvit_wd0"].dgd_point == "rectified"
     assert args["qvit_wd0"].weight_decay == 0 and args["qvit_wd0"].opt == "adamw"
     paper = args["qvit_paper"]
     assert (paper.opt, paper.lr, paper.lr_base_size, paper.weight_decay, paper.lsq_grad_scale) == (
         "lamb", 2e-4, 512, 0, "batch")
-    assert not any(r.variant in ("qvit_wd0", "qvit_paper") for r in experiments.plan([0], 1, 2))
+    assert not any(r.variant in ("qvit_wd0", "qvit_paper", "qvit_qpoint") for r in experiments.plan([0], 1, 2))
 
 
 def test_longer_schedules_get_their_own_run_names_and_only_selects_rows():
