@@ -133,6 +133,38 @@ def logit_spread(checkpoint: str, images: int = 256) -> list[float]:
             for q, k in store]
 
 
+@torch.no_grad()
+def head_spread_variation(checkpoint: str, images: int = 512) -> list[dict]:
+    """What the per-head IRM has to rectify: per attention layer, for q and k (as the checkpoint
+    computes them, before any IRM), each head's standard deviation over its N x d values in every
+    image, and how much it varies across images: {"layer", "q_cv", "k_cv", "q_ratio", "k_ratio"}
+    with cv the coefficient of variation across images and ratio the 95th over the 5th percentile,
+    both averaged over heads. Per-head statistics divide exactly this per-image spread out."""
+    model, config = load_model(checkpoint)
+    model.eval()
+    store, hooks = [], []
+    for m in model.modules():  # q, k as qkv computes them: before any IRM, in every family
+        if hasattr(m, "qkv") and hasattr(m, "num_heads"):
+            hooks.append(m.qkv.register_forward_hook(lambda lin, i, o, h=m.num_heads: store.append(
+                o.reshape(o.shape[0], o.shape[1], 3, h, -1).permute(2, 0, 3, 1, 4)[:2])))
+    ds = load_dataset(config["train"]["data"], "val")
+    x, _ = next(iterate(ds, config["data"]["img_size"], images, train=False, limit=images))
+    try:
+        model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    rows = []
+    for layer, (q, k) in enumerate(store):
+        row = {"layer": layer}
+        for name, t in (("q", q), ("k", k)):
+            sd = t.double().std(dim=(-2, -1), unbiased=False)  # [B, H]
+            row[f"{name}_cv"] = float((sd.std(0) / sd.mean(0)).mean())
+            row[f"{name}_ratio"] = float((sd.quantile(0.95, 0) / sd.quantile(0.05, 0)).mean())
+        rows.append(row)
+    return rows
+
+
 def plot_irm_forms(checkpoints: dict[str, str], teacher: str | None, path: Path,
                    images: int = 256) -> list[dict]:
     """Per layer, for each labelled quantized checkpoint: the attention-logit spread (with the
@@ -170,3 +202,24 @@ def plot_irm_forms(checkpoints: dict[str, str], teacher: str | None, path: Path,
         ax.grid(alpha=0.3)
     _save(fig, path)
     return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m qvit.qk_stats",
+                                description="how much each head's q / k spread varies across images")
+    p.add_argument("checkpoint", help="a qvit train checkpoint directory (full precision or quantized)")
+    p.add_argument("--images", type=int, default=512, help="validation images")
+    args = p.parse_args(argv)
+    rows = head_spread_variation(args.checkpoint, args.images)
+    print(f"Per-image spread of each head's q / k ({args.images} validation images, {args.checkpoint}):\n")
+    print("| layer | q: cv across images | q: p95 / p5 | k: cv across images | k: p95 / p5 |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['layer'] + 1} | {r['q_cv']:.3f} | {r['q_ratio']:.2f} | {r['k_cv']:.3f} | {r['k_ratio']:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from qvit import cmd_train, experiments
-from qvit.qk_stats import code_entropy, entropy_table, logit_spread, plot_irm_forms, qk_code_units
+from qvit.qk_stats import (code_entropy, entropy_table, head_spread_variation, logit_spread, plot_irm_forms,
+                           qk_code_units)
 from qvit.quantizers import ActQuant
 
 
@@ -263,3 +264,27 @@ def test_table_lists_each_seed_and_the_mean_of_finished_runs_only(tmp_path, monk
     assert lines[3] == "| W2A2 + IRM | 5 | 2 | 79.00 (77.00) | 79.00 |"
     assert sorted(p.name for p in records.iterdir()) == [
         "w2a2_base_e5_s0.json", "w2a2_base_e5_s1.json", "w2a2_irm_e5_s2.json"]
+
+
+def test_head_spread_variation_measures_the_raw_q_k_before_the_irm():
+    """On the shipped per-head-IRM model it must see q, k as qkv computes them (the IRM divides
+    exactly this spread out, so after it every image's would be nearly the same)."""
+    from qvit.checkpoint import load_model
+    from qvit.data import load_dataset
+    from qvit.train import iterate
+
+    rows = head_spread_variation("models/fmnist_deit_tiny_w2a2", images=32)
+    model, config = load_model("models/fmnist_deit_tiny_w2a2")
+    model.eval()
+    x, _ = next(iterate(load_dataset("fashion-mnist", "val"), 28, 32, train=False, limit=32))
+    seen = []
+    for blk in model.blocks:
+        blk.attn.qkv.register_forward_hook(lambda m, i, o, h=blk.attn.num_heads: seen.append(
+            o.reshape(o.shape[0], o.shape[1], 3, h, -1).permute(2, 0, 3, 1, 4)[:2]))
+    with torch.no_grad():
+        model(x)
+    assert [r["layer"] for r in rows] == [0, 1, 2, 3]
+    for r, qk in zip(rows, seen):
+        sd = qk[0].double().std(dim=(-2, -1), unbiased=False)
+        assert math.isclose(r["q_cv"], float((sd.std(0) / sd.mean(0)).mean()), rel_tol=1e-6)
+        assert 0.01 < r["q_cv"] < 0.5 and 0.01 < r["k_cv"] < 0.5 and r["q_ratio"] > 1.0
