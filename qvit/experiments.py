@@ -217,7 +217,8 @@ def restore_teacher(teacher: Run, src: Path = SHIPPED_TEACHER) -> bool:
     """Makes runs/exp/teacher the shipped teacher (best/ + its record) when that run's checkpoint
     is not here (its record in git alone marks it done, but the students start from best/).
     Returns whether it did."""
-    if (teacher.done() and teacher.has_checkpoint()) or not all((src / n).exists() for n in TEACHER_CHECKPOINT + TEACHER_RECORD):
+    shipped = all((src / n).exists() for n in TEACHER_CHECKPOINT + TEACHER_RECORD)
+    if (teacher.done() and teacher.has_checkpoint()) or not shipped:
         return False
     (teacher.out / "best").mkdir(parents=True, exist_ok=True)
     for name in TEACHER_CHECKPOINT:
@@ -595,14 +596,16 @@ def runs_table(runs: list[Run]) -> str:
         save_record(r)
         if r.bits is not None and r.test_top1() is not None:
             rows.setdefault((r.bits, r.variant, r.epochs), []).append(r)
-    lines = ["| row | QAT epochs | seeds | test top-1 of each seed (validation) | mean |", "|---|---|---|---|---|"]
+    lines = ["| row | QAT epochs | seeds | test top-1 of each seed (validation) | mean |",
+             "|---|---|---|---|---|"]
     for (bits, variant, epochs), rs in sorted(rows.items(), key=lambda kv: (-kv[0][0], kv[0][2], kv[0][1])):
         cells = []
         for r in rs:
             val = max(h["val_top1"] for h in r.history())
             cells.append(f"{r.test_top1():.2f} ({val:.2f})")
         mean = statistics.mean(r.test_top1() for r in rs)
-        lines.append(f"| W{bits}A{bits} {VARIANTS[variant][0]} | {epochs} | {', '.join(str(r.seed) for r in rs)} "
+        seeds = ", ".join(str(r.seed) for r in rs)
+        lines.append(f"| W{bits}A{bits} {VARIANTS[variant][0]} | {epochs} | {seeds} "
                      f"| {'; '.join(cells)} | {mean:.2f} |")
     return "\n".join(lines)
 

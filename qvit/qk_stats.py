@@ -217,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     print("| layer | q: cv across images | q: p95 / p5 | k: cv across images | k: p95 / p5 |")
     print("|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['layer'] + 1} | {r['q_cv']:.3f} | {r['q_ratio']:.2f} | {r['k_cv']:.3f} | {r['k_ratio']:.2f} |")
+        print(f"| {r['layer'] + 1} | {r['q_cv']:.3f} | {r['q_ratio']:.2f} "
+              f"| {r['k_cv']:.3f} | {r['k_ratio']:.2f} |")
     return 0
 
 
