@@ -172,6 +172,9 @@ def save_record(run: Run) -> bool:
     RECORDS.mkdir(parents=True, exist_ok=True)
     rec = {"command": shlex.join(run.command()), "log": json.loads(log.read_text()),
            "test": json.loads(test.read_text())}
+    old = run.record()
+    if old and (old["log"], old["test"]) == (rec["log"], rec["test"]):
+        return True  # the same run: keep the command it was recorded with (--jobs sets threads)
     (RECORDS / f"{run.name}.json").write_text(json.dumps(rec, indent=1) + "\n")
     return True
 

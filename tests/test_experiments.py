@@ -39,6 +39,10 @@ def test_a_finished_run_is_reported_from_its_record_once_its_folder_is_gone(tmp_
     assert experiments.save_record(run)
     rec = json.loads((records / f"{run.name}.json").read_text())
     assert rec["test"]["test_top1"] == 60.25 and rec["command"].startswith("qvit train")
+    # saved again by a caller whose --jobs differs: the record keeps the command it was made with
+    (records / f"{run.name}.json").write_text(json.dumps({**rec, "command": "as it ran"}))
+    assert experiments.save_record(run)
+    assert json.loads((records / f"{run.name}.json").read_text())["command"] == "as it ran"
     shutil.rmtree(run.out)
     assert run.done() and run.test_top1() == 60.25 and not run.has_checkpoint()
     assert experiments.collect([run]) == {(run.bits, run.variant): [60.25]}
