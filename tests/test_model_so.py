@@ -103,6 +103,7 @@ def _images(m, n, seed=0):
     return np.random.default_rng(seed).standard_normal((n,) + m.input_shape).astype(np.float32)
 
 
+@pytest.mark.cpu_feature
 @pytest.mark.parametrize("name", list(MODELS) + list(ENGINE_VARIANTS))
 def test_logits_match_reference(compiled, name):
     m, path = compiled[name]
@@ -116,6 +117,7 @@ def test_logits_match_reference(compiled, name):
     assert (y.argmax(1) == ref.argmax(1)).all()
 
 
+@pytest.mark.cpu_feature
 @pytest.mark.parametrize("name", ["deit_w2_host_amx", "swin_w3_head_amx"])
 def test_amx_and_its_fallback_write_the_same_bits(compiled, name, tmp_path):
     """One int8dot-amx model.so, its AMX tiles here and its int8dot path (QVIT_NO_AMX, another
@@ -143,6 +145,7 @@ def _codes(planes: np.ndarray) -> np.ndarray:
     return (bits * weights).sum(axis=-3)
 
 
+@pytest.mark.cpu_feature
 @pytest.mark.parametrize(
     "name", ["deit_w2", "swin_w4", "deit_w2_host", "deit_w2_head", "swin_w3_head", "swin_w3_head_host",
              *ENGINE_VARIANTS]

@@ -124,6 +124,14 @@ def test_needs_a_tool():
 @pytest.mark.device
 def test_on_a_board():
     pytest.skip("needs a real board")
+
+@pytest.mark.cpu_feature
+def test_amx_tiles():
+    pytest.skip("this CPU has no AMX-INT8")
+
+@pytest.mark.cpu_feature
+def test_amx_tiles_but_the_compiler_is_missing():
+    pytest.skip("needs gcc")
 """
 
 
@@ -134,13 +142,14 @@ def test_under_ci_a_skip_for_a_missing_tool_fails(tmp_path, ci):
     r = subprocess.run([sys.executable, "-m", "pytest", "-p", "conftest", "-p", "no:cacheprovider", "-q",
                         "-rfs", str(tmp_path / "test_tool.py")], capture_output=True, text=True, cwd=tmp_path,
                        env=env, timeout=120)
-    if ci:
+    if ci:  # a CPU-feature test may skip because the CPU lacks it, for no other reason
         assert r.returncode == 1, r.stdout
-        assert "1 failed, 1 skipped" in r.stdout
+        assert "2 failed, 2 skipped" in r.stdout
         assert "CI=true: a skip is a failure here" in r.stdout and "frobnicator not installed" in r.stdout
+        assert "FAILED test_tool.py::test_amx_tiles_but_the_compiler_is_missing" in r.stdout
     else:
         assert r.returncode == 0, r.stdout
-        assert "2 skipped" in r.stdout
+        assert "4 skipped" in r.stdout
 
 
 @pytest.mark.qemu
