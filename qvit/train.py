@@ -314,13 +314,17 @@ def pack_train_state(opt: torch.optim.Optimizer) -> tuple[dict, dict]:
                 tensors[f"opt.{pid}.{k}"] = v
             else:
                 scalars[f"{pid}.{k}"] = v
+    groups = []  # a group's tensors (timm's LAMB keeps its step count as one) go with the tensors
+    for i, g in enumerate(sd["param_groups"]):
+        groups.append({k: v for k, v in g.items() if not torch.is_tensor(v)})
+        tensors.update({f"group.{i}.{k}": v for k, v in g.items() if torch.is_tensor(v)})
     tensors["rng.torch"] = torch.get_rng_state()
     if torch.cuda.is_available():
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
     np_state = np.random.get_state()
     py_state = random.getstate()
     meta = {
-        "param_groups": sd["param_groups"],
+        "param_groups": groups,
         "opt_scalars": scalars,
         "rng_numpy": [
             np_state[0],
@@ -343,7 +347,12 @@ def unpack_train_state(opt: torch.optim.Optimizer, tensors: dict, meta: dict, re
     for key, v in meta["opt_scalars"].items():
         pid, k = key.split(".", 1)
         state.setdefault(int(pid), {})[k] = v
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    groups = [dict(g) for g in meta["param_groups"]]
+    for key, v in tensors.items():
+        if key.startswith("group."):
+            _, i, k = key.split(".", 2)
+            groups[int(i)][k] = v
+    opt.load_state_dict({"state": state, "param_groups": groups})
     if restore_rng:
         torch.set_rng_state(tensors["rng.torch"])
         if torch.cuda.is_available() and "rng.cuda" in tensors:

@@ -119,14 +119,15 @@ def test_a_few_qat_steps_lower_the_loss_on_digits(tmp_path):
     assert ckpt.read_config(tmp_path / "qd" / "last")["distill"]["dgd"] == 1.0
 
 
-def test_resume_after_interruption_gives_the_same_state(tmp_path):
+@pytest.mark.parametrize("opt", ["adamw", "lamb"])  # timm's LAMB keeps a tensor in its param groups
+def test_resume_after_interruption_gives_the_same_state(tmp_path, opt):
     torch.manual_seed(0)
-    train.run(tiny_cfg(tmp_path / "a", bits=3))
-    r = train.run(tiny_cfg(tmp_path / "b", bits=3, max_steps=6))  # killed mid-epoch 2 (4 steps an epoch)
+    train.run(tiny_cfg(tmp_path / "a", bits=3, opt=opt))
+    r = train.run(tiny_cfg(tmp_path / "b", bits=3, max_steps=6, opt=opt))  # killed in epoch 2 (4 steps each)
     assert r["stopped"] and r["step"] == 6
     assert json.loads((tmp_path / "b" / "last" / "train_state.json").read_text())["in_epoch"]
     torch.manual_seed(123)  # a fresh process: other global RNG state, restored from the checkpoint
-    train.run(tiny_cfg(tmp_path / "b", bits=3))
+    train.run(tiny_cfg(tmp_path / "b", bits=3, opt=opt))
     for f in ("model.safetensors", "train_state.safetensors"):
         a, b = load_file(str(tmp_path / "a" / "last" / f)), load_file(str(tmp_path / "b" / "last" / f))
         assert a.keys() == b.keys()
