@@ -97,7 +97,9 @@ def test_a_few_qat_steps_lower_the_loss_on_digits(tmp_path):
     q.eval()
     with torch.no_grad():
         after = float(torch.nn.functional.cross_entropy(q(x), y))
-    assert after < before - 0.2, (before, after)
+    # from chance (ln 10); how far 20 epochs on 64 images get depends on the CPU's float paths
+    # (0.16 on an AMD Zen 5), while a loop that does not learn stays within 0.01 of the start
+    assert after < before - 0.1, (before, after)
     # full Q-ViT objective (hard distillation + DGD) goes down epoch over epoch
     train.run(
         tiny_cfg(
