@@ -591,7 +591,8 @@ def report(runs: list[Run]) -> str:
 
 def runs_table(runs: list[Run]) -> str:
     """A markdown table of the finished student runs among `runs` (from their folders or records),
-    one line per row: test top-1 of each seed (validation top-1 of the selected epoch), the mean.
+    one line per row: test top-1 of each seed (validation top-1 of the selected epoch), their mean
+    and sample standard deviation (the seed-to-seed noise any difference between rows is read against).
     Saves their records first. For runs the generated block does not show (more seeds, other
     schedules) without rewriting docs/results.md."""
     rows: dict[tuple[int, str, int], list[Run]] = {}
@@ -599,17 +600,18 @@ def runs_table(runs: list[Run]) -> str:
         save_record(r)
         if r.bits is not None and r.test_top1() is not None:
             rows.setdefault((r.bits, r.variant, r.epochs), []).append(r)
-    lines = ["| row | QAT epochs | seeds | test top-1 of each seed (validation) | mean |",
-             "|---|---|---|---|---|"]
+    lines = ["| row | QAT epochs | seeds | test top-1 of each seed (validation) | mean | sd |",
+             "|---|---|---|---|---|---|"]
     for (bits, variant, epochs), rs in sorted(rows.items(), key=lambda kv: (-kv[0][0], kv[0][2], kv[0][1])):
         cells = []
         for r in rs:
             val = max(h["val_top1"] for h in r.history())
             cells.append(f"{r.test_top1():.2f} ({val:.2f})")
-        mean = statistics.mean(r.test_top1() for r in rs)
+        top1 = [r.test_top1() for r in rs]
+        sd = f"{statistics.stdev(top1):.2f}" if len(top1) > 1 else "-"
         seeds = ", ".join(str(r.seed) for r in rs)
         lines.append(f"| W{bits}A{bits} {VARIANTS[variant][0]} | {epochs} | {seeds} "
-                     f"| {'; '.join(cells)} | {mean:.2f} |")
+                     f"| {'; '.join(cells)} | {statistics.mean(top1):.2f} | {sd} |")
     return "\n".join(lines)
 
 

@@ -258,7 +258,7 @@ def test_logit_spread_uses_the_quantized_q_k_and_the_irm_plot_has_every_layer(tm
     assert all(r["q"] is None for r in rows if r["label"] == "FP32 teacher")
 
 
-def test_table_lists_each_seed_and_the_mean_of_finished_runs_only(tmp_path, monkeypatch, records, capsys):
+def test_table_lists_each_seed_the_mean_and_sd_of_finished_runs_only(tmp_path, monkeypatch, records, capsys):
     monkeypatch.setattr(experiments, "RUNS", tmp_path / "runs")
     runs = experiments.plan([0, 1, 2], epochs=5, jobs=1, only=["w2a2_base", "w2a2_irm"])
     done = {("w2a2_base", 0): 80.5, ("w2a2_base", 1): 81.5, ("w2a2_irm", 2): 79.0}
@@ -272,8 +272,8 @@ def test_table_lists_each_seed_and_the_mean_of_finished_runs_only(tmp_path, monk
     lines = experiments.runs_table(runs).splitlines()
     assert len(lines) == 4, lines  # header, rule, two rows: the unfinished runs are left out
     assert lines[2] == ("| W2A2 LSQ baseline (logit distillation) | 5 | 0, 1 "
-                        "| 80.50 (75.00); 81.50 (76.00) | 81.00 |")
-    assert lines[3] == "| W2A2 + IRM | 5 | 2 | 79.00 (77.00) | 79.00 |"
+                        "| 80.50 (75.00); 81.50 (76.00) | 81.00 | 0.71 |")
+    assert lines[3] == "| W2A2 + IRM | 5 | 2 | 79.00 (77.00) | 79.00 | - |"
     assert sorted(p.name for p in records.iterdir()) == [
         "w2a2_base_e5_s0.json", "w2a2_base_e5_s1.json", "w2a2_irm_e5_s2.json"]
 
