@@ -95,6 +95,18 @@ def normalize_like(irm: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return F.layer_norm(x, x.shape[-1:], eps=irm.eps)
 
 
+def rectify_like(irm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """x [B, H, N, d] through `irm` as it stands, statistics and affine, the affine held constant:
+    the teacher's side of DGD exactly as the student rectifies its own q, k. With the affine
+    calibrated to reproduce q, k, a student that still computes the teacher's q, k starts at zero
+    DGD; `normalize_like` drops the affine, a target that student is away from."""
+    if isinstance(irm, HeadNorm):
+        mu, var = irm.stats(x)
+        beta, gamma = irm.beta.detach().unsqueeze(1), irm.gamma.detach().unsqueeze(1)
+        return (x - mu + beta) / (gamma * torch.sqrt(var + irm.eps))
+    return F.layer_norm(x, x.shape[-1:], irm.weight.detach(), irm.bias.detach(), irm.eps)
+
+
 def make_irm(stat: str, heads: int, head_dim: int, eps: float) -> nn.Module:
     if stat == "token":
         return nn.LayerNorm(head_dim, eps=eps)

@@ -158,9 +158,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=d.dgd_reduce,
         help="sum the DGD distances over layers and heads (paper) or average them per row (size-independent)",
     )
-    g.add_argument("--dgd-target", choices=["normalized", "raw"], default=d.dgd_target,
-                   help="the teacher's q, k in the student's IRM statistics (reachable), "
-                        "or raw (official code)")
+    g.add_argument("--dgd-target", choices=["rectified", "normalized", "raw"], default=d.dgd_target,
+                   help="the teacher's q, k: through the student's IRM, affine included (rectified), in "
+                        "its IRM statistics only (normalized), or raw (official code)")
     g.add_argument("--dgd-point", choices=["rectified", "quantized"], default=d.dgd_point,
                    help="the student's q~, k~ before the quantizer (paper) or after it")
     g = p.add_argument_group("data and optimisation")

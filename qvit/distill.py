@@ -30,9 +30,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from qvit.attention import QuantAttentionCore, normalize_like
+from qvit.attention import QuantAttentionCore, normalize_like, rectify_like
 
-DGD_TARGETS = ("normalized", "raw")
+DGD_TARGETS = ("rectified", "normalized", "raw")
 DGD_POINTS = ("rectified", "quantized")
 
 
@@ -86,12 +86,17 @@ def similarity(t: torch.Tensor) -> torch.Tensor:
 DGD_REDUCTIONS = ("sum", "mean")
 
 
-def normalize_teacher(teacher_qk: list, student_irms: list) -> list:
-    """The teacher's (q, k) per layer normalised with the statistics of the student's IRM there."""
-    out = []
-    for (q, k), irm in zip(teacher_qk, student_irms):
-        out.append((q, k) if irm is None else (normalize_like(irm[0], q), normalize_like(irm[1], k)))
-    return out
+def teacher_target(teacher_qk: list, student_irms: list, target: str) -> list:
+    """The teacher's (q, k) per layer in the student's coordinates there: through the student's IRM
+    ("rectified"), normalised with its statistics only ("normalized"), or as they are ("raw").
+    Layers without IRM compare raw q, k whatever the target."""
+    if target not in DGD_TARGETS:
+        raise ValueError(f"unknown DGD target {target!r} (one of {', '.join(DGD_TARGETS)})")
+    if target == "raw":
+        return list(teacher_qk)
+    f = rectify_like if target == "rectified" else normalize_like
+    return [(q, k) if irm is None else (f(irm[0], q), f(irm[1], k))
+            for (q, k), irm in zip(teacher_qk, student_irms)]
 
 
 def dgd_loss(student: list, teacher: list, reduce: str = "mean") -> torch.Tensor:
@@ -200,8 +205,7 @@ class DistillationLoss(nn.Module):
             loss = (1 - cfg.alpha) * ce + cfg.alpha * kd
             parts.update(ce=float(ce.detach()), kd=float(kd.detach()))
         if use_dgd:
-            if cfg.dgd_target == "normalized":
-                t_qk = normalize_teacher(t_qk, irm_modules(student))
+            t_qk = teacher_target(t_qk, irm_modules(student), cfg.dgd_target)
             dgd = dgd_loss(s_qk, t_qk, cfg.dgd_reduce)
             loss = loss + cfg.dgd * dgd
             parts["dgd"] = float(dgd.detach())

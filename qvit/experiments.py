@@ -73,6 +73,9 @@ VARIANTS = {
                     "--lsq-grad-scale", "batch"]),
     "qvit_qpoint": ("Q-ViT, DGD averaged, on the quantized Q_a(q~), Q_a(k~) (`--dgd-point quantized`)",
                     ["--dgd-reduce", "mean", "--dgd-point", "quantized"]),
+    "qvit_rtarget": ("Q-ViT, DGD averaged, against the teacher's q, k through the student's IRM, affine "
+                     "included (`--dgd-target rectified`)",
+                     ["--dgd-reduce", "mean", "--dgd-target", "rectified"]),
 }
 # Order = priority: the first seed of every row before the second seed of any; the three main
 # rows at each width before the one-at-a-time ablation.
@@ -96,6 +99,7 @@ RECIPE = [
     (2, "qvit_wd0"),
     (2, "qvit_paper"),
     (2, "qvit_qpoint"),  # where DGD reads the student's q, k: after IRM (default) or after Q_a
+    (2, "qvit_rtarget"),  # the teacher's side of DGD: with the student's IRM affine or without it
 ]
 
 

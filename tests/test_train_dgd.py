@@ -143,20 +143,36 @@ def test_dgd_mean_is_the_sum_per_row_distance_and_bounded():
 
 
 @pytest.mark.parametrize("stat", ["token", "head"])
-def test_normalized_target_is_reachable_by_the_rectified_student(stat):
-    """The teacher's q, k in the student's IRM statistics: a student whose q, k equal the teacher's
-    matches the target exactly; the teacher's raw q, k it cannot match."""
-    from qvit.attention import make_irm
-    from qvit.distill import normalize_teacher
+def test_each_target_is_reachable_by_a_student_computing_the_teachers_q_k(stat):
+    """A student whose q, k equal the teacher's: with an identity affine it matches both the
+    rectified and the normalized target; once its affine is calibrated to reproduce q, k (as QAT
+    starts) only the rectified target (the teacher through the same IRM, affine included) still
+    is met, the normalized one (affine dropped) is not."""
+    from qvit.attention import _fit_layernorm, make_irm
+    from qvit.distill import teacher_target
 
     torch.manual_seed(0)
-    q, k = torch.randn(2, 3, 7, 4) * 3 + 1, torch.randn(2, 3, 7, 4) * 0.5 - 2
+    q = torch.randn(2, 3, 7, 4) * torch.tensor([3.0, 0.5, 1.0, 2.0]) + torch.tensor([1.0, -1.0, 0.0, 2.0])
+    k = torch.randn(2, 3, 7, 4) * 0.5 - 2
     norm_q, norm_k = make_irm(stat, 3, 4, 1e-5), make_irm(stat, 3, 4, 1e-5)
-    student = [(norm_q(q), norm_k(k))]
-    target = normalize_teacher([(q, k)], [(norm_q, norm_k)])
-    assert float(dgd_loss(student, target)) < 1e-5
-    assert float(dgd_loss(student, [(q, k)])) > 0.05
-    assert normalize_teacher([(q, k)], [None])[0][0] is q  # no IRM: raw against raw
+
+    def dgd(target):
+        student = [(norm_q(q), norm_k(k))]
+        teacher = [(q, k)] if target is None else teacher_target([(q, k)], [(norm_q, norm_k)], target)
+        return float(dgd_loss(student, teacher).detach())
+
+    assert dgd("rectified") < 1e-5 and dgd("normalized") < 1e-5
+    assert dgd(None) > 0.05  # the raw q, k it cannot match
+    for norm, x in ((norm_q, q), (norm_k, k)):
+        norm.fit(x) if stat == "head" else _fit_layernorm(norm, x)
+    assert dgd("rectified") < 1e-5
+    assert dgd("normalized") > 0.02
+    out = teacher_target([(q, k)], [(norm_q, norm_k)], "rectified")[0][0]
+    assert not out.requires_grad  # the target never trains the student's affine
+    assert teacher_target([(q, k)], [None], "rectified")[0][0] is q  # no IRM: raw against raw
+    assert teacher_target([(q, k)], [(norm_q, norm_k)], "raw")[0][0] is q
+    with pytest.raises(ValueError, match="unknown DGD target"):
+        teacher_target([(q, k)], [None], "teacher")
 
 
 def test_dgd_point_quantized_records_the_operands_of_the_integer_matmul():
@@ -179,3 +195,15 @@ def test_dgd_point_quantized_records_the_operands_of_the_integer_matmul():
 def test_dgd_defaults_are_the_mean_and_the_normalized_target():
     cfg = DistillConfig()
     assert (cfg.dgd_reduce, cfg.dgd_target, cfg.dgd_point) == ("mean", "normalized", "rectified")
+
+
+def test_qvit_train_offers_every_dgd_target_and_point():
+    import argparse
+
+    from qvit import cmd_train
+    from qvit.distill import DGD_POINTS, DGD_TARGETS
+
+    p = argparse.ArgumentParser()
+    cmd_train.add_arguments(p)
+    choices = {a.dest: a.choices for a in p._actions}
+    assert tuple(choices["dgd_target"]) == DGD_TARGETS and tuple(choices["dgd_point"]) == DGD_POINTS
