@@ -76,6 +76,9 @@ VARIANTS = {
     "qvit_rtarget": ("Q-ViT, DGD averaged, against the teacher's q, k through the student's IRM, affine "
                      "included (`--dgd-target rectified`)",
                      ["--dgd-reduce", "mean", "--dgd-target", "rectified"]),
+    "qvit_rtarget_sum": ("Q-ViT (IRM + DGD, paper sum), against the teacher's q, k through the student's IRM, "
+                         "affine included (`--dgd-target rectified`)",
+                         ["--dgd-reduce", "sum", "--dgd-target", "rectified"]),
 }
 # Order = priority: the first seed of every row before the second seed of any; the three main
 # rows at each width before the one-at-a-time ablation.
@@ -100,6 +103,7 @@ RECIPE = [
     (2, "qvit_paper"),
     (2, "qvit_qpoint"),  # where DGD reads the student's q, k: after IRM (default) or after Q_a
     (2, "qvit_rtarget"),  # the teacher's side of DGD: with the student's IRM affine or without it
+    (2, "qvit_rtarget_sum"),
 ]
 
 
