@@ -76,8 +76,8 @@ VARIANTS = {
     "qvit_rtarget": ("Q-ViT, DGD averaged, against the teacher's q, k through the student's IRM, affine "
                      "included (`--dgd-target rectified`)",
                      ["--dgd-reduce", "mean", "--dgd-target", "rectified"]),
-    "qvit_rtarget_sum": ("Q-ViT (IRM + DGD, paper sum), against the teacher's q, k through the student's IRM, "
-                         "affine included (`--dgd-target rectified`)",
+    "qvit_rtarget_sum": ("Q-ViT (IRM + DGD, paper sum), against the teacher's q, k through the student's "
+                         "IRM, affine included (`--dgd-target rectified`)",
                          ["--dgd-reduce", "sum", "--dgd-target", "rectified"]),
 }
 # Order = priority: the first seed of every row before the second seed of any; the three main
