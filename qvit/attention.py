@@ -48,8 +48,12 @@ class HeadNorm(nn.Module):
         return mu, var
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.rectify(x, self.beta, self.gamma)
+
+    def rectify(self, x: torch.Tensor, beta: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+        """The IRM of x with this (beta, gamma) [H, d] (forward: its own; DGD's target: held constant)."""
         mu, var = self.stats(x)
-        return (x - mu + self.beta.unsqueeze(1)) / (self.gamma.unsqueeze(1) * torch.sqrt(var + self.eps))
+        return (x - mu + beta.unsqueeze(1)) / (gamma.unsqueeze(1) * torch.sqrt(var + self.eps))
 
     @torch.no_grad()
     def fit(self, x: torch.Tensor) -> None:
@@ -86,6 +90,14 @@ def _fit_layernorm(ln: nn.LayerNorm, x: torch.Tensor) -> None:
     ln.bias.copy_((tm - w * zm).to(ln.bias.dtype))
 
 
+def fit_irm(irm: nn.Module, x: torch.Tensor) -> None:
+    """Least-squares affine of either IRM form so that it reproduces x [B, H, N, d]."""
+    if isinstance(irm, HeadNorm):
+        irm.fit(x)
+    else:
+        _fit_layernorm(irm, x)
+
+
 def normalize_like(irm: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """x [B, H, N, d] normalised with the statistics `irm` uses (per token or per head), affine
     left out: the teacher's side of DGD in the student's coordinates."""
@@ -101,9 +113,7 @@ def rectify_like(irm: nn.Module, x: torch.Tensor) -> torch.Tensor:
     calibrated to reproduce q, k, a student that still computes the teacher's q, k starts at zero
     DGD; `normalize_like` drops the affine, a target that student is away from."""
     if isinstance(irm, HeadNorm):
-        mu, var = irm.stats(x)
-        beta, gamma = irm.beta.detach().unsqueeze(1), irm.gamma.detach().unsqueeze(1)
-        return (x - mu + beta) / (gamma * torch.sqrt(var + irm.eps))
+        return irm.rectify(x, irm.beta.detach(), irm.gamma.detach())
     return F.layer_norm(x, x.shape[-1:], irm.weight.detach(), irm.bias.detach(), irm.eps)
 
 
@@ -255,9 +265,6 @@ def calibrate_irm(model: nn.Module, batches) -> int:
             continue
         q = torch.cat([p[0] for p in pairs])
         k = torch.cat([p[1] for p in pairs])
-        for norm, x in ((c.norm_q, q), (c.norm_k, k)):
-            if isinstance(norm, HeadNorm):
-                norm.fit(x)
-            else:
-                _fit_layernorm(norm, x)
+        fit_irm(c.norm_q, q)
+        fit_irm(c.norm_k, k)
     return len(cores)

@@ -148,7 +148,7 @@ def test_each_target_is_reachable_by_a_student_computing_the_teachers_q_k(stat):
     rectified and the normalized target; once its affine is calibrated to reproduce q, k (as QAT
     starts) only the rectified target (the teacher through the same IRM, affine included) still
     is met, the normalized one (affine dropped) is not."""
-    from qvit.attention import _fit_layernorm, make_irm
+    from qvit.attention import fit_irm, make_irm
     from qvit.distill import teacher_target
 
     torch.manual_seed(0)
@@ -163,8 +163,8 @@ def test_each_target_is_reachable_by_a_student_computing_the_teachers_q_k(stat):
 
     assert dgd("rectified") < 1e-5 and dgd("normalized") < 1e-5
     assert dgd(None) > 0.05  # the raw q, k it cannot match
-    for norm, x in ((norm_q, q), (norm_k, k)):
-        norm.fit(x) if stat == "head" else _fit_layernorm(norm, x)
+    fit_irm(norm_q, q)
+    fit_irm(norm_k, k)
     assert dgd("rectified") < 1e-5
     assert dgd("normalized") > 0.02
     out = teacher_target([(q, k)], [(norm_q, norm_k)], "rectified")[0][0]
